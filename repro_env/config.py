@@ -110,7 +110,8 @@ def _coerce(value: Any, hint: Any, field: str, source: str, error: type[ConfigEr
         fail(" or ".join(_name(a) for a in args))
     if origin is Literal:
         if value not in args:
-            fail("one of " + ", ".join(repr(a) for a in args) + suggest(str(value), [str(a) for a in args]))
+            raise error(f"{source}: field '{field}' must be one of {', '.join(repr(a) for a in args)}, "
+                        f"got {describe(value)}.{suggest(str(value), [str(a) for a in args])}")
         return value
     if dataclasses.is_dataclass(hint):
         if dataclasses.is_dataclass(value):
