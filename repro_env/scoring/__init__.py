@@ -9,6 +9,7 @@ from repro_env.scoring.base import (
     ScoringSession,
     StepScore,
     make_scorer,
+    shared_scorer,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "ScoringSession",
     "StepScore",
     "make_scorer",
+    "shared_scorer",
 ]

@@ -19,6 +19,7 @@ Token conventions shared by every backend:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
@@ -156,3 +157,13 @@ def make_scorer(config: ScorerConfig | None = None, **overrides) -> Scorer:
     from repro_env.scoring.hf import HFScorer
 
     return HFScorer(config)
+
+
+@functools.lru_cache(maxsize=4)
+def shared_scorer(config: ScorerConfig) -> Scorer:
+    """One scorer per config for the whole process, so ``gym.make`` twice loads the model once.
+
+    Envs and the trainer that pass the same ``ScorerConfig`` share this instance: weights pushed to
+    it (``reload_weights``) are seen by every env that uses it, which is the paper's setting.
+    """
+    return make_scorer(config)
