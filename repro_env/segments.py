@@ -1,0 +1,114 @@
+"""Reasoning text → segments, and segment character boundaries → token positions (REPRO_SPEC §1).
+
+Segments are cut on **characters**, then mapped to tokens with the tokenizer's offset mappings:
+byte-level BPE often merges ``".\\n\\n"`` into one token, so looking for a delimiter *token* would
+miss boundaries. Conventions:
+
+- a segment keeps its trailing delimiter, and ``"".join(split_segments(text)) == text``;
+- a run of delimiters stays with the segment before it, never an empty or delimiter-only segment
+  (``"a\\n\\n\\n\\nb"`` → ``["a\\n\\n\\n\\n", "b"]``), and so does a trailing partial delimiter
+  (``"a\\n\\n\\nb"`` → ``["a\\n\\n\\n", "b"]``); a leading run belongs to the first segment;
+- a token belongs to the segment in which it **starts**; a character boundary maps to the index of
+  the first token starting at or after it. Zero-width tokens (special tokens such as BOS, offsets
+  ``(0, 0)``) belong to what precedes them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from repro_env.errors import ConfigError, ScorerError
+
+DEFAULT_DELIMITER = "\n\n"
+
+
+def _run_pattern(delimiter: str) -> re.Pattern[str]:
+    """``(?:D)+`` followed by the longest proper prefix of D that is present (the partial tail)."""
+    escaped = re.escape(delimiter)
+    prefixes = "|".join(re.escape(delimiter[:k]) for k in range(len(delimiter) - 1, 0, -1))
+    tail = f"(?:{prefixes})?" if prefixes else ""
+    return re.compile(f"(?:{escaped})+{tail}")
+
+
+def split_segments(text: str, delimiter: str = DEFAULT_DELIMITER) -> list[str]:
+    """Split ``text`` after each run of ``delimiter``; segments keep their delimiters (module doc).
+
+    ``""`` → ``[]``; ``"a\\n\\nb"`` → ``["a\\n\\n", "b"]``; ``"a\\n\\n"`` → ``["a\\n\\n"]``.
+    """
+    if not isinstance(delimiter, str) or delimiter == "":
+        raise ConfigError(f"field 'delimiter' must be a non-empty string, got {delimiter!r}")
+    segments: list[str] = []
+    start = 0
+    for run in _run_pattern(delimiter).finditer(text):
+        # A run at the very start has no content before it: it joins the first segment.
+        if run.start() > start and run.end() < len(text):
+            segments.append(text[start:run.end()])
+            start = run.end()
+    if start < len(text):
+        segments.append(text[start:])
+    return segments
+
+
+def segment_char_ends(segments: Sequence[str], start: int = 0) -> list[int]:
+    """Character offset of the end of each segment, counting from ``start`` (e.g. ``len(q)``)."""
+    ends = []
+    position = start
+    for segment in segments:
+        position += len(segment)
+        ends.append(position)
+    return ends
+
+
+def char_spans(segments: Sequence[str], start: int = 0) -> list[tuple[int, int]]:
+    """``(begin, end)`` character span of each segment, counting from ``start``."""
+    ends = segment_char_ends(segments, start)
+    begins = [start, *ends][: len(ends)]
+    return list(zip(begins, ends, strict=True))
+
+
+def char_to_token_boundaries(offsets: Sequence[tuple[int, int]], char_positions: Sequence[int]) -> list[int]:
+    """Map character boundaries to token boundaries (index of the first token starting at or after).
+
+    ``offsets`` are per-token ``(start, end)`` character offsets (``return_offsets_mapping``).
+    Zero-width tokens (special tokens, ``(0, 0)``) are never the first token of a boundary; a
+    boundary after the last token maps to ``len(offsets)``. Example: tokens ``<s>|a|b.\\n\\n|c`` with
+    offsets ``(0,0) (0,1) (1,5) (5,6)``: character 5 (start of ``c``) → token 3; character 3 (inside
+    ``b.\\n\\n``) → token 3 as well, since that token starts at 1.
+    """
+    real = [i for i, (begin, end) in enumerate(offsets) if end > begin]
+    starts = [offsets[i][0] for i in real]
+    if any(b < a for a, b in zip(starts, starts[1:], strict=False)):
+        raise ScorerError(f"token offsets must be non-decreasing, got starts {starts[:20]}...")
+    boundaries = []
+    for position in char_positions:
+        k = bisect.bisect_left(starts, position)
+        boundaries.append(real[k] if k < len(real) else len(offsets))
+    return boundaries
+
+
+def tokenize_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """``tokenizer(text)`` with special tokens (BOS), plus character offsets (fast tokenizers only)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ScorerError(
+            f"the scorer needs a fast tokenizer (offset mappings), got {type(tokenizer).__name__}: "
+            "save the model with a tokenizer.json"
+        )
+    encoding = tokenizer(text, return_offsets_mapping=True)
+    return list(encoding["input_ids"]), [tuple(o) for o in encoding["offset_mapping"]]
+
+
+def tokenize_with_boundaries(
+    tokenizer: Any, prefix_text: str, segments: Sequence[str]
+) -> tuple[list[int], list[int]]:
+    """Tokenise ``prefix_text + "".join(segments)`` once; return ``(ids, boundaries)``.
+
+    ``boundaries[t]`` (t = 0..T) is the number of tokens of ``q + τ≤t``: the token index where
+    segment t+1 starts, so ``ids[:boundaries[t]]`` is the prefix that point t scores against and
+    ``boundaries[T] == len(ids)``.
+    """
+    ids, offsets = tokenize_with_offsets(tokenizer, prefix_text + "".join(segments))
+    ends = [len(prefix_text), *segment_char_ends(segments, len(prefix_text))]
+    return ids, char_to_token_boundaries(offsets, ends)
