@@ -141,7 +141,11 @@ class Scorer(Protocol):
 
     def sessions_append(self, sessions: Sequence[ScoringSession], segments: Sequence[str],
                         score: Sequence[bool] | None = None) -> list[StepScore]:
-        """Append one segment to each of several sessions in one batched call (vector env)."""
+        """Append one segment to each of several sessions in one batched call (vector env).
+
+        Equal to calling ``append`` on each. If any session would overflow the context, raise
+        ``ContextLengthError`` *before* changing any session, so the caller can retry one by one.
+        """
         ...
 
 
