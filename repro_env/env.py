@@ -1,0 +1,321 @@
+"""ReasoningEnv: one Gymnasium step is one chain-of-thought segment, rewarded by RePro."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from repro_env import reward as rp
+from repro_env.errors import ActionError, ContextLengthError, TaskSpecError
+from repro_env.problems import Problem
+from repro_env.scoring import Scorer, ScorerConfig, ScoringSession, StepScore, shared_scorer
+from repro_env.tasks import TaskSpec, load_task, make_source, resolve_task
+
+# Characters Text.sample() draws from; `contains` accepts any string (model output is arbitrary unicode).
+SAMPLE_CHARSET = string.ascii_letters + string.digits + " .,;:!?+-*/=()'\n"
+
+
+class ReasoningText(gym.spaces.Text):
+    """A ``Text`` space whose members are *any* string within the length bounds.
+
+    Gymnasium's ``Text`` only admits characters of its charset (alphanumeric by default), but a
+    language model emits arbitrary unicode. Sampling still draws from ``SAMPLE_CHARSET``.
+    """
+
+    def __init__(self, max_length: int, *, min_length: int = 0, seed: int | None = None):
+        super().__init__(max_length, min_length=min_length, charset=SAMPLE_CHARSET, seed=seed)
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
+
+    def __repr__(self) -> str:
+        return f"ReasoningText({self.min_length}, {self.max_length}, charset=<any unicode>)"
+
+
+@dataclass
+class Episode:
+    """The state of one episode: the problem, the reasoning so far and the scored J history."""
+
+    problem: Problem
+    prompt: str
+    answer: str
+    """The answer string whose log-prob is J (the task's answer template applied)."""
+    session: ScoringSession
+    segments: list[str] = field(default_factory=list)
+    J_points: list[float] = field(default_factory=list)
+    """J at the baseline and at every scored point so far: [J_0, J_t1, J_t2, ...]."""
+    last_score: float = 0.0
+    """S at the last scored point (0 before any): the next scored segment earns S_t − this."""
+    rewards: list[float] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.prompt + "".join(self.segments)
+
+
+class ReasoningEnv(gym.Env[str, str]):
+    r"""A reasoning task in which each step appends one chain-of-thought segment.
+
+    ## Description
+
+    The agent answers a question by writing its reasoning one segment at a time (by default a
+    segment is a paragraph: text up to a blank line). After every segment a scorer model computes
+    J, the mean log-probability of the true answer given the question and the reasoning so far
+    (REPRO_SPEC §2), and the env pays the RePro process reward: how much this segment moved J
+    towards the answer, and how steadily (§3–§4). The last step also pays the outcome reward:
+    1 if the final answer verifies against the ground truth.
+
+    ## Observation space
+
+    ``ReasoningText(max_length = max prompt length + max_steps · max_segment_chars)``: the prompt
+    followed by all segments so far (any unicode string). After ``reset`` it is the prompt.
+
+    ## Action space
+
+    ``ReasoningText(min_length=1, max_length=limits.max_segment_chars)``: the next segment. The task
+    delimiter (``"\n\n"``) is appended when the segment does not end with it. A non-string, an
+    empty or whitespace-only string, or a string longer than ``max_segment_chars`` raises
+    ``ActionError``; stepping a finished episode raises ``gymnasium.error.ResetNeeded``.
+
+    ## Rewards
+
+    With J_0 the baseline (answer right after the question) and J_t after segment t::
+
+        Δ_t      = (J_t − J_0) / max(|J_0|, ε)
+        S_magn,t = tanh(Δ_t − 1) + 1
+        S_stab,t = (τ_K(EMA_β(J_0..J_t)) + 1) / 2          Kendall's tau-a against time
+        S_t      = (1 − w)·S_magn,t + w·S_stab,t
+        r̃_t      = S_t − S_{t'}                             t' the previous scored point (S_0 = 0)
+        reward_t = α · r̃_t  +  [final step] · 1{answer verifies}
+
+    with α, w, β, ε from the task's ``reward`` section. Unscored segments (``selection:
+    entropy_threshold``) earn 0 and the next scored one earns the difference since the last scored
+    point, so the process rewards of an episode always sum to α·S_T (telescoping).
+
+    ``info`` carries every component: ``J``, ``J_baseline``, ``magnitude``, ``stability``,
+    ``process_score``, ``process_reward`` (r̃, before α), ``outcome_reward``, ``correct`` (last step),
+    ``scored``, ``entropy``, ``segment_tokens``, ``total_tokens``, ``backtrack``; unscored steps
+    report NaN for the J-derived components.
+
+    ## Starting state
+
+    ``reset`` draws a problem uniformly from the split with the env's ``np_random``. ``options``:
+    ``{"split": "train"|"test", "index": i}`` selects one problem (so a GRPO group of G envs can
+    share it). ``reset`` info: ``problem_id``, ``J_baseline``, ``answer`` is *not* exposed.
+
+    ## Episode end
+
+    Termination: the segment contains the final answer (the task's ``final_answer_pattern``, by
+    default ``\boxed{``) or the scorer's end-of-text token. Truncation: ``max_steps`` segments,
+    ``max_total_tokens`` tokens of question + reasoning, or the scorer's context limit (a segment
+    that would overflow the context is not appended). A truncated episode has outcome 0.
+
+    ## Arguments
+
+    ``gym.make("RePro-Math-v0", **overrides)`` or ``ReasoningEnv(task, scorer=None, split="train",
+    render_mode=None, **overrides)``. ``task``: a TaskSpec, a YAML path or a registered id.
+    ``scorer``: a ``Scorer`` instance, a ``ScorerConfig`` or a mapping of its fields (default: the
+    task's scorer). ``overrides``: any TaskSpec field (``reward={"alpha": 0.2}``,
+    ``limits={"max_steps": 8}``, ``source={...}``); unknown keys raise ``TaskSpecError``.
+
+    ## Version history
+
+    * v0: initial release.
+    """
+
+    metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
+
+    def __init__(
+        self,
+        task: TaskSpec | str | Path = "RePro-Math-v0",
+        *,
+        scorer: Scorer | ScorerConfig | Mapping[str, Any] | None = None,
+        split: str = "train",
+        render_mode: str | None = None,
+        **overrides: Any,
+    ):
+        self.spec_task = resolve_task(task, overrides)
+        self.scorer = _resolve_scorer(scorer, self.spec_task)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise TaskSpecError(
+                f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
+            )
+        if self.spec_task.reward.selection == "topk_entropy":
+            raise TaskSpecError(
+                f"{self.spec_task.id}: field 'reward.selection' = 'topk_entropy' needs the whole "
+                "trajectory; online envs support 'all' or 'entropy_threshold' (trainers apply top-k "
+                "when they re-score finished rollouts)"
+            )
+        self.render_mode = render_mode
+        self.split = split
+        self.source = make_source(self.spec_task)
+        limits = self.spec_task.limits
+        self.action_space = ReasoningText(limits.max_segment_chars, min_length=1)
+        self.observation_space = ReasoningText(
+            self.spec_task.max_prompt_chars + limits.max_steps * (limits.max_segment_chars
+                                                                  + len(self.spec_task.delimiter))
+        )
+        self.episode: Episode | None = None
+
+    # -- Gymnasium API -------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.episode = self._new_episode(options or {})
+        return self.episode.text, {"problem_id": self.episode.problem.id,
+                                   "J_baseline": self.episode.session.J_baseline}
+
+    def step(self, action: str):
+        episode = self._require_episode()
+        segment = self.prepare_segment(action)
+        try:
+            step = episode.session.append(segment)
+        except ContextLengthError:
+            step = None
+        return self.finish_step(episode, segment, step)
+
+    def render(self) -> str | None:
+        if self.episode is None:
+            return None
+        text = self.transcript(self.episode, colour=self.render_mode == "human")
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text
+
+    def close(self) -> None:
+        if self.episode is not None:
+            self.episode.session.close()
+            self.episode = None
+
+    # -- steps in pieces, so that the vector env can batch the scorer call ----------------------
+
+    def _new_episode(self, options: Mapping[str, Any]) -> Episode:
+        unknown = set(options) - {"split", "index"}
+        if unknown:
+            raise TaskSpecError(f"reset options: unknown key(s) {sorted(unknown)}; valid: 'split', 'index'")
+        split = options.get("split", self.split)
+        size = self.source.size(split)
+        index = options.get("index")
+        if index is None:
+            index = int(self.np_random.integers(size))
+        elif not isinstance(index, int | np.integer) or not 0 <= index < size:
+            raise TaskSpecError(f"reset options: 'index' must be an int in [0, {size}), got {index!r}")
+        if self.episode is not None:
+            self.episode.session.close()
+        problem = self.source.get(split, int(index))
+        answer = self.spec_task.render_answer(problem)
+        session = self.scorer.session(self.spec_task.render_prompt(problem), answer)
+        return Episode(problem=problem, prompt=self.spec_task.render_prompt(problem), answer=answer,
+                       session=session, J_points=[session.J_baseline])
+
+    def _require_episode(self) -> Episode:
+        if self.episode is None or self.episode.done:
+            raise gym.error.ResetNeeded("call reset() before step(): the episode has ended or not started")
+        return self.episode
+
+    def prepare_segment(self, action: Any) -> str:
+        """Validate an action and return the segment to append (delimiter added when missing)."""
+        if not isinstance(action, str):
+            raise ActionError(f"action must be a str (one reasoning segment), got {type(action).__name__}: "
+                              f"{action!r:.80}")
+        if not action.strip():
+            raise ActionError(f"action must be a non-empty segment, got {action!r}")
+        limit = self.spec_task.limits.max_segment_chars
+        if len(action) > limit:
+            raise ActionError(f"action has {len(action)} characters, more than limits.max_segment_chars "
+                              f"= {limit}; split it into shorter segments or raise the limit")
+        delimiter = self.spec_task.delimiter
+        return action if action.endswith(delimiter) else action + delimiter
+
+    def finish_step(self, episode: Episode, segment: str, step: StepScore | None):
+        """Account a scored (or context-overflowing, ``step=None``) segment: reward, flags, info."""
+        task, limits = self.spec_task, self.spec_task.limits
+        overflow = step is None
+        if not overflow:
+            episode.segments.append(segment)
+        t = len(episode.segments)
+        terminated = not overflow and self._is_final(segment)
+        truncated = not terminated and (
+            overflow or t >= limits.max_steps or step.total_tokens >= limits.max_total_tokens)
+        info: dict[str, Any] = {
+            "J": float("nan"), "J_baseline": episode.J_points[0], "magnitude": float("nan"),
+            "stability": float("nan"), "process_score": float("nan"), "process_reward": 0.0,
+            "outcome_reward": 0.0, "scored": False,
+            "entropy": float("nan") if overflow else step.entropy,
+            "segment_tokens": 0 if overflow else step.segment_tokens,
+            "total_tokens": episode.session.total_tokens,
+            "backtrack": task.is_backtrack(segment), "context_overflow": overflow,
+        }
+        if not overflow and self._selected(step, last=terminated or truncated):
+            info.update(self._score_point(episode, step.J))
+        if terminated or truncated:
+            correct = terminated and task.verify("".join(episode.segments), episode.problem)
+            info["correct"] = correct
+            info["outcome_reward"] = float(correct)
+            episode.done = True
+        reward = task.reward.alpha * info["process_reward"] + info["outcome_reward"]
+        episode.rewards.append(reward)
+        if self.render_mode == "human":
+            self.render()
+        return episode.text, reward, terminated, truncated, info
+
+    def _selected(self, step: StepScore, *, last: bool) -> bool:
+        reward_cfg = self.spec_task.reward
+        if last or reward_cfg.selection == "all":
+            return True
+        return step.entropy >= reward_cfg.entropy_threshold
+
+    def _score_point(self, episode: Episode, J: float) -> dict[str, Any]:
+        """Add a scored point and return its RePro components (REPRO_SPEC §3–§4)."""
+        cfg = self.spec_task.reward
+        episode.J_points.append(J)
+        J_points = np.asarray(episode.J_points)  # (1 + M,)
+        magnitude = rp.magnitude_scores(J_points, eps=cfg.eps)[-1]
+        stability = rp.stability_scores(J_points, ema=cfg.ema)[-1]
+        score = (1 - cfg.stability_weight) * magnitude + cfg.stability_weight * stability
+        process_reward = score - episode.last_score
+        episode.last_score = score
+        return {"J": J, "magnitude": float(magnitude), "stability": float(stability),
+                "process_score": float(score), "process_reward": float(process_reward), "scored": True}
+
+    def _is_final(self, segment: str) -> bool:
+        eos = getattr(getattr(self.scorer, "tokenizer", None), "eos_token", None)
+        return bool(self.spec_task.final_answer_regex.search(segment)) or bool(eos and eos in segment)
+
+    @staticmethod
+    def transcript(episode: Episode, colour: bool = False) -> str:
+        """The prompt and each segment with its reward, for ``render``."""
+        green, red, dim, end = ("\x1b[32m", "\x1b[31m", "\x1b[2m", "\x1b[0m") if colour else ("",) * 4
+        lines = [f"{dim}{episode.prompt.rstrip()}{end}"]
+        for segment, r in zip(episode.segments, episode.rewards, strict=False):
+            c = green if r > 0 else red if r < 0 else dim
+            lines.append(f"{c}[{r:+.4f}]{end} {segment.rstrip()}")
+        return "\n".join(lines) + "\n"
+
+
+def _resolve_scorer(scorer: Scorer | ScorerConfig | Mapping[str, Any] | None, task: TaskSpec) -> Scorer:
+    from repro_env.config import replace
+
+    if scorer is None:
+        return shared_scorer(task.scorer)
+    if isinstance(scorer, ScorerConfig):
+        return shared_scorer(scorer)
+    if isinstance(scorer, Mapping):
+        return shared_scorer(replace(task.scorer, scorer, source="scorer", error=TaskSpecError))
+    if hasattr(scorer, "session") and hasattr(scorer, "sessions_append"):
+        return scorer
+    raise TaskSpecError(f"scorer must be a Scorer, a ScorerConfig, a mapping of its fields or None, "
+                        f"got {type(scorer).__name__}")
+
+
+def make_env(task: str | Path, **kwargs: Any) -> ReasoningEnv:
+    """Entry point registered for every task id (``gym.make``)."""
+    return ReasoningEnv(load_task(task), **kwargs)

@@ -1,0 +1,103 @@
+"""ReasoningVectorEnv: N reasoning envs whose new segments are scored in one batched scorer call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from repro_env.env import ReasoningEnv
+from repro_env.errors import ContextLengthError
+from repro_env.scoring import StepScore
+
+
+class ReasoningVectorEnv(VectorEnv):
+    """``num_envs`` copies of a :class:`ReasoningEnv` sharing one scorer.
+
+    Each ``step`` validates every action, then appends all new segments with **one**
+    ``scorer.sessions_append`` call, then accounts rewards exactly as the single env does, so the
+    rewards and infos equal ``num_envs`` independent envs stepped with the same actions.
+
+    Autoreset follows Gymnasium 1.x ``NEXT_STEP``: the step after a sub-env ends resets it,
+    ignores its action and returns the new prompt with reward 0 and both flags False.
+    Observations are tuples of strings; infos are dicts of arrays with ``_key`` masks.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["ansi"]}
+
+    def __init__(self, task: Any = "RePro-Math-v0", num_envs: int = 1, **kwargs: Any):
+        self.envs = [ReasoningEnv(task, **kwargs)]
+        scorer = self.envs[0].scorer
+        self.envs += [ReasoningEnv(self.envs[0].spec_task, scorer=scorer, split=self.envs[0].split,
+                                   render_mode=kwargs.get("render_mode"))
+                      for _ in range(num_envs - 1)]
+        self.scorer = scorer
+        self.num_envs = num_envs
+        self.render_mode = kwargs.get("render_mode")
+        self.single_observation_space = self.envs[0].observation_space
+        self.single_action_space = self.envs[0].action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._autoreset = np.zeros(num_envs, dtype=bool)
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed if isinstance(seed, int) else None)
+        seeds = seed if isinstance(seed, list) else [None if seed is None else seed + i for i in range(self.num_envs)]
+        observations, infos = [], {}
+        for i, env in enumerate(self.envs):
+            obs, info = env.reset(seed=seeds[i], options=options)
+            observations.append(obs)
+            infos = self._add_info(infos, info, i)
+        self._autoreset[:] = False
+        return tuple(observations), infos
+
+    def step(self, actions):
+        actions = list(actions)
+        live = [i for i in range(self.num_envs) if not self._autoreset[i]]
+        segments = {i: self.envs[i].prepare_segment(actions[i]) for i in live}
+        scores = self._append_all(live, segments)
+        observations: list[str] = [""] * self.num_envs
+        rewards = np.zeros(self.num_envs)
+        terminations = np.zeros(self.num_envs, dtype=bool)
+        truncations = np.zeros(self.num_envs, dtype=bool)
+        infos: dict[str, Any] = {}
+        for i, env in enumerate(self.envs):
+            if self._autoreset[i]:
+                obs, info = env.reset()
+            else:
+                obs, rewards[i], terminations[i], truncations[i], info = env.finish_step(
+                    env.episode, segments[i], scores[i])
+            observations[i] = obs
+            infos = self._add_info(infos, info, i)
+        self._autoreset = terminations | truncations
+        return tuple(observations), rewards, terminations, truncations, infos
+
+    def _append_all(self, live: list[int], segments: dict[int, str]) -> dict[int, StepScore | None]:
+        sessions = [self.envs[i]._require_episode().session for i in live]
+        try:
+            results = self.scorer.sessions_append(sessions, [segments[i] for i in live])
+            return dict(zip(live, results, strict=True))
+        except ContextLengthError:
+            # Some sub-env overflowed its context: find which by appending one at a time.
+            scores: dict[int, StepScore | None] = {}
+            for i, session in zip(live, sessions, strict=True):
+                try:
+                    scores[i] = session.append(segments[i])
+                except ContextLengthError:
+                    scores[i] = None
+            return scores
+
+    def render(self) -> tuple[str | None, ...]:
+        return tuple(env.render() for env in self.envs)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def make_vector_env(task: Any, num_envs: int = 1, **kwargs: Any) -> gym.vector.VectorEnv:
+    """Vector entry point registered for every task id (``gym.make_vec(..., "vector_entry_point")``)."""
+    return ReasoningVectorEnv(task, num_envs=num_envs, **kwargs)
