@@ -10,7 +10,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from repro_env.env import ReasoningEnv
-from repro_env.errors import ContextLengthError
+from repro_env.errors import ContextLengthError, TaskSpecError
 from repro_env.scoring import StepScore
 
 
@@ -21,14 +21,29 @@ class ReasoningVectorEnv(VectorEnv):
     ``scorer.sessions_append`` call, then accounts rewards exactly as the single env does, so the
     rewards and infos equal ``num_envs`` independent envs stepped with the same actions.
 
-    Autoreset follows Gymnasium 1.x ``NEXT_STEP``: the step after a sub-env ends resets it,
-    ignores its action and returns the new prompt with reward 0 and both flags False.
+    ``autoreset_mode``:
+
+    - ``NEXT_STEP`` (default, Gymnasium 1.x): the step after a sub-env ends resets it, ignores its
+      action and returns the new prompt with reward 0 and both flags False.
+    - ``DISABLED``: a finished sub-env is left alone until ``reset(options={"reset_mask": m})``;
+      its actions are ignored, and it returns its final observation, reward 0, both flags False
+      and no info. Trainers that collect exactly one episode per sub-env use this.
+
+    ``reset(options=...)`` takes the single env's options, where ``index`` may also be a sequence
+    with one problem index per sub-env (a GRPO group: G sub-envs share one index).
     Observations are tuples of strings; infos are dicts of arrays with ``_key`` masks.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["ansi"]}
 
-    def __init__(self, task: Any = "RePro-Math-v0", num_envs: int = 1, **kwargs: Any):
+    def __init__(self, task: Any = "RePro-Math-v0", num_envs: int = 1, *,
+                 autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, **kwargs: Any):
+        mode = AutoresetMode(autoreset_mode) if isinstance(autoreset_mode, str) else autoreset_mode
+        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED):
+            raise TaskSpecError(f"autoreset_mode must be NEXT_STEP or DISABLED, got {autoreset_mode!r}")
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
+        if num_envs < 1:
+            raise TaskSpecError(f"num_envs must be an int >= 1, got {num_envs!r}")
         self.envs = [ReasoningEnv(task, **kwargs)]
         scorer = self.envs[0].scorer
         self.envs += [ReasoningEnv(self.envs[0].spec_task, scorer=scorer, split=self.envs[0].split,
@@ -46,34 +61,47 @@ class ReasoningVectorEnv(VectorEnv):
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed if isinstance(seed, int) else None)
         seeds = seed if isinstance(seed, list) else [None if seed is None else seed + i for i in range(self.num_envs)]
-        observations, infos = [], {}
+        options = dict(options or {})
+        mask = np.asarray(options.pop("reset_mask", np.ones(self.num_envs, dtype=bool)), dtype=bool)
+        index = options.pop("index", None)
+        indices = list(index) if isinstance(index, list | tuple | np.ndarray) else [index] * self.num_envs
+        if len(indices) != self.num_envs or mask.shape != (self.num_envs,):
+            raise TaskSpecError(f"reset options: 'index' and 'reset_mask' need one entry per sub-env "
+                                f"({self.num_envs}), got {index!r} and {mask.tolist()}")
+        infos: dict[str, Any] = {}
         for i, env in enumerate(self.envs):
-            obs, info = env.reset(seed=seeds[i], options=options)
-            observations.append(obs)
-            infos = self._add_info(infos, info, i)
-        self._autoreset[:] = False
-        return tuple(observations), infos
+            if mask[i]:
+                sub = options if indices[i] is None else {**options, "index": int(indices[i])}
+                _, info = env.reset(seed=seeds[i], options=sub)
+                infos = self._add_info(infos, info, i)
+                self._autoreset[i] = False
+        return self._observations(), infos
+
+    def _observations(self) -> tuple[str, ...]:
+        return tuple(env.episode.text if env.episode else "" for env in self.envs)
 
     def step(self, actions):
         actions = list(actions)
-        live = [i for i in range(self.num_envs) if not self._autoreset[i]]
+        disabled = self.metadata["autoreset_mode"] == AutoresetMode.DISABLED
+        live = [i for i, env in enumerate(self.envs) if not self._autoreset[i]
+                and not (disabled and env.episode is not None and env.episode.done)]
         segments = {i: self.envs[i].prepare_segment(actions[i]) for i in live}
         scores = self._append_all(live, segments)
-        observations: list[str] = [""] * self.num_envs
         rewards = np.zeros(self.num_envs)
         terminations = np.zeros(self.num_envs, dtype=bool)
         truncations = np.zeros(self.num_envs, dtype=bool)
         infos: dict[str, Any] = {}
         for i, env in enumerate(self.envs):
-            if self._autoreset[i]:
-                obs, info = env.reset()
-            else:
-                obs, rewards[i], terminations[i], truncations[i], info = env.finish_step(
+            if i in segments:
+                _, rewards[i], terminations[i], truncations[i], info = env.finish_step(
                     env.episode, segments[i], scores[i])
-            observations[i] = obs
+            elif self._autoreset[i]:
+                _, info = env.reset()
+            else:
+                continue
             infos = self._add_info(infos, info, i)
-        self._autoreset = terminations | truncations
-        return tuple(observations), rewards, terminations, truncations, infos
+        self._autoreset = (terminations | truncations) & (not disabled)
+        return self._observations(), rewards, terminations, truncations, infos
 
     def _append_all(self, live: list[int], segments: dict[int, str]) -> dict[int, StepScore | None]:
         sessions = [self.envs[i]._require_episode().session for i in live]
