@@ -1,12 +1,13 @@
 """What a learner is, and the rollout helper that GRPO and PPO share (public env API only).
 
-A learner owns a policy and turns rollouts into parameter updates::
+A learner owns a policy and its training envs and turns rollouts into parameter updates::
 
-    learner = GRPO(GRPOConfig(...))
-    for update in range(n):
-        batch = learner.collect(envs)          # rollouts through env.reset / env.step
-        metrics = learner.update(batch)        # dict of floats, logged by the trainer
-    learner.save(dir) / learner.load(dir)      # safetensors + JSON, atomic
+    learner = GRPO(GRPOConfig(...), task="RePro-Math-v0", seed=0)
+    for _ in range(n):
+        batch = learner.collect()            # rollouts through env.reset / env.step only
+        metrics = learner.update(batch)      # dict of floats, logged by the trainer
+    learner.evaluate(num_problems=100)       # held-out split
+    learner.save(dir); learner.load(dir)     # safetensors + JSON; the trainer makes it atomic
 
 ``repro-env train`` (agents/train.py) drives any object with this interface.
 """
@@ -21,22 +22,26 @@ from typing import Any, Protocol, runtime_checkable
 class Learner(Protocol):
     """The small protocol a custom agent implements to be trained by ``repro-env train``."""
 
-    def collect(self, envs: Any) -> Any:
-        """Run rollouts in ``envs`` (a ReasoningVectorEnv) and return a batch for ``update``."""
+    updates: int
+    """Updates done so far (restored by ``load``)."""
+
+    def collect(self) -> Any:
+        """Run rollouts in the learner's training envs and return a batch for ``update``."""
         ...
 
     def update(self, batch: Any) -> dict[str, float]:
-        """One optimisation phase on ``batch``; returns metrics (losses, KL, entropy, ...)."""
+        """One optimisation phase on ``batch``; returns metrics (losses, KL, entropy, rewards...)."""
         ...
 
-    def evaluate(self, envs: Any, *, greedy: bool = True) -> dict[str, float]:
-        """Held-out metrics: accuracy, tokens per response, backtracks per response."""
+    def evaluate(self, *, num_problems: int, greedy: bool = True, samples: int = 1) -> dict[str, float]:
+        """Held-out metrics: ``accuracy``, ``tokens_per_response``, ``backtracks_per_response``,
+        ``process_return``; with ``samples`` > 1 at temperature 1.0, accuracy is avg@samples."""
         ...
 
     def save(self, directory: Path) -> None:
-        """Write the full training state (weights, optimiser, RNG, step) to ``directory``."""
+        """Write the full training state (weights, optimiser, RNG, update count) into ``directory``."""
         ...
 
     def load(self, directory: Path) -> None:
-        """Restore the state written by ``save``; raise ``CheckpointError`` if missing/corrupt."""
+        """Restore the state written by ``save``; raise ``CheckpointError`` if missing or corrupt."""
         ...
