@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from repro_env.config import describe, suggest
+from repro_env.errors import TaskSpecError
+
+if TYPE_CHECKING:
+    from repro_env.arithmetic import ArithmeticConfig
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\n\n"
 """What the policy sees; the reasoning segments follow it directly."""
@@ -25,3 +39,270 @@ class Problem:
     """Reference chain of thought, one segment per step, each ending with the delimiter; the last
     segment states the final answer (``The answer is \\boxed{42}.``)."""
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: a train and a test split, each a fixed-length, random-access, deterministic sequence.
+
+SPLITS = ("train", "test")
+MAX_DEDUPE_ATTEMPTS = 8
+"""A generated train problem whose question is also in the test split is redrawn at index
+``i + r·train_size`` (r = 1, 2, ...): train and test never share a question."""
+
+
+class ProblemSet(Sequence[Problem]):
+    """One split of a source. ``problems[i]`` is a pure function of the task spec and ``i``."""
+
+    def __init__(self, name: str, size: Callable[[], int], fetch: Callable[[int], Problem]):
+        self.name = name
+        self._size = size
+        self._fetch = fetch
+
+    def __len__(self) -> int:
+        return self._size()
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if isinstance(index, bool) or not isinstance(index, int | np.integer):
+            raise TypeError(f"{self.name}: index must be an int, got {type(index).__name__}")
+        size = len(self)
+        if not 0 <= index < size:
+            raise IndexError(f"{self.name}: index {index} out of range [0, {size})")
+        return self._fetch(int(index))
+
+
+class ProblemSource:
+    """The problems of a task: ``get(split, i)``, ``size(split)``; files are read on first use."""
+
+    def __init__(self, name: str, train: ProblemSet, test: ProblemSet):
+        self.name = name
+        self.splits = {"train": train, "test": test}
+
+    def split(self, split: str) -> ProblemSet:
+        if split not in self.splits:
+            raise TaskSpecError(f"{self.name}: split must be one of {', '.join(map(repr, SPLITS))}, "
+                                f"got {split!r}.{suggest(str(split), SPLITS)}")
+        return self.splits[split]
+
+    def size(self, split: str) -> int:
+        return len(self.split(split))
+
+    def get(self, split: str, index: int) -> Problem:
+        return self.split(split)[index]
+
+
+def generator_source(name: str, generate: Callable[[str, int], Problem], train_size: int,
+                     test_size: int) -> ProblemSource:
+    """A source over a generator ``generate(split, raw_index)``; train problems skip test questions."""
+    test = ProblemSet(f"{name}/test", lambda: test_size, lambda i: generate("test", i))
+
+    @lru_cache(maxsize=1)
+    def test_questions() -> frozenset[str]:
+        return frozenset(test[i].question for i in range(test_size))
+
+    def fetch_train(index: int) -> Problem:
+        for attempt in range(MAX_DEDUPE_ATTEMPTS):
+            problem = generate("train", index + attempt * train_size)
+            if problem.question not in test_questions():
+                return problem
+        raise TaskSpecError(
+            f"{name}: train problem {index} collides with the test split {MAX_DEDUPE_ATTEMPTS} times: the "
+            f"generator has too few distinct problems for test_size={test_size}; lower 'splits.test_size' "
+            "or widen the generator's ranges"
+        )
+
+    train = ProblemSet(f"{name}/train", lambda: train_size, fetch_train)
+    return ProblemSource(name, train, test)
+
+
+def arithmetic_source(config: ArithmeticConfig, train_seed: int, test_seed: int, train_size: int,
+                      test_size: int) -> ProblemSource:
+    """The built-in word problems (``repro_env.arithmetic``), one solution segment per operation."""
+    from repro_env.arithmetic import generate_problem
+
+    seeds = {"train": train_seed, "test": test_seed}
+    return generator_source("arithmetic", lambda split, i: generate_problem(config, seeds[split], i, split),
+                            train_size, test_size)
+
+
+def reasoning_gym_source(dataset: str, options: Mapping[str, Any], train_seed: int, test_seed: int,
+                         train_size: int, test_size: int,
+                         delimiter: str = DEFAULT_DELIMITER) -> ProblemSource:
+    """A reasoning-gym dataset by name. Its item ``i`` is drawn from ``Random(seed + i)``, so the
+    seed windows ``[seed, seed + size·attempts)`` of the two splits must not overlap (checked in
+    ``TaskSpec``); questions are also deduplicated across splits as for every generator."""
+    seeds = {"train": train_seed, "test": test_seed}
+    sizes = {"train": train_size * MAX_DEDUPE_ATTEMPTS, "test": test_size}
+    datasets = {split: reasoning_gym_dataset(dataset, options, seeds[split], sizes[split])
+                for split in SPLITS}
+
+    def generate(split: str, index: int) -> Problem:
+        entry = datasets[split][index]
+        answer = str(entry["answer"])
+        return Problem(id=f"rg-{dataset}-{split}-{seeds[split]}-{index}", question=str(entry["question"]),
+                       answer=answer, solution=_cot_solution(entry, answer, delimiter),
+                       meta={"entry": entry, "source": "reasoning_gym"})
+
+    return generator_source(f"reasoning_gym:{dataset}", generate, train_size, test_size)
+
+
+def reasoning_gym_dataset(name: str, options: Mapping[str, Any], seed: int, size: int):
+    """``reasoning_gym.create_dataset`` with typed errors for unknown names and rejected options."""
+    import reasoning_gym
+    from reasoning_gym.factory import DATASETS
+
+    if name not in DATASETS:
+        raise TaskSpecError(f"field 'source.dataset' must be a reasoning-gym dataset name, got "
+                            f"{describe(name)}.{suggest(name, DATASETS)}")
+    try:
+        return reasoning_gym.create_dataset(name, seed=seed, size=size, **dict(options))
+    except (TypeError, ValueError, AssertionError) as e:
+        raise TaskSpecError(f"field 'source.options' must be options that reasoning-gym's {name!r} accepts, "
+                            f"got {describe(dict(options))}: {e}") from e
+
+
+def _cot_solution(entry: Mapping[str, Any], answer: str, delimiter: str) -> tuple[str, ...] | None:
+    """Segments of a dataset's own worked solution (``metadata.answer_cot``), ending with the box."""
+    cot = entry.get("metadata", {}).get("answer_cot")
+    if not isinstance(cot, str) or not cot.strip():
+        return None
+    paragraphs = [p.strip() for p in cot.split("\n\n") if p.strip() and not p.strip().startswith("####")]
+    paragraphs = [p.split("\n####")[0].strip() for p in paragraphs]
+    final = f"The answer is {DEFAULT_ANSWER_TEMPLATE.format(answer=answer)}."
+    return tuple(p + delimiter for p in (*paragraphs, final))
+
+
+# ---------------------------------------------------------------------------------------------
+# Finite sources: records (dicts) from a JSONL file, a Hugging Face dataset or the YAML itself.
+
+
+@dataclass(frozen=True)
+class RecordFields:
+    """Which keys of a record hold what."""
+
+    question: str = "question"
+    answer: str = "answer"
+    solution: str = ""
+    """Key of the reference solution (a list of segments, or one string split at the delimiter)."""
+    id: str = ""
+    """Key of a stable id; empty: ``<source>-<record number>``."""
+    split: str = ""
+    """Key whose value (``train``/``test``) assigns the record to a split; empty: seeded partition."""
+
+
+def record_to_problem(record: Mapping[str, Any], fields: RecordFields, where: str, default_id: str,
+                      delimiter: str = DEFAULT_DELIMITER) -> Problem:
+    """A :class:`Problem` from one record; ``where`` (``file:line``) locates errors."""
+    for key in (fields.question, fields.answer):
+        if key not in record:
+            raise TaskSpecError(f"{where}: record has no field '{key}'.{suggest(key, map(str, record))} "
+                                f"Fields: {', '.join(map(str, record))}; set 'source.question_field' / "
+                                "'source.answer_field' to the right keys")
+    solution = record.get(fields.solution) if fields.solution else None
+    if isinstance(solution, str):
+        solution = [s for s in solution.split(delimiter) if s.strip()]
+    if solution is not None:
+        if not isinstance(solution, list | tuple) or not all(isinstance(s, str) for s in solution):
+            raise TaskSpecError(f"{where}: field '{fields.solution}' must be a string or a list of strings, "
+                                f"got {describe(solution)}")
+        solution = tuple(s if s.endswith(delimiter) else s + delimiter for s in solution)
+    meta = {k: v for k, v in record.items() if k not in (fields.question, fields.answer, fields.solution)}
+    return Problem(id=str(record[fields.id]) if fields.id and fields.id in record else default_id,
+                   question=str(record[fields.question]), answer=_answer_text(record[fields.answer]),
+                   solution=solution, meta=meta)
+
+
+def _answer_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def read_jsonl(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(file:line, record)`` for every non-blank line; a bad line is a located ``TaskSpecError``."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TaskSpecError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+            if not isinstance(record, dict):
+                raise TaskSpecError(f"{path}:{lineno}: a record must be a JSON object, "
+                                    f"got {describe(record)}")
+            records.append((f"{path}:{lineno}", record))
+    return records
+
+
+def read_hf_dataset(path: str, split: str) -> list[tuple[str, dict[str, Any]]]:
+    """Records of a local Hugging Face dataset: a ``save_to_disk`` directory, a directory of data
+    files, or a dataset already in the local cache. The hub is never contacted (offline mode)."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import datasets
+    except ImportError as e:
+        raise TaskSpecError("source kind 'hf_dataset' needs the datasets package: "
+                            "pip install 'repro-env[datasets]'") from e
+    local = Path(path)
+    try:
+        if local.is_dir() and any((local / f).is_file() for f in ("dataset_info.json", "dataset_dict.json",
+                                                                  "state.json")):
+            data = datasets.load_from_disk(str(local))
+            if isinstance(data, datasets.DatasetDict):
+                if split not in data:
+                    raise TaskSpecError(f"field 'source.hf_split' must be one of {', '.join(data)} for "
+                                        f"{path}, got {describe(split)}.{suggest(split, data)}")
+                data = data[split]
+        else:
+            data = datasets.load_dataset(str(path), split=split)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+        raise TaskSpecError(f"field 'source.path' must be a local Hugging Face dataset (a save_to_disk "
+                            f"directory, data files or a cached dataset), got {describe(path)}: {e}") from e
+    return [(f"{path}[{split}][{i}]", dict(row)) for i, row in enumerate(data)]
+
+
+def record_source(name: str, load: Callable[[], list[tuple[str, dict[str, Any]]]],
+                  load_test: Callable[[], list[tuple[str, dict[str, Any]]]] | None, fields: RecordFields,
+                  *, test_fraction: float, partition_seed: int, train_size: int | None,
+                  test_size: int | None, delimiter: str = DEFAULT_DELIMITER) -> ProblemSource:
+    """A finite source. Splits come from ``load_test`` (a separate file), the ``fields.split`` key, or
+    a seeded partition: shuffle the record numbers with ``Random(partition_seed)``, and the first
+    ``round(n · test_fraction)`` go to test. ``train_size`` / ``test_size`` cap each split."""
+
+    @lru_cache(maxsize=1)
+    def splits() -> dict[str, list[Problem]]:
+        records = load()
+        problems = [record_to_problem(r, fields, where, f"{name}-{i}", delimiter)
+                    for i, (where, r) in enumerate(records)]
+        if load_test is not None:
+            test = [record_to_problem(r, fields, where, f"{name}-test-{i}", delimiter)
+                    for i, (where, r) in enumerate(load_test())]
+            out = {"train": problems, "test": test}
+        elif fields.split:
+            out = {"train": [], "test": []}
+            for (where, record), problem in zip(records, problems, strict=True):
+                value = record.get(fields.split)
+                if value not in SPLITS:
+                    raise TaskSpecError(f"{where}: field '{fields.split}' must be 'train' or 'test', got "
+                                        f"{describe(value)}")
+                out[value].append(problem)
+        else:
+            order = list(range(len(problems)))
+            random.Random(partition_seed).shuffle(order)
+            n_test = round(len(problems) * test_fraction)
+            out = {"test": [problems[i] for i in sorted(order[:n_test])],
+                   "train": [problems[i] for i in sorted(order[n_test:])]}
+        for split, cap in (("train", train_size), ("test", test_size)):
+            out[split] = out[split][:cap] if cap is not None else out[split]
+            if not out[split]:
+                raise TaskSpecError(f"{name}: the {split} split is empty ({len(problems)} records); add "
+                                    "records or change 'splits.test_fraction' / the split field")
+        return out
+
+    train = ProblemSet(f"{name}/train", lambda: len(splits()["train"]), lambda i: splits()["train"][i])
+    test = ProblemSet(f"{name}/test", lambda: len(splits()["test"]), lambda i: splits()["test"][i])
+    return ProblemSource(name, train, test)
