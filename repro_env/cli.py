@@ -1,0 +1,119 @@
+"""``repro-env``: list, show, check and roll out tasks; pretrain the tiny model; train, eval, plot, compare.
+
+Each subcommand imports what it needs when it runs, so ``repro-env list`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from repro_env.errors import ReproEnvError
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import repro_env
+    from repro_env.tasks import load_task
+
+    rows = [(task_id, load_task(task_id).description.strip().splitlines()[0])
+            for task_id in repro_env.registered_ids()]
+    width = max(len(r[0]) for r in rows)
+    for task_id, description in rows:
+        print(f"{task_id:<{width}}  {description}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import repro_env  # noqa: F401  (registers the built-in ids)
+    from repro_env.tasks import dump_task, load_task
+
+    print(dump_task(load_task(args.task)))
+    return 0
+
+
+def cmd_tasks_check(args: argparse.Namespace) -> int:
+    from repro_env.tasks import check_task_file
+
+    print(check_task_file(args.file))
+    return 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from repro_env.rollout import rollout_main
+
+    return rollout_main(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from repro_env.rollout import demo_main
+
+    return demo_main(args)
+
+
+def _forward(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """A subcommand whose arguments are parsed by another module's ``main(argv)``."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), function)(args.rest) or 0)
+
+    return run
+
+
+FORWARDED = {
+    "pretrain-tiny": ("repro_env.pretrain", "main", "train the bundled tiny math model from scratch"),
+    "train": ("agents.train", "main_train", "train a policy with GRPO or PPO (+ RePro) from a config"),
+    "eval": ("agents.train", "main_eval", "evaluate a checkpoint on a task's held-out split"),
+    "plot": ("agents.train", "main_plot", "redraw a run's PNG plots from its metrics"),
+    "compare": ("agents.compare", "main", "RePro vs outcome-only, GRPO and PPO, several seeds"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="repro-env", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("list", help="registered task ids with one-line descriptions").set_defaults(run=cmd_list)
+    show = sub.add_parser("show", help="the resolved spec of a task id or YAML file")
+    show.add_argument("task")
+    show.set_defaults(run=cmd_show)
+
+    tasks = sub.add_parser("tasks", help="task files").add_subparsers(dest="tasks_command", required=True)
+    check = tasks.add_parser("check", help="validate a task YAML, print its spec and three problems")
+    check.add_argument("file")
+    check.set_defaults(run=cmd_tasks_check)
+
+    rollout = sub.add_parser("rollout", help="run episodes and print each segment's J, scores and rewards")
+    rollout.add_argument("task")
+    rollout.add_argument("--policy", default="reference",
+                         help="'reference' (the task's reference solutions), 'bundled' or a model dir")
+    rollout.add_argument("--episodes", type=int, default=3)
+    rollout.add_argument("--seed", type=int, default=0)
+    rollout.add_argument("--split", default="test")
+    rollout.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (model policies)")
+    rollout.set_defaults(run=cmd_rollout)
+
+    demo = sub.add_parser("demo", help="the main job on the bundled model (README quick start)")
+    demo.add_argument("--quick", action="store_true", help="a smaller run, for smoke tests")
+    demo.set_defaults(run=cmd_demo)
+
+    for name, (module, function, help_text) in FORWARDED.items():
+        forwarded = sub.add_parser(name, help=help_text, add_help=False)
+        forwarded.add_argument("rest", nargs=argparse.REMAINDER)
+        forwarded.set_defaults(run=_forward(module, function))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ReproEnvError as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
