@@ -1,0 +1,252 @@
+"""HFScorer: shared-prefix tree scoring and cached sessions equal plain forward passes (REPRO_SPEC §2, §7)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from repro_env.errors import ConfigError, ContextLengthError, ScorerError
+from repro_env.scoring import hf
+from repro_env.scoring.base import Scorer, ScorerConfig, ScoreRequest, ScoringSession, make_scorer
+from repro_env.scoring.hf import HFScorer, tree_attention_mask, tree_position_ids
+from repro_env.segments import tokenize_with_boundaries
+
+TOL = 1e-5
+QUESTION = "Question: what is 12 + 5 times 3?\n\n"
+SEGMENTS = ("First, 5 * 3 = 15.\n\n", "Then 12 + 15 = 27.\n\n", "Wait, check: 27.\n\n", "The answer is 27.")
+ANSWER = "\\boxed{27}"
+
+
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def scorer(request, tiny_llama_dir) -> HFScorer:
+    return HFScorer(ScorerConfig(model=str(tiny_llama_dir), attn_implementation=request.param, batch_size=3))
+
+
+@pytest.fixture(scope="module")
+def sdpa_scorer(tiny_llama_dir) -> HFScorer:
+    return HFScorer(ScorerConfig(model=str(tiny_llama_dir)))
+
+
+def plain_J(scorer: HFScorer, prefix_ids: list[int], answer: str) -> float:
+    """J from one ordinary forward over ``prefix + a`` (the paper's per-point pass)."""
+    answer_ids = scorer.answer_ids(answer)
+    with torch.no_grad():
+        logits = scorer.model(torch.tensor([prefix_ids + answer_ids])).logits[0]  # (n, V)
+    log_probs = torch.log_softmax(logits.float(), -1)[len(prefix_ids) - 1:-1]  # (|a|, V)
+    return float(log_probs.gather(1, torch.tensor(answer_ids)[:, None]).mean())
+
+
+def plain_entropies(scorer: HFScorer, ids: list[int], boundaries: list[int]) -> list[float]:
+    with torch.no_grad():
+        logits = scorer.model(torch.tensor([ids])).logits[0]  # (n, V)
+    probs = torch.softmax(logits.double(), -1)  # (n, V)
+    entropy = -(probs * probs.log()).sum(-1)  # (n,)
+    return [float(entropy[b - 1]) for b in boundaries[:-1]]
+
+
+def test_implements_protocols(sdpa_scorer):
+    assert isinstance(sdpa_scorer, Scorer)
+    assert isinstance(sdpa_scorer.session(QUESTION, ANSWER), ScoringSession)
+    assert sdpa_scorer.max_length == 512  # the fixture's max_position_embeddings
+
+
+def test_make_scorer_builds_hf(tiny_llama_dir):
+    assert isinstance(make_scorer(ScorerConfig(model=str(tiny_llama_dir))), HFScorer)
+
+
+def test_tree_mask_and_positions_by_hand():
+    # Prefix of 3 tokens; copies for boundaries 1 and 3, 2 tokens each; one padding token. L = 8.
+    mask = tree_attention_mask(3, [1, 3], 2, 8)
+    allowed = (mask == 0).int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0, 0, 0, 0],  # prefix 0
+        [1, 1, 0, 0, 0, 0, 0, 0],  # prefix 1
+        [1, 1, 1, 0, 0, 0, 0, 0],  # prefix 2
+        [1, 0, 0, 1, 0, 0, 0, 0],  # copy 0 (boundary 1), token 0: sees prefix[:1]
+        [1, 0, 0, 1, 1, 0, 0, 0],  # copy 0, token 1
+        [1, 1, 1, 0, 0, 1, 0, 0],  # copy 1 (boundary 3): sees prefix[:3], not copy 0
+        [1, 1, 1, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 0, 0, 1],  # padding sees itself only
+    ]
+    assert mask.dtype == torch.float32 and mask.min() == torch.finfo(torch.float32).min
+    assert tree_position_ids(3, [1, 3], 2, 8).tolist() == [0, 1, 2, 1, 2, 3, 4, 0]
+
+
+def test_tree_scoring_equals_separate_passes(scorer):
+    result = scorer.score([ScoreRequest(QUESTION, SEGMENTS, ANSWER)])[0]
+    ids, boundaries = tokenize_with_boundaries(scorer.tokenizer, QUESTION, SEGMENTS)
+    expected = [plain_J(scorer, ids[:b], ANSWER) for b in boundaries]  # points 0..4
+    assert result.points == (1, 2, 3, 4)
+    assert result.J.dtype == np.float64 and result.J.shape == (5,)
+    np.testing.assert_allclose(result.J, expected, rtol=0, atol=TOL)
+    assert len(set(np.round(result.J, 4))) == 5  # the points really differ, so a wrong mask would show
+    assert result.num_tokens == len(ids)
+
+
+def test_entropies_equal_a_direct_softmax(scorer):
+    result = scorer.score([ScoreRequest(QUESTION, SEGMENTS, ANSWER)])[0]
+    ids, boundaries = tokenize_with_boundaries(scorer.tokenizer, QUESTION, SEGMENTS)
+    assert result.entropies.shape == (4,) and result.entropies.dtype == np.float64
+    np.testing.assert_allclose(result.entropies, plain_entropies(scorer, ids, boundaries), rtol=0, atol=TOL)
+    assert np.all(result.entropies < math.log(len(scorer.tokenizer)))  # below uniform's log V
+
+
+def test_subsets_of_points(sdpa_scorer):
+    full = sdpa_scorer.score([ScoreRequest(QUESTION, SEGMENTS, ANSWER)])[0]
+    for points in [(2,), (1, 4), (3, 4)]:
+        part = sdpa_scorer.score([ScoreRequest(QUESTION, SEGMENTS, ANSWER, points=points)])[0]
+        assert part.points == points
+        np.testing.assert_allclose(part.J, full.J[[0, *points]], rtol=0, atol=TOL)
+        np.testing.assert_allclose(part.entropies, full.entropies, rtol=0, atol=TOL)
+
+
+def _requests() -> list[ScoreRequest]:
+    return [
+        ScoreRequest(QUESTION, SEGMENTS, ANSWER),
+        ScoreRequest("Question: 2 + 2?\n\n", ("So 4.",), "\\boxed{4}"),
+        ScoreRequest("Question: 7 * 8?\n\n", ("Now, 7 * 8 = 56.\n\n", "Hence 56."), "56", points=(2,)),
+        ScoreRequest("Q: 9 + 1?\n\n", ("9 + 1 = 10.\n\n", "So 10.\n\n", "Check 10."), "\\boxed{10}"),
+    ]
+
+
+def test_batch_of_different_lengths_equals_one_by_one(scorer):
+    requests = _requests()
+    together = scorer.score(requests)  # batch_size=3: two forwards, the first padded
+    for request, result in zip(requests, together, strict=True):
+        alone = scorer.score([request])[0]
+        assert result.points == alone.points and result.num_tokens == alone.num_tokens
+        np.testing.assert_allclose(result.J, alone.J, rtol=0, atol=TOL)
+        np.testing.assert_allclose(result.entropies, alone.entropies, rtol=0, atol=TOL)
+
+
+def test_rows_split_over_several_forwards(sdpa_scorer, monkeypatch):
+    whole = sdpa_scorer.score(_requests())
+    # Room for a single answer copy per row, and masks so small that each row runs alone.
+    monkeypatch.setattr(hf, "MAX_ROW_TOKENS", 1)
+    monkeypatch.setattr(hf, "MAX_MASK_ELEMENTS", 1)
+    split = sdpa_scorer.score(_requests())
+    for a, b in zip(whole, split, strict=True):
+        np.testing.assert_allclose(a.J, b.J, rtol=0, atol=TOL)
+        np.testing.assert_allclose(a.entropies, b.entropies, rtol=0, atol=TOL)
+
+
+def test_single_token_answer_needs_no_copy(sdpa_scorer):
+    answer = "7"
+    assert len(sdpa_scorer.answer_ids(answer)) == 1
+    result = sdpa_scorer.score([ScoreRequest(QUESTION, SEGMENTS, answer)])[0]
+    ids, boundaries = tokenize_with_boundaries(sdpa_scorer.tokenizer, QUESTION, SEGMENTS)
+    expected = [plain_J(sdpa_scorer, ids[:b], answer) for b in boundaries]
+    np.testing.assert_allclose(result.J, expected, rtol=0, atol=TOL)
+
+
+def test_answer_tokens_have_no_bos(sdpa_scorer):
+    ids = sdpa_scorer.answer_ids(ANSWER)
+    assert sdpa_scorer.tokenizer.bos_token_id not in ids
+    assert sdpa_scorer.tokenizer.decode(ids) == ANSWER
+
+
+def test_session_equals_batch_scoring(scorer):
+    batch = scorer.score([ScoreRequest(QUESTION, SEGMENTS, ANSWER)])[0]
+    session = scorer.session(QUESTION, ANSWER)
+    assert abs(session.J_baseline - batch.J[0]) <= TOL
+    ids, boundaries = tokenize_with_boundaries(scorer.tokenizer, QUESTION, SEGMENTS)
+    for t, segment in enumerate(SEGMENTS, start=1):
+        step = session.append(segment)
+        assert abs(step.J - batch.J[t]) <= TOL
+        assert abs(step.entropy - batch.entropies[t - 1]) <= TOL
+        assert step.total_tokens == boundaries[t] == session.total_tokens
+        assert step.segment_tokens == boundaries[t] - boundaries[t - 1]
+    session.close()
+    with pytest.raises(ScorerError, match="append on a closed session"):
+        session.append("more")
+
+
+def test_session_without_scoring_keeps_entropy_and_later_J(sdpa_scorer):
+    batch = sdpa_scorer.score([ScoreRequest(QUESTION, SEGMENTS, ANSWER)])[0]
+    session = sdpa_scorer.session(QUESTION, ANSWER)
+    skipped = session.append(SEGMENTS[0], score=False)
+    assert math.isnan(skipped.J)
+    assert abs(skipped.entropy - batch.entropies[0]) <= TOL
+    assert abs(session.append(SEGMENTS[1]).J - batch.J[2]) <= TOL
+
+
+def test_session_retokenises_across_a_merged_boundary(sdpa_scorer):
+    # "?" then ".\n\n..." : the question's last token "?" merges with the segment's leading
+    # "\n\n" into one token, so the cache must be cropped back before the merge.
+    question, segments = "Question: 3 + 4?", ("\n\nSo 7.\n\n", "The answer is 7.")
+    session = sdpa_scorer.session(question, ANSWER)
+    for t, segment in enumerate(segments, start=1):
+        step = session.append(segment)
+        ids, _ = tokenize_with_boundaries(sdpa_scorer.tokenizer, question, segments[:t])
+        assert abs(step.J - plain_J(sdpa_scorer, ids, ANSWER)) <= TOL
+
+
+def test_sessions_append_equals_single_appends(sdpa_scorer):
+    questions = [QUESTION, "Question: 7 * 8?\n\n"]
+    segments = [SEGMENTS[:2], ("Now, 7 * 8 = 56.\n\n", "Hence 56.")]
+    single = [sdpa_scorer.session(q, ANSWER) for q in questions]
+    batched = [sdpa_scorer.session(q, ANSWER) for q in questions]
+    for step in range(2):
+        expected = [s.append(segs[step]) for s, segs in zip(single, segments, strict=True)]
+        flags = [True, step == 1]
+        got = sdpa_scorer.sessions_append(batched, [segs[step] for segs in segments], score=flags)
+        for e, g, flag in zip(expected, got, flags, strict=True):
+            assert (abs(g.J - e.J) <= TOL) if flag else math.isnan(g.J)
+            assert abs(g.entropy - e.entropy) <= TOL and g.total_tokens == e.total_tokens
+    with pytest.raises(ScorerError, match="got 2 sessions, 1 segments, 2 flags"):
+        sdpa_scorer.sessions_append(batched, ["x"])
+
+
+def test_context_length_error(tiny_llama_dir):
+    scorer = HFScorer(ScorerConfig(model=str(tiny_llama_dir), max_length=24))
+    long_segments = SEGMENTS * 3
+    message = r"= \d+ tokens exceeds max_length=24 \(question starting 'Question: what"
+    with pytest.raises(ContextLengthError, match=message):
+        scorer.score([ScoreRequest(QUESTION, long_segments, ANSWER)])
+    session = scorer.session("Q: 1?\n\n", "1")
+    with pytest.raises(ContextLengthError, match="exceeds max_length=24"):
+        session.append("".join(long_segments))
+    assert session.append("So 1.").total_tokens < 24  # the failed append left the session usable
+
+
+def test_max_length_above_the_model_limit(tiny_llama_dir):
+    message = r"field 'max_length' must be <= the model's max_position_embeddings \(512\), got 1024"
+    with pytest.raises(ConfigError, match=message):
+        HFScorer(ScorerConfig(model=str(tiny_llama_dir), max_length=1024))
+
+
+def test_bad_requests(sdpa_scorer):
+    with pytest.raises(ScorerError, match=r"points must be sorted unique segment indices in 1..4, got \(5,"):
+        sdpa_scorer.score([ScoreRequest(QUESTION, SEGMENTS, ANSWER, points=(5,))])
+    with pytest.raises(ScorerError, match="got \\(2, 1\\)"):
+        sdpa_scorer.score([ScoreRequest(QUESTION, SEGMENTS, ANSWER, points=(2, 1))])
+    with pytest.raises(ScorerError, match="the answer '' tokenises to no tokens"):
+        sdpa_scorer.score([ScoreRequest(QUESTION, SEGMENTS, "")])
+
+
+def test_missing_model_directory(tmp_path):
+    with pytest.raises(ScorerError, match="could not load model"):
+        HFScorer(ScorerConfig(model=str(tmp_path / "nowhere")))
+
+
+def test_nan_guard_and_reload_weights(tiny_llama_dir):
+    scorer = HFScorer(ScorerConfig(model=str(tiny_llama_dir)))
+    request = ScoreRequest(QUESTION, SEGMENTS, ANSWER)
+    before = scorer.score([request])[0].J
+    original = {k: v.clone() for k, v in scorer.model.state_dict().items()}
+    session = scorer.session(QUESTION, ANSWER)
+    broken = dict(original, **{"lm_head.weight": torch.full_like(original["lm_head.weight"], float("nan"))})
+    scorer.reload_weights(broken)
+    with pytest.raises(ScorerError, match="non-finite answer log-probs"):
+        scorer.score([request])
+    with pytest.raises(ScorerError, match="non-finite"):
+        scorer.session(QUESTION, ANSWER)
+    with pytest.raises(ScorerError, match="weights were reloaded after this session started"):
+        session.append(SEGMENTS[0])
+    with pytest.raises(ScorerError, match="the state dict does not fit the scorer model"):
+        scorer.reload_weights({"not.a.weight": torch.zeros(1)})
+    scorer.reload_weights(original)
+    np.testing.assert_array_equal(scorer.score([request])[0].J, before)
