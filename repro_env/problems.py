@@ -167,8 +167,10 @@ def _cot_solution(entry: Mapping[str, Any], answer: str, delimiter: str) -> tupl
     cot = entry.get("metadata", {}).get("answer_cot")
     if not isinstance(cot, str) or not cot.strip():
         return None
-    paragraphs = [p.strip() for p in cot.split("\n\n") if p.strip() and not p.strip().startswith("####")]
-    paragraphs = [p.split("\n####")[0].strip() for p in paragraphs]
+    # Worked answers use blank lines between steps, or one step per line when they have none.
+    pieces = cot.split("\n\n") if "\n\n" in cot.strip() else cot.split("\n")
+    paragraphs = [p.split("\n####")[0].strip() for p in pieces]
+    paragraphs = [p for p in paragraphs if p and not p.startswith("####")]
     final = f"The answer is {DEFAULT_ANSWER_TEMPLATE.format(answer=answer)}."
     return tuple(p + delimiter for p in (*paragraphs, final))
 

@@ -1,0 +1,467 @@
+"""Tasks: one YAML file fully defines a reasoning environment and becomes a gym id.
+
+A task YAML loads into a frozen :class:`TaskSpec` (``load_task``); gym keyword arguments override
+it through :func:`repro_env.config.replace` with the same checks (``resolve_task``). Every invalid
+value is a :class:`TaskSpecError` naming the file, the field, the value and what was expected::
+
+    # tasks/math.yaml: the default task
+    id: RePro-Math-v0
+    description: Multi-step arithmetic word problems.
+    source: {kind: arithmetic, arithmetic: {min_ops: 2, max_ops: 4}}
+    scorer: {model: bundled}
+
+``make_source(spec)`` builds the problems (``get(split, i)``, ``size(split)``); ``check_task_file``
+is ``repro-env tasks check FILE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from repro_env.arithmetic import ArithmeticConfig
+from repro_env.config import check, describe, from_mapping, replace, suggest, to_dict
+from repro_env.errors import TaskSpecError
+from repro_env.problems import (
+    DEFAULT_ANSWER_TEMPLATE,
+    DEFAULT_DELIMITER,
+    DEFAULT_PROMPT_TEMPLATE,
+    Problem,
+    ProblemSource,
+    RecordFields,
+    arithmetic_source,
+    read_hf_dataset,
+    read_jsonl,
+    reasoning_gym_dataset,
+    reasoning_gym_source,
+    record_source,
+)
+from repro_env.reward import RewardConfig
+from repro_env.scoring.base import ScorerConfig
+from repro_env.verify import VerifierKind, outcome_reward
+
+SourceKind = Literal["arithmetic", "reasoning_gym", "jsonl", "hf_dataset", "inline"]
+
+DEFAULT_FINAL_ANSWER_PATTERN = r"\\boxed\{"
+DEFAULT_BACKTRACK_PATTERNS = (
+    r"\bwait\b", r"\bhmm+\b", r"\bactually\b", r"\blet me re-?check\b", r"\blet me double[- ]check\b",
+    r"\balternatively\b", r"\bno,",
+)
+"""REPRO_SPEC §6 (choice): a segment containing any of these (case-insensitive) is a backtrack."""
+GENERATOR_TRAIN_SIZE = 100_000
+GENERATOR_TEST_SIZE = 500
+_GYM_ID = re.compile(r"(?:[\w:-]+/)?[\w:.-]+-v\d+")
+_SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "arithmetic": ("arithmetic",),
+    "reasoning_gym": ("dataset", "options"),
+    "jsonl": ("path", "test_path", "question_field", "answer_field", "solution_field", "id_field",
+              "split_field"),
+    "hf_dataset": ("path", "hf_split", "hf_test_split", "question_field", "answer_field", "solution_field",
+                   "id_field", "split_field"),
+    "inline": ("items", "question_field", "answer_field", "solution_field", "id_field", "split_field"),
+}
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where problems come from; ``kind`` says which of the other fields apply."""
+
+    kind: SourceKind = "arithmetic"
+    """``arithmetic`` (built-in generator), ``reasoning_gym``, ``jsonl``, ``hf_dataset`` or ``inline``."""
+    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    """arithmetic: difficulty of the generated word problems."""
+    dataset: str = ""
+    """reasoning_gym: dataset name (``basic_arithmetic``, ``chain_sum``, ``gsm_symbolic`` ...)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """reasoning_gym: keyword arguments of the dataset's config (e.g. ``difficulty``)."""
+    path: str = ""
+    """jsonl: the file; hf_dataset: a local dataset directory or a cached dataset name. Relative
+    paths are resolved against the task YAML's directory."""
+    test_path: str = ""
+    """jsonl: a separate test file (explicit split); empty: partition ``path``."""
+    hf_split: str = "train"
+    """hf_dataset: the split that holds the problems."""
+    hf_test_split: str = ""
+    """hf_dataset: a separate test split (explicit split); empty: partition ``hf_split``."""
+    question_field: str = "question"
+    """Record key of the question."""
+    answer_field: str = "answer"
+    """Record key of the ground-truth answer."""
+    solution_field: str = ""
+    """Record key of a reference solution (list of segments or one string); empty: none."""
+    id_field: str = ""
+    """Record key of a stable problem id; empty: the record number."""
+    split_field: str = ""
+    """Record key whose value (``train``/``test``) assigns the split; empty: seeded partition."""
+    items: tuple[dict[str, Any], ...] = ()
+    """inline: the problems themselves, e.g. ``[{question: "2+3?", answer: "5"}]``."""
+
+    def __post_init__(self) -> None:
+        used = _SOURCE_FIELDS[self.kind] if self.kind in _SOURCE_FIELDS else ()
+        for f in dataclasses.fields(self):
+            if f.name != "kind" and f.name not in used and getattr(self, f.name) != _default(f):
+                check(False, f.name, getattr(self, f.name),
+                      f"unset for source kind '{self.kind}' (it applies to: "
+                      f"{', '.join(k for k, v in _SOURCE_FIELDS.items() if f.name in v)})", TaskSpecError)
+        check(bool(self.question_field) and bool(self.answer_field), "question_field",
+              (self.question_field, self.answer_field), "non-empty record keys", TaskSpecError)
+        if self.kind == "reasoning_gym":
+            check(bool(self.dataset), "dataset", self.dataset,
+                  "a reasoning-gym dataset name for source kind 'reasoning_gym'", TaskSpecError)
+        elif self.kind == "jsonl":
+            check(bool(self.path) and Path(self.path).is_file(), "path", self.path,
+                  "an existing JSONL file (relative paths start at the task YAML's directory)", TaskSpecError)
+            check(not self.test_path or Path(self.test_path).is_file(), "test_path", self.test_path,
+                  "an existing JSONL file or empty", TaskSpecError)
+        elif self.kind == "hf_dataset":
+            check(bool(self.path), "path", self.path,
+                  "a local Hugging Face dataset directory or a cached dataset name", TaskSpecError)
+        elif self.kind == "inline":
+            check(len(self.items) > 0, "items", self.items,
+                  "a non-empty list of {question, answer} mappings for source kind 'inline'", TaskSpecError)
+            for i, item in enumerate(self.items):
+                missing = [k for k in (self.question_field, self.answer_field) if k not in item]
+                check(not missing, f"items[{i}]", item,
+                      f"a mapping with keys '{self.question_field}' and '{self.answer_field}'", TaskSpecError)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Train/test splits. Generators: seeds and sizes; finite sources: a seeded partition.
+
+    Train and test never share a question: generator train problems that also occur in the test
+    split are redrawn (``problems.generator_source``), and finite sources partition their records.
+    """
+
+    train_seed: int = 0
+    """Seed of the train split (generators)."""
+    test_seed: int = 1_000_000_000
+    """Seed of the test split (generators); far from ``train_seed`` because reasoning-gym seeds item
+    ``i`` with ``seed + i``."""
+    train_size: int | None = None
+    """Problems in the train split; ``null``: 100000 for generators, every train record otherwise."""
+    test_size: int | None = None
+    """Problems in the test split; ``null``: 500 for generators, every test record otherwise."""
+    test_fraction: float = 0.2
+    """Finite sources without a split file or field: share of the records that go to test."""
+    partition_seed: int = 0
+    """Finite sources: seed of the shuffle that partitions records into train and test."""
+
+    def __post_init__(self) -> None:
+        for name in ("train_seed", "test_seed", "partition_seed"):
+            check(getattr(self, name) >= 0, name, getattr(self, name), "an int >= 0", TaskSpecError)
+        check(self.train_seed != self.test_seed, "test_seed", self.test_seed,
+              f"different from train_seed ({self.train_seed})", TaskSpecError)
+        for name in ("train_size", "test_size"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, name, value, "an int >= 1 or null", TaskSpecError)
+        check(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction, "a number in (0, 1)",
+              TaskSpecError)
+
+    def sizes(self, default_train: int = GENERATOR_TRAIN_SIZE,
+              default_test: int = GENERATOR_TEST_SIZE) -> tuple[int, int]:
+        return (self.train_size or default_train, self.test_size or default_test)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """When an episode is cut off (truncation) and how long one action may be."""
+
+    max_steps: int = 16
+    """Segments per episode."""
+    max_segment_chars: int = 1000
+    """Characters per segment (the action space's length)."""
+    max_segment_tokens: int = 256
+    """Tokens per segment, for policies that generate segments."""
+    max_total_tokens: int = 1024
+    """Tokens of prompt + reasoning; the episode is truncated when it reaches this."""
+    max_prompt_chars: int = 2000
+    """Characters of a rendered prompt (bounds the observation space)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check(getattr(self, f.name) >= 1, f.name, getattr(self, f.name), "an int >= 1", TaskSpecError)
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    """How the final answer is checked (outcome reward R, REPRO_SPEC §5)."""
+
+    kind: VerifierKind = "math"
+    """``math`` (numbers, then math-verify), ``exact`` (normalised string) or ``reasoning_gym``
+    (the dataset's own ``score_answer``; needs a reasoning_gym source)."""
+    timeout_s: float = 5.0
+    """math-verify time limit per answer; a timeout counts as incorrect."""
+
+    def __post_init__(self) -> None:
+        check(self.timeout_s > 0, "timeout_s", self.timeout_s, "a number > 0", TaskSpecError)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A reasoning environment: problems, prompt and answer templates, limits, reward, scorer."""
+
+    id: str
+    """Gym id, ``[namespace/]Name-vN`` (e.g. ``RePro-Math-v0``)."""
+    description: str = ""
+    """One paragraph for humans (shown by ``repro-env tasks``)."""
+    source: SourceConfig = field(default_factory=SourceConfig)
+    """Where problems come from."""
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    """What the policy sees; must contain ``{question}``."""
+    answer_template: str = DEFAULT_ANSWER_TEMPLATE
+    """The answer string ``a`` whose log-prob is J (REPRO_SPEC §1); must contain ``{answer}``."""
+    final_answer_pattern: str = DEFAULT_FINAL_ANSWER_PATTERN
+    """Regex: a segment that matches it ends the episode (termination). A capture group, if any,
+    also extracts the final answer."""
+    delimiter: str = DEFAULT_DELIMITER
+    """Segment delimiter (REPRO_SPEC §1); a segment keeps it."""
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    """How the final answer is checked."""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    """Episode and action limits."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """RePro reward defaults (α, w, selection, k, EMA β)."""
+    backtrack_patterns: tuple[str, ...] = DEFAULT_BACKTRACK_PATTERNS
+    """Case-insensitive regexes; a matching segment counts as a backtrack (REPRO_SPEC §6)."""
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    """The default model that computes J."""
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    """Train/test seeds, sizes or partition."""
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.id, str) and _GYM_ID.fullmatch(self.id) is not None, "id", self.id,
+              "a gym id like 'RePro-Math-v0' ([namespace/]Name-vN)", TaskSpecError)
+        _check_template(self.prompt_template, "prompt_template", "question")
+        _check_template(self.answer_template, "answer_template", "answer")
+        _check_regex(self.final_answer_pattern, "final_answer_pattern", 0)
+        for i, pattern in enumerate(self.backtrack_patterns):
+            _check_regex(pattern, f"backtrack_patterns[{i}]", re.IGNORECASE)
+        check(self.delimiter != "", "delimiter", self.delimiter, "a non-empty string", TaskSpecError)
+        check(self.verifier.kind != "reasoning_gym" or self.source.kind == "reasoning_gym", "verifier.kind",
+              self.verifier.kind, f"'math' or 'exact' for source kind '{self.source.kind}' ('reasoning_gym' "
+              "needs a reasoning_gym source)", TaskSpecError)
+        if self.source.kind == "reasoning_gym":
+            from repro_env.problems import MAX_DEDUPE_ATTEMPTS
+
+            train, test = self.splits.sizes()
+            train_end = self.splits.train_seed + train * MAX_DEDUPE_ATTEMPTS
+            test_end = self.splits.test_seed + test
+            check(train_end <= self.splits.test_seed or test_end <= self.splits.train_seed,
+                  "splits.test_seed", self.splits.test_seed,
+                  f"outside [{self.splits.train_seed - test}, {train_end}) (reasoning-gym item i uses seed + i, "
+                  "so the seed windows of train and test must not overlap)", TaskSpecError)
+
+    @property
+    def final_answer_regex(self) -> re.Pattern[str]:
+        return _compile(self.final_answer_pattern, 0)
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self.limits.max_prompt_chars
+
+    def render_prompt(self, problem: Problem) -> str:
+        return self.prompt_template.format(question=problem.question)
+
+    def render_answer(self, problem: Problem) -> str:
+        """The answer string ``a`` of REPRO_SPEC §1 (default ``\\boxed{<answer>}``)."""
+        return self.answer_template.format(answer=problem.answer)
+
+    def is_backtrack(self, segment: str) -> bool:
+        """REPRO_SPEC §6 (choice): the segment matches one of the backtrack patterns."""
+        return any(_compile(p, re.IGNORECASE).search(segment) for p in self.backtrack_patterns)
+
+    def outcome_reward(self, response: str, problem: Problem) -> float:
+        """R of REPRO_SPEC §5 for a full response (the reasoning, ending with its final answer)."""
+        scorer = None
+        if self.verifier.kind == "reasoning_gym":
+            dataset = _scoring_dataset(self.source.dataset, tuple(sorted(self.source.options.items())))
+            entry = problem.meta["entry"]
+            scorer = lambda answer: dataset.score_answer(answer, entry)  # noqa: E731
+        pattern = self.final_answer_pattern if _compile(self.final_answer_pattern, 0).groups else None
+        return outcome_reward(response, problem.answer, verifier=self.verifier.kind, pattern=pattern,
+                              timeout_s=self.verifier.timeout_s, answer_scorer=scorer)
+
+    def verify(self, response: str, problem: Problem) -> bool:
+        """Whether the response's final answer is fully correct (outcome reward 1)."""
+        return self.outcome_reward(response, problem) >= 1.0
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _check_template(template: str, name: str, placeholder: str) -> None:
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        template.format(**{placeholder: "x"})
+    except (ValueError, KeyError, IndexError) as e:
+        raise TaskSpecError(f"field '{name}' must be a format string whose only placeholder is "
+                            f"{{{placeholder}}} (write literal braces as {{{{ and }}}}), got "
+                            f"{describe(template)}: {e!r}") from e
+    check(placeholder in fields, name, template, f"a template containing the placeholder {{{placeholder}}}",
+          TaskSpecError)
+
+
+def _check_regex(pattern: str, name: str, flags: int) -> None:
+    try:
+        _compile(pattern, flags)
+    except re.error as e:
+        raise TaskSpecError(f"field '{name}' must be a valid regular expression, got {describe(pattern)}: "
+                            f"{e.msg} at position {e.pos}") from e
+
+
+@lru_cache(maxsize=512)
+def _compile(pattern: str, flags: int) -> re.Pattern[str]:
+    return re.compile(pattern, flags)
+
+
+@lru_cache(maxsize=16)
+def _scoring_dataset(name: str, options: tuple[tuple[str, Any], ...]):
+    """A one-item dataset for its ``score_answer``, which depends only on the dataset's config."""
+    return reasoning_gym_dataset(name, dict(options), seed=0, size=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_task(task: str | Path) -> TaskSpec:
+    """The task in a YAML file, or a built-in task by gym id (``RePro-Math-v0``)."""
+    path = Path(task)
+    if path.suffix in (".yaml", ".yml") and not path.is_file():
+        raise TaskSpecError(f"{path}: no such task file (cwd: {Path.cwd()})")
+    if not path.is_file():
+        builtin = builtin_task_ids()
+        if str(task) not in builtin:
+            raise TaskSpecError(f"task must be a YAML file or a built-in task id, got {describe(str(task))}."
+                                f"{suggest(str(task), builtin)} Built-in: {', '.join(sorted(builtin))}")
+        path = builtin[str(task)]
+    return from_mapping(TaskSpec, _read_yaml(path), source=str(path), error=TaskSpecError)
+
+
+def resolve_task(task: TaskSpec | str | Path, overrides: Mapping[str, Any] | None = None) -> TaskSpec:
+    """``task`` (spec, file or id) with keyword overrides applied and checked (``gym.make`` kwargs)."""
+    spec = task if isinstance(task, TaskSpec) else load_task(task)
+    if overrides:
+        spec = replace(spec, overrides, source=f"{spec.id} overrides", error=TaskSpecError)
+    return spec
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise TaskSpecError(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from e
+    source = data.get("source") if isinstance(data, dict) else None
+    if isinstance(source, dict):  # data files are found next to the YAML, not in the cwd
+        source = dict(source)
+        for key in ("path", "test_path"):
+            value = source.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                local = path.parent / value
+                if source.get("kind") != "hf_dataset" or local.exists():
+                    source[key] = str(local.resolve())
+        data = {**data, "source": source}
+    return data
+
+
+def builtin_task_files() -> list[Path]:
+    """The task YAMLs shipped with the package (``tasks/*.yaml``, as ``repro_env.builtin_tasks``)."""
+    try:
+        root = Path(str(importlib.resources.files("repro_env.builtin_tasks")))
+    except ModuleNotFoundError:  # running from a source checkout that was never pip-installed
+        root = Path(__file__).resolve().parent.parent / "tasks"
+    return sorted(root.glob("*.yaml"))
+
+
+@lru_cache(maxsize=1)
+def _builtin_ids() -> tuple[tuple[str, Path], ...]:
+    return tuple((load_task(p).id, p) for p in builtin_task_files())
+
+
+def builtin_task_ids() -> dict[str, Path]:
+    """Gym id → YAML file of every built-in task."""
+    return dict(_builtin_ids())
+
+
+# ---------------------------------------------------------------------------------------------
+# Problem sources
+
+
+def make_source(spec: TaskSpec) -> ProblemSource:
+    """The problems of ``spec`` (``get(split, i)`` is a pure function of the spec, split and ``i``)."""
+    src, splits = spec.source, spec.splits
+    if src.kind == "arithmetic":
+        return arithmetic_source(src.arithmetic, splits.train_seed, splits.test_seed, *splits.sizes())
+    if src.kind == "reasoning_gym":
+        return reasoning_gym_source(src.dataset, src.options, splits.train_seed, splits.test_seed,
+                                    *splits.sizes(), delimiter=spec.delimiter)
+    fields = RecordFields(question=src.question_field, answer=src.answer_field, solution=src.solution_field,
+                          id=src.id_field, split=src.split_field)
+    if src.kind == "jsonl":
+        name = Path(src.path).stem
+        load = lambda: _non_empty(read_jsonl(src.path), "path", src.path)  # noqa: E731
+        load_test = (lambda: _non_empty(read_jsonl(src.test_path), "test_path", src.test_path)
+                     ) if src.test_path else None
+    elif src.kind == "hf_dataset":
+        name = Path(src.path).name
+        load = lambda: _non_empty(read_hf_dataset(src.path, src.hf_split), "path", src.path)  # noqa: E731
+        load_test = (lambda: _non_empty(read_hf_dataset(src.path, src.hf_test_split), "hf_test_split",
+                                        src.hf_test_split)) if src.hf_test_split else None
+    else:
+        name = f"{spec.id}-inline"
+        load = lambda: [(f"{spec.id}: source.items[{i}]", dict(item)) for i, item in enumerate(src.items)]  # noqa: E731
+        load_test = None
+    return record_source(name, load, load_test, fields, test_fraction=splits.test_fraction,
+                         partition_seed=splits.partition_seed, train_size=splits.train_size,
+                         test_size=splits.test_size, delimiter=spec.delimiter)
+
+
+def _non_empty(records: list, name: str, value: str) -> list:
+    check(len(records) > 0, f"source.{name}", value, "a source with at least one record", TaskSpecError)
+    return records
+
+
+def check_task_file(path: str | Path, samples: int = 3) -> str:
+    """``repro-env tasks check FILE``: the resolved spec as YAML and ``samples`` train problems."""
+    spec = load_task(path)
+    source = make_source(spec)
+    lines = [f"# {path}: valid task {spec.id}", f"# train: {source.size('train')} problems, "
+             f"test: {source.size('test')} problems", yaml.safe_dump(_plain(resolved_dict(spec)), sort_keys=False)]
+    for i in range(min(samples, source.size("train"))):
+        problem = source.get("train", i)
+        lines.append(f"--- sample {i}: {problem.id}")
+        lines.append(f"prompt: {spec.render_prompt(problem)!r}")
+        lines.append(f"answer: {spec.render_answer(problem)!r}")
+        for j, segment in enumerate(problem.solution or ()):
+            lines.append(f"  step {j + 1}: {segment.rstrip()}")
+    return "\n".join(lines) + "\n"
+
+
+def resolved_dict(spec: TaskSpec) -> dict[str, Any]:
+    """The spec as plain data, the source reduced to the fields its kind uses."""
+    data = to_dict(spec)
+    used = ("kind", *_SOURCE_FIELDS[spec.source.kind])
+    data["source"] = {k: v for k, v in data["source"].items() if k in used}
+    return data
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists and dicts as dicts, for ``yaml.safe_dump``."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
