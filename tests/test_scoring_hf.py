@@ -11,7 +11,7 @@ import torch
 from repro_env.errors import ConfigError, ContextLengthError, ScorerError
 from repro_env.scoring import hf
 from repro_env.scoring.base import Scorer, ScorerConfig, ScoreRequest, ScoringSession, make_scorer
-from repro_env.scoring.hf import HFScorer, tree_attention_mask, tree_position_ids
+from repro_env.scoring.hf import HFScorer, TokenizedRequest, tree_attention_mask, tree_position_ids
 from repro_env.segments import tokenize_with_boundaries
 
 TOL = 1e-5
@@ -55,6 +55,16 @@ def test_implements_protocols(sdpa_scorer):
 
 def test_make_scorer_builds_hf(tiny_llama_dir):
     assert isinstance(make_scorer(ScorerConfig(model=str(tiny_llama_dir))), HFScorer)
+
+
+def test_from_model_and_score_tokens(sdpa_scorer):
+    wrapped = HFScorer.from_model(sdpa_scorer.model, sdpa_scorer.tokenizer)
+    expected = sdpa_scorer.score([ScoreRequest(QUESTION, SEGMENTS, ANSWER, points=(1, 3))])[0]
+    ids, boundaries = tokenize_with_boundaries(sdpa_scorer.tokenizer, QUESTION, SEGMENTS)
+    item = TokenizedRequest(ids, boundaries, sdpa_scorer.answer_ids(ANSWER), (1, 3))
+    got = wrapped.score_tokens([item])[0]
+    np.testing.assert_array_equal(got.J, expected.J)
+    assert wrapped.max_length == 512 and wrapped.config.device == "cpu"
 
 
 def test_tree_mask_and_positions_by_hand():

@@ -93,9 +93,22 @@ class _TreeRow:
         return len(self.prefix_ids) + len(self.copy_boundaries) * self.copy_len
 
 
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    """H = −Σ p log p per row, in float32. (K, V) → (K,)"""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (K, V)
+@dataclass(frozen=True)
+class TokenizedRequest:
+    """A :class:`ScoreRequest` after tokenisation (see ``segments.tokenize_with_boundaries``)."""
+
+    ids: list[int]
+    """``q + τ≤T`` with special tokens."""
+    boundaries: list[int]
+    """(T + 1,) tokens in ``q + τ≤t`` for t = 0..T."""
+    answer_ids: list[int]
+    """``a`` without special tokens."""
+    points: tuple[int, ...]
+    """Scored points, 1-based, sorted and unique."""
+
+
+def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """H = −Σ p log p per row, from log-probs. (K, V) → (K,)"""
     return -(log_probs.exp() * log_probs).sum(-1)  # (K,)
 
 
@@ -109,7 +122,6 @@ class HFScorer:
     def __init__(self, config: ScorerConfig) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.config = config
         path = str(self._model_dir(config))
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -118,8 +130,25 @@ class HFScorer:
             )
         except (OSError, ValueError) as e:
             raise ScorerError(f"could not load model '{config.model}' from {path}: {e}") from e
+        self._setup(config)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, tokenizer, config: ScorerConfig | None = None) -> HFScorer:
+        """Wrap an in-memory causal LM (shared with a trainer, or a benchmark's random model).
+
+        ``tokenizer`` may be ``None`` when only :meth:`score_tokens` is used.
+        """
+        scorer = cls.__new__(cls)
+        scorer.model, scorer.tokenizer = model, tokenizer
+        device = str(next(model.parameters()).device)
+        scorer._setup(config or ScorerConfig(model="<in-memory>", device=device))
+        return scorer
+
+    def _setup(self, config: ScorerConfig) -> None:
+        self.config = config
         self.model.eval().to(config.device)
         self.device = torch.device(config.device)
+        self.pad_id = (getattr(self.tokenizer, "pad_token_id", None) or 0)
         limit = self.model.config.max_position_embeddings
         if config.max_length is not None and config.max_length > limit:
             raise ConfigError(
@@ -194,20 +223,23 @@ class HFScorer:
 
         about one forward pass over ``q + τ`` per response (tree rows, batched by ``batch_size``).
         """
-        prepared = [self._prepare(request) for request in requests]
-        rows = [row for i, p in enumerate(prepared) for row in self._rows(i, *p)]
+        return self.score_tokens([self._prepare(request) for request in requests])
+
+    def score_tokens(self, prepared: Sequence[TokenizedRequest]) -> list[ScoreResult]:
+        """:meth:`score` on already tokenised requests (no length or point checks)."""
+        rows = [row for i, p in enumerate(prepared) for row in self._rows(i, p)]
         log_probs: dict[tuple[int, int], float] = {}
         entropies: dict[int, np.ndarray] = {}
         for batch in self._batches(rows):
             self._run_tree_batch(batch, [prepared[row.request] for row in batch], log_probs, entropies)
         results = []
-        for i, (ids, boundaries, _, points) in enumerate(prepared):
-            J = [log_probs[(i, boundaries[t])] for t in (0, *points)]
-            results.append(ScoreResult(J=np.asarray(J, dtype=np.float64), points=points,
-                                       entropies=entropies[i], num_tokens=len(ids)))
+        for i, p in enumerate(prepared):
+            J = [log_probs[(i, p.boundaries[t])] for t in (0, *p.points)]
+            results.append(ScoreResult(J=np.asarray(J, dtype=np.float64), points=p.points,
+                                       entropies=entropies[i], num_tokens=len(p.ids)))
         return results
 
-    def _prepare(self, request: ScoreRequest) -> tuple[list[int], list[int], list[int], tuple[int, ...]]:
+    def _prepare(self, request: ScoreRequest) -> TokenizedRequest:
         ids, boundaries = tokenize_with_boundaries(self.tokenizer, request.question, request.segments)
         answer = self.answer_ids(request.answer)
         points = tuple(request.resolved_points())
@@ -219,17 +251,16 @@ class HFScorer:
             raise ScorerError("the question tokenises to no tokens and the tokenizer adds no BOS: "
                               "J_0 needs at least one token before the answer")
         self.check_length(len(ids), len(answer), request.question)
-        return ids, boundaries, answer, points
+        return TokenizedRequest(ids, boundaries, answer, points)
 
     @staticmethod
-    def _rows(request: int, ids: list[int], boundaries: list[int], answer: list[int],
-              points: tuple[int, ...]) -> Iterator[_TreeRow]:
-        copy_len = len(answer) - 1
+    def _rows(request: int, p: TokenizedRequest) -> Iterator[_TreeRow]:
+        copy_len = len(p.answer_ids) - 1
         # Distinct boundaries only: two points at the same token position share one copy.
-        copies = sorted({boundaries[t] for t in (0, *points)})
-        per_row = max(1, (MAX_ROW_TOKENS - len(ids)) // copy_len) if copy_len else len(copies)
+        copies = sorted({p.boundaries[t] for t in (0, *p.points)})
+        per_row = max(1, (MAX_ROW_TOKENS - len(p.ids)) // copy_len) if copy_len else len(copies)
         for start in range(0, len(copies), per_row):
-            yield _TreeRow(request, ids, copies[start:start + per_row], copy_len)
+            yield _TreeRow(request, p.ids, copies[start:start + per_row], copy_len)
 
     def _batches(self, rows: list[_TreeRow]) -> Iterator[list[_TreeRow]]:
         rows = sorted(rows, key=lambda row: -row.length)  # similar lengths together: less padding
@@ -245,17 +276,16 @@ class HFScorer:
             yield batch
 
     @torch.no_grad()
-    def _run_tree_batch(self, batch: list[_TreeRow], prepared: list, log_probs: dict,
+    def _run_tree_batch(self, batch: list[_TreeRow], prepared: list[TokenizedRequest], log_probs: dict,
                         entropies: dict) -> None:
         """One forward over a padded batch of tree rows; fills J log-probs and entropies."""
         length = max(row.length for row in batch)
         dtype = self.model.dtype
-        pad_id = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)  # (B, L)
+        input_ids = torch.full((len(batch), length), self.pad_id, dtype=torch.long)  # (B, L)
         position_ids = torch.zeros(len(batch), length, dtype=torch.long)  # (B, L)
         mask = torch.empty(len(batch), 1, length, length, dtype=dtype)  # (B, 1, L, L)
-        for r, (row, (_, _, answer, _)) in enumerate(zip(batch, prepared, strict=True)):
-            copies = answer[:-1] * len(row.copy_boundaries)
+        for r, (row, p) in enumerate(zip(batch, prepared, strict=True)):
+            copies = p.answer_ids[:-1] * len(row.copy_boundaries)
             input_ids[r, :row.length] = torch.tensor(row.prefix_ids + copies)
             layout = (len(row.prefix_ids), row.copy_boundaries, row.copy_len, length)
             position_ids[r] = tree_position_ids(*layout)  # (L,)
@@ -264,8 +294,8 @@ class HFScorer:
             input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
             position_ids=position_ids.to(self.device),
         ).last_hidden_state  # (B, L, H)
-        for r, (row, (_, boundaries, answer, _)) in enumerate(zip(batch, prepared, strict=True)):
-            self._read_row(row, hidden[r], boundaries, answer, log_probs, entropies)
+        for r, (row, p) in enumerate(zip(batch, prepared, strict=True)):
+            self._read_row(row, hidden[r], p.boundaries, p.answer_ids, log_probs, entropies)
 
     def _read_row(self, row: _TreeRow, hidden: torch.Tensor, boundaries: list[int], answer: list[int],
                   log_probs: dict, entropies: dict) -> None:
@@ -287,8 +317,7 @@ class HFScorer:
         for boundary, value in zip(row.copy_boundaries, J.tolist(), strict=True):
             log_probs[(row.request, boundary)] = value
         if need_entropy:
-            lp = all_log_probs[num_scored:]  # (T, V)
-            H = self._finite(-(lp.exp() * lp).sum(-1), "entropies")  # (T,)
+            H = self._finite(_entropy(all_log_probs[num_scored:]), "entropies")  # (T,)
             entropies[row.request] = H.double().cpu().numpy()
 
     # -- online scoring ------------------------------------------------------------------------
@@ -381,8 +410,7 @@ class HFSession:
         log_probs = torch.log_softmax(scorer.head_logits(hidden[rows]).float(), dim=-1)  # (K, V)
         entropy = float("nan")
         if segment_start is not None:
-            lp = log_probs[0]  # (V,)
-            entropy = float(scorer._finite(-(lp.exp() * lp).sum()[None], "entropies")[0])
+            entropy = float(scorer._finite(_entropy(log_probs[:1]), "entropies")[0])
             log_probs = log_probs[1:]
         J = float("nan")
         if score:
