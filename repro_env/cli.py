@@ -25,10 +25,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    import repro_env  # noqa: F401  (registers the built-in ids)
-    from repro_env.tasks import dump_task, load_task
+    from repro_env.tasks import check_task_file
 
-    print(dump_task(load_task(args.task)))
+    print(check_task_file(args.task, samples=0))
     return 0
 
 
