@@ -258,8 +258,8 @@ class TaskSpec:
             test_end = self.splits.test_seed + test
             check(train_end <= self.splits.test_seed or test_end <= self.splits.train_seed,
                   "splits.test_seed", self.splits.test_seed,
-                  f"outside [{self.splits.train_seed - test}, {train_end}) (reasoning-gym item i uses seed + i, "
-                  "so the seed windows of train and test must not overlap)", TaskSpecError)
+                  f"outside [{self.splits.train_seed - test}, {train_end}) (reasoning-gym item i uses "
+                  "seed + i, so the seed windows of train and test must not overlap)", TaskSpecError)
 
     @property
     def final_answer_regex(self) -> re.Pattern[str]:
@@ -309,6 +309,10 @@ def _check_template(template: str, name: str, placeholder: str) -> None:
                             f"{{{placeholder}}} (write literal braces as {{{{ and }}}}), got "
                             f"{describe(template)}: {e!r}") from e
     check(placeholder in fields, name, template, f"a template containing the placeholder {{{placeholder}}}",
+          TaskSpecError)
+    # "\boxed{answer}" is a valid format string that renders "\boxed42": the braces are eaten.
+    check(re.search(r"\\[A-Za-z]+\{" + placeholder + r"\}", template) is None, name, template,
+          f"a template whose LaTeX braces are doubled, e.g. '\\boxed{{{{{{{placeholder}}}}}}}'",
           TaskSpecError)
 
 
@@ -438,8 +442,9 @@ def check_task_file(path: str | Path, samples: int = 3) -> str:
     """``repro-env tasks check FILE``: the resolved spec as YAML and ``samples`` train problems."""
     spec = load_task(path)
     source = make_source(spec)
-    lines = [f"# {path}: valid task {spec.id}", f"# train: {source.size('train')} problems, "
-             f"test: {source.size('test')} problems", yaml.safe_dump(_plain(resolved_dict(spec)), sort_keys=False)]
+    resolved = yaml.safe_dump(_plain(resolved_dict(spec)), sort_keys=False)
+    lines = [f"# {path}: valid task {spec.id}",
+             f"# train: {source.size('train')} problems, test: {source.size('test')} problems", resolved]
     for i in range(min(samples, source.size("train"))):
         problem = source.get("train", i)
         lines.append(f"--- sample {i}: {problem.id}")
