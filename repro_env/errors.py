@@ -38,3 +38,7 @@ class ActionError(ReproEnvError, ValueError):
 
 class CheckpointError(ReproEnvError):
     """A checkpoint is missing, corrupt or incompatible."""
+
+
+class TrainingError(ReproEnvError, RuntimeError):
+    """A training run cannot continue: a NaN/inf loss or metric, or corrupt run files."""

@@ -1,0 +1,560 @@
+"""``repro-env train`` / ``eval`` / ``plot``: drive any :class:`agents.base.Learner` from a YAML config.
+
+A run is ``collect → update`` repeated ``updates`` times, with held-out evaluation every
+``eval_every`` updates (and before the first and after the last), a checkpoint every
+``checkpoint_every`` updates (and after the last), metrics after every update, and at the end a
+summary table and PNG curves. The run directory::
+
+    config.yaml                     the resolved config (learner section filled with its defaults)
+    metrics.jsonl / metrics.csv     one row per update: learner metrics + timings
+    eval.jsonl / eval.csv           one row per evaluation: greedy_* and sampled_* (avg@n) metrics
+    checkpoints/update-000010/      atomic, verified (agents/checkpoint.py); ``latest`` names the newest
+    plots/*.png  summary.md
+
+Faults: a NaN/inf metric stops the run without checkpointing the bad state (the last good
+checkpoint stays); Ctrl-C finishes the current update, checkpoints it and exits 130 (a second
+Ctrl-C stops at once, checkpointing only if no update was half-applied); a ``ScorerError``
+checkpoints the last completed update and exits 1. ``--resume RUN_DIR`` continues from the latest
+checkpoint and reproduces an uninterrupted run exactly when the learner saves its RNG states and
+its ``evaluate`` does not draw from its training RNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.checkpoint import (
+    CHECKPOINTS,
+    CONFIG,
+    checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from agents.metrics import MetricsLog, summary_table
+from repro_env.config import check, describe, from_mapping, suggest, to_dict
+from repro_env.errors import ConfigError, ReproEnvError, ScorerError, TrainingError
+
+# Fields that may change when a run is resumed; any other change would silently mix two experiments.
+RESUMABLE_FIELDS = ("updates", "eval_every", "eval_problems", "eval_samples", "checkpoint_every",
+                    "keep_checkpoints", "out_dir")
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: which learner on which task for how long, and what gets recorded."""
+
+    algorithm: str = "grpo"
+    """'grpo', 'ppo', a name added with ``register_learner``, or 'package.module:Class' (a Learner
+    class with a ``config_class`` attribute, built as ``Class(config, task, seed=seed)``)."""
+    task: str = "RePro-Math-v0"
+    """Gym id of a registered task or a task YAML path."""
+    learner: dict[str, Any] = field(default_factory=dict)
+    """The learner's config (GRPOConfig / PPOConfig fields); unknown keys are errors."""
+    task_overrides: dict[str, Any] = field(default_factory=dict)
+    """TaskSpec overrides for the training envs, e.g. ``{reward: {alpha: 0.2}}``."""
+    updates: int = 100
+    """Total updates of the run (a resumed run continues up to this count)."""
+    eval_every: int = 10
+    """Held-out evaluation every this many updates (and before the first, after the last); 0: never."""
+    eval_problems: int = 50
+    """Held-out problems per evaluation."""
+    eval_samples: int = 1
+    """Samples per problem for avg@n accuracy at temperature 1.0; 1: greedy evaluation only."""
+    checkpoint_every: int = 10
+    """Checkpoint every this many updates; the last update is always checkpointed."""
+    keep_checkpoints: int = 3
+    """How many of the newest checkpoints to keep."""
+    seed: int = 0
+    """Seed of the learner (policy init, sampling, problem order)."""
+    out_dir: str | None = None
+    """Run directory; default ``runs/<config file name>-<YYYYmmdd-HHMMSS>``."""
+
+    def __post_init__(self) -> None:
+        check(self.algorithm in LEARNERS or ":" in self.algorithm, "algorithm", self.algorithm,
+              f"one of {', '.join(repr(n) for n in sorted(LEARNERS))} or 'package.module:Class'"
+              f".{suggest(self.algorithm, LEARNERS)}")
+        check(bool(self.task), "task", self.task, "a task id or YAML path")
+        check(self.updates >= 1, "updates", self.updates, "an int >= 1")
+        check(self.eval_every >= 0, "eval_every", self.eval_every, "an int >= 0 (0 disables evaluation)")
+        check(self.eval_problems >= 1, "eval_problems", self.eval_problems, "an int >= 1")
+        check(self.eval_samples >= 1, "eval_samples", self.eval_samples, "an int >= 1")
+        check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an int >= 1")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an int >= 1")
+
+
+# -- learners ---------------------------------------------------------------------------------
+
+LearnerFactory = Callable[[Any, TrainConfig], Any]
+
+
+def _task_for(config: TrainConfig) -> Any:
+    """The task argument for a learner: the id/path, or a TaskSpec when overrides are given."""
+    if not config.task_overrides:
+        return config.task
+    from repro_env.tasks import resolve_task
+
+    return resolve_task(config.task, config.task_overrides)
+
+
+def _builtin(module: str, learner: str, config: str) -> Callable[[], tuple[type, LearnerFactory]]:
+    def spec() -> tuple[type, LearnerFactory]:
+        mod = importlib.import_module(module)
+        cls = getattr(mod, learner)
+        return getattr(mod, config), lambda cfg, run: cls(cfg, _task_for(run), seed=run.seed)
+
+    return spec
+
+
+LEARNERS: dict[str, Callable[[], tuple[type, LearnerFactory]]] = {
+    "grpo": _builtin("agents.grpo", "GRPO", "GRPOConfig"),
+    "ppo": _builtin("agents.ppo", "PPO", "PPOConfig"),
+}
+
+
+def register_learner(name: str, config_class: type, factory: LearnerFactory) -> None:
+    """Make ``algorithm: NAME`` build ``factory(config_class(**learner), train_config)``."""
+    LEARNERS[name] = lambda: (config_class, factory)
+
+
+def learner_spec(algorithm: str) -> tuple[type, LearnerFactory]:
+    """(config dataclass, factory) for an algorithm name or a 'package.module:Class' path."""
+    if algorithm in LEARNERS:
+        return LEARNERS[algorithm]()
+    module, _, name = algorithm.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"field 'algorithm' {algorithm!r}: cannot import {name!r} from {module!r} "
+                          f"({type(e).__name__}: {e})") from e
+    config_class = getattr(cls, "config_class", None)
+    if not dataclasses.is_dataclass(config_class):
+        raise ConfigError(f"field 'algorithm' {algorithm!r}: the class needs a 'config_class' attribute "
+                          f"holding its config dataclass, got {describe(config_class)}")
+    return config_class, lambda cfg, run: cls(cfg, _task_for(run), seed=run.seed)
+
+
+def build_learner(config: TrainConfig, learner_config: Any) -> Any:
+    """Construct the learner for ``config`` (loads its model; no checkpoint yet)."""
+    _, factory = learner_spec(config.algorithm)
+    return factory(learner_config, config)
+
+
+# -- configs ----------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of TrainConfig fields, got {describe(data)}")
+    return data
+
+
+def apply_sets(data: Mapping[str, Any], sets: Sequence[str]) -> dict[str, Any]:
+    """``data`` with each ``a.b=value`` applied (value parsed as YAML: ``3``, ``true``, ``[1, 2]``)."""
+    merged = _deep_copy(data)
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not eq or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. learner.lr=1e-5")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from e
+        node = merged
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: '{'.'.join(parts[:i + 1])}' is {describe(child)}, "
+                                  f"not a mapping, so it has no key '{parts[i + 1]}'")
+            node = child
+        node[parts[-1]] = value
+    return merged
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    return list(map(_deep_copy, data)) if isinstance(data, list | tuple) else data
+
+
+def parse_config(data: Mapping[str, Any], *, source: str) -> tuple[TrainConfig, Any]:
+    """(TrainConfig, learner config dataclass) from a mapping; every error names ``source``."""
+    config = from_mapping(TrainConfig, data, source=source)
+    config_class, _ = learner_spec(config.algorithm)
+    learner_config = from_mapping(config_class, config.learner, source=source, prefix="learner.")
+    return config, learner_config
+
+
+def load_config(path: str | Path, sets: Sequence[str] = ()) -> tuple[TrainConfig, Any]:
+    """Read a train YAML, apply ``--set`` overrides, validate; fill ``out_dir`` when unset."""
+    path = Path(path)
+    config, learner_config = parse_config(apply_sets(_read_yaml(path), sets), source=str(path))
+    if config.out_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        config = dataclasses.replace(config, out_dir=str(Path("runs") / f"{path.stem}-{stamp}"))
+    return config, learner_config
+
+
+def _yaml_plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _yaml_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_yaml_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def dump_config(config: TrainConfig, learner_config: Any) -> str:
+    """The resolved config as YAML (``learner`` holds every field of the learner's dataclass)."""
+    data = to_dict(config) | {"learner": to_dict(learner_config)}
+    head = "# Resolved config of this run (written by repro-env train); resume with --resume RUN_DIR.\n"
+    return head + yaml.safe_dump(_yaml_plain(data), sort_keys=False)
+
+
+def resume_config(run_dir: Path, config_path: str | None, sets: Sequence[str]) -> tuple[TrainConfig, Any]:
+    """The config for resuming ``run_dir``: its saved config (or ``config_path``) plus ``sets``.
+
+    Only ``RESUMABLE_FIELDS`` may differ from the saved config (e.g. raise ``updates`` to extend).
+    """
+    saved_path = run_dir / CONFIG
+    if not saved_path.is_file():
+        raise ConfigError(f"--resume {str(run_dir)!r}: no {CONFIG} there; is it a run directory?")
+    saved, saved_learner = parse_config(_read_yaml(saved_path), source=str(saved_path))
+    old = to_dict(saved) | {"learner": to_dict(saved_learner)}
+    base = _read_yaml(Path(config_path)) if config_path else old
+    source = config_path or str(saved_path)
+    config, learner_config = parse_config(apply_sets(base, sets), source=source)
+    config = dataclasses.replace(config, out_dir=str(run_dir))
+    new = to_dict(config) | {"learner": to_dict(learner_config)}
+    for key in new:
+        if key not in RESUMABLE_FIELDS and new[key] != old[key]:
+            raise ConfigError(f"{source}: field '{key}' cannot change on resume (saved {describe(old[key])}, "
+                              f"got {describe(new[key])}); only {', '.join(RESUMABLE_FIELDS)} may change. "
+                              f"Start a new run to change it.")
+    return config, learner_config
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def deferred_interrupt(state: dict[str, Any]) -> Iterator[None]:
+    """First Ctrl-C sets ``state['stop']`` (the loop stops after the current update); the second raises."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if state.get("stop"):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        state["stop"] = True
+        print("\nCtrl-C: stopping after this update and saving a checkpoint (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _non_finite(metrics: Mapping[str, Any]) -> list[str]:
+    return [k for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and not math.isfinite(v)]
+
+
+def _postfix(row: Mapping[str, Any]) -> dict[str, str]:
+    short = {"accuracy": "acc", "outcome_reward": "R", "process_reward": "proc", "loss": "loss", "kl": "kl",
+             "tokens_per_response": "tok"}
+    return {name: f"{row[key]:.3g}" for key, name in short.items() if isinstance(row.get(key), int | float)}
+
+
+class Trainer:
+    """One run of ``config``: owns the learner, the metric logs and the checkpoint directory."""
+
+    def __init__(self, config: TrainConfig, learner_config: Any, *, progress: bool = True):
+        self.config = config
+        self.learner_config = learner_config
+        self.progress = progress
+        self.run_dir = Path(config.out_dir or "runs/unnamed")
+        self.ckpt_root = self.run_dir / CHECKPOINTS
+        self.phase = "setup"
+        self.interrupt: dict[str, Any] = {"stop": False}
+        self.last_checkpoint: Path | None = None
+        self.learner: Any = None
+
+    def _evaluate(self) -> dict[str, Any]:
+        cfg, start = self.config, time.perf_counter()
+        row: dict[str, Any] = {"update": int(self.learner.updates)}
+        greedy = self.learner.evaluate(num_problems=cfg.eval_problems, greedy=True)
+        row |= {f"greedy_{k}": v for k, v in greedy.items()}
+        if cfg.eval_samples > 1:
+            sampled = self.learner.evaluate(num_problems=cfg.eval_problems, greedy=False,
+                                            samples=cfg.eval_samples)
+            row |= {f"sampled_{k}": v for k, v in sampled.items()} | {"samples": cfg.eval_samples}
+        return row | {"eval_seconds": time.perf_counter() - start}
+
+    def _checkpoint(self) -> Path:
+        self.last_checkpoint = save_checkpoint(self.learner, self.ckpt_root,
+                                               config_yaml=dump_config(self.config, self.learner_config))
+        prune_checkpoints(self.ckpt_root, self.config.keep_checkpoints)
+        return self.last_checkpoint
+
+    def _where(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint is {self.last_checkpoint} (resume with --resume {self.run_dir})"
+
+    def _save_if_consistent(self, what: str) -> str:
+        """After a fault: checkpoint unless an update was half-applied; say what happened."""
+        if self.learner is None or self.phase in ("setup", "update"):
+            return f"{what} during {self.phase}; not saving a possibly half-applied state; {self._where()}"
+        if self.last_checkpoint is None or self.last_checkpoint.name != checkpoint_name(self.learner.updates):
+            self._checkpoint()
+        return f"{what} after update {self.learner.updates}; saved {self.last_checkpoint}; " \
+               f"resume with --resume {self.run_dir}"
+
+    def start(self, resume: bool) -> int:
+        """Build the learner, restore the latest checkpoint when resuming; return the first update."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and latest_checkpoint(self.ckpt_root) is not None:
+            raise ConfigError(f"field 'out_dir' {str(self.run_dir)!r} already holds a run with checkpoints; "
+                              f"pass --resume {self.run_dir} to continue it, or choose another out_dir")
+        self.learner = build_learner(self.config, self.learner_config)
+        self.metrics = MetricsLog(self.run_dir, "metrics")
+        self.evals = MetricsLog(self.run_dir, "eval")
+        if resume:
+            self.last_checkpoint = load_checkpoint(self.learner, resolve_checkpoint(self.ckpt_root))
+            self.metrics.truncate_after(self.learner.updates)
+            self.evals.truncate_after(self.learner.updates)
+        else:
+            self.metrics.truncate_after(0)
+            self.evals.truncate_after(-1)
+        (self.run_dir / CONFIG).write_text(dump_config(self.config, self.learner_config), encoding="utf-8")
+        return int(self.learner.updates)
+
+    def step(self) -> dict[str, Any]:
+        """One collect + update; raises ``TrainingError`` on a non-finite metric (nothing saved)."""
+        before, t0 = int(self.learner.updates), time.perf_counter()
+        self.phase = "collect"
+        batch = self.learner.collect()
+        t1 = time.perf_counter()
+        self.phase = "update"
+        metrics = dict(self.learner.update(batch))
+        t2 = time.perf_counter()
+        bad = _non_finite(metrics)
+        if bad:
+            self.phase = "failed"
+            raise TrainingError(f"update {before + 1}: metric {bad[0]!r} is {metrics[bad[0]]} "
+                                f"(non-finite: {', '.join(bad)}); stopped without checkpointing this state; "
+                                f"{self._where()}")
+        if int(self.learner.updates) != before + 1:
+            raise TrainingError(f"learner.update must add 1 to learner.updates: it went {before} -> "
+                                f"{self.learner.updates}")
+        self.phase = "idle"
+        return {"update": before + 1, **metrics, "collect_seconds": t1 - t0, "update_seconds": t2 - t1}
+
+    def run(self, resume: bool = False) -> Path:
+        """Train to ``config.updates``; raises TrainingError / ScorerError / TrainingInterrupted."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        with deferred_interrupt(self.interrupt):
+            first = self.start(resume)
+            bar = tqdm(total=cfg.updates, initial=first, unit="update", dynamic_ncols=True,
+                       disable=not self.progress, desc=self.run_dir.name)
+            try:
+                self._loop(first, bar)
+            except KeyboardInterrupt as e:
+                raise TrainingInterrupted(self._save_if_consistent("interrupted")) from e
+            except ScorerError as e:
+                raise ScorerError(f"{e}\n  {self._save_if_consistent('scorer failed')}") from e
+            finally:
+                bar.close()
+                self.finish()
+        return self.run_dir
+
+    def _loop(self, first: int, bar: Any) -> None:
+        cfg, start = self.config, time.perf_counter()
+        if first == 0 and cfg.eval_every:
+            self.phase = "eval"
+            self.evals.append(self._evaluate())
+        for _ in range(first, cfg.updates):
+            row = self.step()
+            row["elapsed_seconds"] = time.perf_counter() - start
+            self.metrics.append(row)
+            bar.update(1)
+            bar.set_postfix(_postfix(row), refresh=False)
+            update, last = row["update"], row["update"] == cfg.updates
+            if cfg.eval_every and (update % cfg.eval_every == 0 or last):
+                self.phase = "eval"
+                self.evals.append(self._evaluate())
+                self.phase = "idle"
+            if update % cfg.checkpoint_every == 0 or last:
+                self._checkpoint()
+            if self.interrupt["stop"]:
+                raise KeyboardInterrupt
+
+    def finish(self) -> None:
+        """Write ``summary.md`` and the plots from whatever the run logged."""
+        if not (self.run_dir / "metrics.jsonl").is_file():
+            return
+        from agents.plots import plot_run
+
+        (self.run_dir / "summary.md").write_text(summary_table(self.run_dir), encoding="utf-8")
+        plot_run(self.run_dir)
+
+
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C stopped the run (the message says which checkpoint holds the last completed update)."""
+
+
+def train(config: TrainConfig, learner_config: Any, *, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) training; return the run directory."""
+    return Trainer(config, learner_config, progress=progress).run(resume)
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="repro-env train", description="Train a learner from a config.")
+    parser.add_argument("config", nargs="?", help="train config YAML (optional with --resume)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, dotted for nesting: --set learner.lr=1e-5")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main_train(argv: Sequence[str] | None = None) -> int:
+    """``repro-env train CONFIG [--set k=v ...] [--resume RUN_DIR]``; exit 0, 1 (failed) or 130 (Ctrl-C).
+
+    Config and checkpoint errors propagate as ``ReproEnvError`` (the CLI prints them, exit 2).
+    """
+    args = _train_parser().parse_args(argv)
+    if args.resume:
+        config, learner_config = resume_config(Path(args.resume), args.config, args.sets)
+    elif args.config:
+        config, learner_config = load_config(args.config, args.sets)
+    else:
+        raise ConfigError("repro-env train: give a CONFIG file, or --resume RUN_DIR")
+    try:
+        run_dir = train(config, learner_config, resume=bool(args.resume), progress=not args.no_progress)
+    except TrainingInterrupted as e:
+        print(f"Interrupted: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (TrainingError, ScorerError) as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print((run_dir / "summary.md").read_text(encoding="utf-8"))
+    print(f"Run directory: {run_dir}")
+    return 0
+
+
+def evaluate_checkpoint(checkpoint: str | Path, *, task: str | None = None, problems: int | None = None,
+                        samples: int | None = None) -> dict[str, dict[str, float]]:
+    """Greedy and (with ``samples`` > 1) avg@samples metrics of a checkpoint on ``task``'s test split."""
+    directory = resolve_checkpoint(checkpoint)
+    config, learner_config = parse_config(_read_yaml(directory / CONFIG), source=str(directory / CONFIG))
+    if task is not None:
+        config = dataclasses.replace(config, task=task, task_overrides={})
+    learner = build_learner(config, learner_config)
+    load_checkpoint(learner, directory)
+    problems = problems or config.eval_problems
+    samples = samples or config.eval_samples
+    results = {"greedy": dict(learner.evaluate(num_problems=problems, greedy=True))}
+    if samples > 1:
+        sampled = learner.evaluate(num_problems=problems, greedy=False, samples=samples)
+        results[f"avg@{samples}"] = dict(sampled)
+    return results
+
+
+def format_results(results: Mapping[str, Mapping[str, float]]) -> str:
+    """A Markdown table: one row per metric, one column per decoding mode."""
+    modes = list(results)
+    keys = list(dict.fromkeys(k for m in modes for k in results[m]))
+    lines = ["| metric | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
+    for k in keys:
+        cells = [f"{results[m][k]:.4g}" if isinstance(results[m].get(k), int | float) else "-" for m in modes]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main_eval(argv: Sequence[str] | None = None) -> int:
+    """``repro-env eval CHECKPOINT [--task ID] [--problems N] [--samples n]``: print a metrics table."""
+    parser = argparse.ArgumentParser(prog="repro-env eval", description="Evaluate a checkpoint.")
+    parser.add_argument("checkpoint", help="checkpoint dir, or a run dir (its latest checkpoint)")
+    parser.add_argument("--task", help="task id or YAML (default: the run's training task)")
+    parser.add_argument("--problems", type=int, help="held-out problems (default: the run's eval_problems)")
+    parser.add_argument("--samples", type=int, help="n of avg@n at temperature 1 (default: the run's)")
+    args = parser.parse_args(argv)
+    for name in ("problems", "samples"):
+        value = getattr(args, name)
+        check(value is None or value >= 1, name, value, "an int >= 1")
+    results = evaluate_checkpoint(args.checkpoint, task=args.task, problems=args.problems,
+                                  samples=args.samples)
+    print(format_results(results))
+    return 0
+
+
+def main_plot(argv: Sequence[str] | None = None) -> int:
+    """``repro-env plot RUN_DIR``: redraw ``RUN_DIR/plots/*.png`` and ``summary.md`` from the metrics."""
+    from agents.plots import plot_run
+
+    parser = argparse.ArgumentParser(prog="repro-env plot", description="Redraw a run's plots.")
+    parser.add_argument("run_dir")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise TrainingError(f"{run_dir}: no metrics.jsonl; expected a run directory written by "
+                            f"repro-env train")
+    (run_dir / "summary.md").write_text(summary_table(run_dir), encoding="utf-8")
+    for path in plot_run(run_dir):
+        print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agents.train {train,eval,plot} ...`` (what ``repro-env`` forwards to)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"train": main_train, "eval": main_eval, "plot": main_plot}
+    if not argv or argv[0] not in commands:
+        print(f"usage: python -m agents.train {{{','.join(commands)}}} ...", file=sys.stderr)
+        return 2
+    try:
+        return commands[argv[0]](argv[1:])
+    except ReproEnvError as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
