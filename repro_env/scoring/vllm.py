@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +61,11 @@ ENGINE_ENVIRONMENT = {
 }
 """Defaults set (``os.environ.setdefault``) right before the engine starts (STACK_NOTES)."""
 
-_ENGINE_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_ENGINE_LOCKS: dict[int, threading.Lock] = {}
+"""One lock per engine (by ``id``), shared by every scorer on it: a call that outlived its timeout
+still holds the engine. Should an id be reused after an engine is freed, two engines share a lock,
+which only serialises their calls."""
+_ENGINE_LOCKS_GUARD = threading.Lock()
 
 
 def entropy_from_top_logprobs(log_probs: Sequence[float], vocab_size: int) -> float:
@@ -128,7 +131,8 @@ class VLLMScorer:
                               "build it with max_logprobs >= 1")
         self.exact_entropy: bool = self.entropy_top_n == self.vocab_size
         """True when entropy probes see the whole distribution (module docstring)."""
-        self._lock = _ENGINE_LOCKS.setdefault(self.llm, threading.Lock())
+        with _ENGINE_LOCKS_GUARD:
+            self._lock = _ENGINE_LOCKS.setdefault(id(self.llm), threading.Lock())
         self.weights_version = 0
         """Bumped by :meth:`reload_weights`; a session opened before refuses to continue."""
 
