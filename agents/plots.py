@@ -73,13 +73,13 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         if not data:
             continue
         out.mkdir(parents=True, exist_ok=True)
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=90)
+        fig.subplots_adjust(left=0.13, right=0.97, top=0.92, bottom=0.12)  # tight_layout costs a draw
         for label, xs, ys in data:
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
         ax.set(title=title, xlabel="update", ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
         path = out / f"{stem}.png"
         fig.savefig(path)
         plt.close(fig)

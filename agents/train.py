@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import importlib
 import math
+import re
 import signal
 import sys
 import threading
@@ -161,11 +162,29 @@ def build_learner(config: TrainConfig, learner_config: Any) -> Any:
 # -- configs ----------------------------------------------------------------------------------
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads ``1e-6`` as a float, as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-6``), so ``lr: 1e-6`` would load as
+    the string '1e-6' and fail the type check; learning rates are almost always written that way.
+    """
+
+
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                  re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789."))
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 exponent floats (see ``_YamlLoader``)."""
+    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: no arbitrary objects
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -184,7 +203,7 @@ def apply_sets(data: Mapping[str, Any], sets: Sequence[str]) -> dict[str, Any]:
         if not eq or not all(parts):
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. learner.lr=1e-5")
         try:
-            value = yaml.safe_load(raw)
+            value = safe_load(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from e
         node = merged
@@ -299,8 +318,10 @@ def _postfix(row: Mapping[str, Any]) -> dict[str, str]:
 class Trainer:
     """One run of ``config``: owns the learner, the metric logs and the checkpoint directory."""
 
-    def __init__(self, config: TrainConfig, learner_config: Any, *, progress: bool = True):
+    def __init__(self, config: TrainConfig, learner_config: Any, *, progress: bool = True,
+                 plots: bool = True):
         self.config = config
+        self.plots = plots
         self.learner_config = learner_config
         self.progress = progress
         self.run_dir = Path(config.out_dir or "runs/unnamed")
@@ -429,16 +450,18 @@ class Trainer:
         from agents.plots import plot_run
 
         (self.run_dir / "summary.md").write_text(summary_table(self.run_dir), encoding="utf-8")
-        plot_run(self.run_dir)
+        if self.plots:
+            plot_run(self.run_dir)
 
 
 class TrainingInterrupted(TrainingError):
     """Ctrl-C stopped the run (the message says which checkpoint holds the last completed update)."""
 
 
-def train(config: TrainConfig, learner_config: Any, *, resume: bool = False, progress: bool = True) -> Path:
+def train(config: TrainConfig, learner_config: Any, *, resume: bool = False, progress: bool = True,
+          plots: bool = True) -> Path:
     """Run (or resume) training; return the run directory."""
-    return Trainer(config, learner_config, progress=progress).run(resume)
+    return Trainer(config, learner_config, progress=progress, plots=plots).run(resume)
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -451,6 +474,8 @@ def _train_parser() -> argparse.ArgumentParser:
                         help="override a config field, dotted for nesting: --set learner.lr=1e-5")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="skip the PNGs (repro-env plot draws them)")
     return parser
 
 
@@ -467,7 +492,8 @@ def main_train(argv: Sequence[str] | None = None) -> int:
     else:
         raise ConfigError("repro-env train: give a CONFIG file, or --resume RUN_DIR")
     try:
-        run_dir = train(config, learner_config, resume=bool(args.resume), progress=not args.no_progress)
+        run_dir = train(config, learner_config, resume=bool(args.resume), progress=not args.no_progress,
+                        plots=not args.no_plots)
     except TrainingInterrupted as e:
         print(f"Interrupted: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,0 +1,399 @@
+"""The training harness driven by a small real learner: configs, runs, resume, faults, eval and plots.
+
+``BanditLearner`` is a genuine Learner on a toy objective: a linear softmax policy over 4 answers,
+trained by REINFORCE with Adam to pick answer 2 (the "correct" one). It saves weights, the Adam
+state and its torch RNG in safetensors, so resumed runs must match uninterrupted ones bit for bit.
+``fault`` injects one failure at update ``fault_at`` (a NaN loss, a scorer error, Ctrl-C ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from agents.checkpoint import latest_checkpoint, list_checkpoints
+from agents.metrics import read_jsonl
+from agents.train import (
+    LEARNERS,
+    load_config,
+    main,
+    main_eval,
+    main_plot,
+    main_train,
+    register_learner,
+    train,
+)
+from repro_env.config import check
+from repro_env.errors import CheckpointError, ConfigError, ScorerError, TrainingError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CORRECT = 2
+
+
+@dataclass(frozen=True)
+class BanditConfig:
+    lr: float = 0.1
+    """Adam step size."""
+    batch: int = 16
+    """Sampled answers per update."""
+    fault: Literal["none", "nan", "scorer", "interrupt_collect", "interrupt_update", "sigint",
+                   "stuck"] = "none"
+    """Failure to inject at update ``fault_at``."""
+    fault_at: int = 0
+    """Update (1-based) whose collect/update fails."""
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", self.lr, "a number > 0")
+
+
+class BanditLearner:
+    config_class = BanditConfig
+
+    def __init__(self, config: BanditConfig, task: str, *, seed: int):
+        self.config, self.task, self.updates = config, task, 0
+        self.generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # nn.Linear init; deterministic per seed
+        self.policy = torch.nn.Linear(1, 4)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
+
+    def _fault(self, kind: str) -> bool:
+        return self.config.fault == kind and self.updates + 1 == self.config.fault_at
+
+    def _logits(self) -> torch.Tensor:
+        return self.policy(torch.ones(1, 1))[0]  # (4,)
+
+    def collect(self) -> torch.Tensor:
+        if self._fault("scorer"):
+            raise ScorerError("scorer engine died: worker exited with code -9")
+        if self._fault("interrupt_collect"):
+            raise KeyboardInterrupt
+        with torch.no_grad():
+            probs = torch.softmax(self._logits(), -1)  # (4,)
+        return torch.multinomial(probs, self.config.batch, replacement=True, generator=self.generator)  # (B,)
+
+    def update(self, actions: torch.Tensor) -> dict[str, float]:
+        logp = torch.log_softmax(self._logits(), -1)  # (4,)
+        reward = (actions == CORRECT).float()  # (B,)
+        loss = -((reward - reward.mean()) * logp[actions]).mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        if self._fault("interrupt_update"):
+            raise KeyboardInterrupt
+        if self._fault("sigint"):
+            os.kill(os.getpid(), signal.SIGINT)
+        if self._fault("nan"):
+            with torch.no_grad():
+                self.policy.weight.fill_(float("nan"))
+            loss = torch.tensor(float("nan"))
+        if not self._fault("stuck"):
+            self.updates += 1
+        entropy = -(logp.exp() * logp).sum()
+        return {"loss": loss.item(), "accuracy": float(reward.mean()), "outcome_reward": float(reward.mean()),
+                "entropy": entropy.item(), "kl": 0.0, "tokens_per_response": 1.0}
+
+    def evaluate(self, *, num_problems: int, greedy: bool = True, samples: int = 1) -> dict[str, float]:
+        with torch.no_grad():  # exact expectations: evaluation never draws from the training RNG
+            probs = torch.softmax(self._logits(), -1)  # (4,)
+        accuracy = float(probs.argmax() == CORRECT) if greedy else float(probs[CORRECT])
+        return {"accuracy": accuracy, "tokens_per_response": 1.0, "backtracks_per_response": 0.0}
+
+    def save(self, directory: Path) -> None:
+        tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
+        optim = self.optimizer.state_dict()
+        for index, state in optim["state"].items():
+            tensors |= {f"optim.{index}.{k}": v for k, v in state.items()}
+        tensors["rng"] = self.generator.get_state()
+        save_file(tensors, directory / "state.safetensors")
+        (directory / "state.json").write_text(json.dumps({"updates": self.updates,
+                                                          "param_groups": optim["param_groups"]}))
+
+    def load(self, directory: Path) -> None:
+        tensors = load_file(directory / "state.safetensors")
+        meta = json.loads((directory / "state.json").read_text())
+        self.policy.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".")
+                state.setdefault(int(index), {})[name] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.generator.set_state(tensors["rng"])
+        self.updates = meta["updates"]
+
+
+@pytest.fixture(autouse=True)
+def bandit():
+    register_learner("bandit", BanditConfig, lambda cfg, run: BanditLearner(cfg, run.task, seed=run.seed))
+    yield
+    LEARNERS.pop("bandit", None)
+
+
+def write_config(path: Path, **fields) -> Path:
+    data = {"algorithm": "bandit", "task": "toy", "updates": 6, "eval_every": 3, "eval_problems": 4,
+            "eval_samples": 4, "checkpoint_every": 2, "keep_checkpoints": 2, "learner": {"lr": 0.1}}
+    path.write_text(yaml.safe_dump(data | fields))
+    return path
+
+
+def run(tmp_path: Path, *sets: str, name: str = "run", plots: bool = False, **fields) -> tuple[int, Path]:
+    config = write_config(tmp_path / f"{name}.yaml", out_dir=str(tmp_path / name), **fields)
+    argv = [str(config), "--no-progress", *([] if plots else ["--no-plots"])]
+    argv += [a for s in sets for a in ("--set", s)]
+    return main_train(argv), tmp_path / name
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_file(checkpoint / "state.safetensors")
+
+
+# -- configs ----------------------------------------------------------------------------------
+
+
+def test_every_shipped_config_loads():
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert len(files) >= 5
+    for path in files:
+        config, learner_config = load_config(path)
+        assert config.algorithm in ("grpo", "ppo"), path
+        assert type(learner_config).__name__ == f"{config.algorithm.upper()}Config"
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"updtes": 3}, r"unknown key 'updtes'. Did you mean 'updates'\?"),
+    ({"learner": {"lrr": 0.1}}, r"unknown key 'learner.lrr'. Did you mean 'lr'\?"),
+    ({"updates": "ten"}, r"field 'updates' must be an int, got 'ten' \(str\)"),
+    ({"eval_samples": 0}, r"field 'eval_samples' must be an int >= 1, got 0 \(int\)"),
+    ({"learner": {"lr": -1}}, r"field 'learner.lr' must be a number > 0, got -1.0 \(float\)"),
+    ({"algorithm": "bandt"}, r"field 'algorithm' must be one of .* Did you mean 'bandit'\?"),
+])
+def test_config_errors_name_the_file_and_field(tmp_path, fields, message):
+    path = write_config(tmp_path / "bad.yaml", **fields)
+    with pytest.raises(ConfigError, match=rf"bad.yaml: {message}"):
+        load_config(path)
+
+
+def test_yaml_and_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file '.*missing.yaml' does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "syntax.yaml").write_text("updates: [1,\n")
+    with pytest.raises(ConfigError, match=r"syntax.yaml:\d+: invalid YAML"):
+        load_config(tmp_path / "syntax.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match=r"list.yaml: top level must be a mapping of TrainConfig fields"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_set_overrides(tmp_path):
+    path = write_config(tmp_path / "c.yaml")
+    config, learner = load_config(path, ["updates=9", "learner.lr=1e-3", "task_overrides.reward.alpha=0.2"])
+    # 1e-3 is a float (YAML 1.2), not the string PyYAML's YAML 1.1 rules would give
+    assert (config.updates, learner.lr, config.task_overrides) == (9, 0.001, {"reward": {"alpha": 0.2}})
+    (tmp_path / "exp.yaml").write_text(path.read_text().replace("lr: 0.1", "lr: 5e-2"))
+    assert load_config(tmp_path / "exp.yaml")[1].lr == 0.05
+    assert config.out_dir is not None and Path(config.out_dir).name.startswith("c-")
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("updates", r"--set 'updates': expected KEY=VALUE"),
+    ("learner..lr=1", r"--set 'learner..lr=1': expected KEY=VALUE"),
+    ("updates=[1,", r"--set 'updates=\[1,': the value is not valid YAML"),
+    ("updates.x=1", r"--set 'updates.x=1': 'updates' is 6 \(int\), not a mapping, so it has no key 'x'"),
+    ("updates=many", r"field 'updates' must be an int, got 'many' \(str\)"),
+])
+def test_bad_set(tmp_path, item, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(tmp_path / "c.yaml"), [item])
+
+
+def test_module_class_algorithm(tmp_path, monkeypatch):
+    module = types.ModuleType("toy_agents")
+    module.Bandit = BanditLearner
+    module.NoConfig = object
+    monkeypatch.setitem(sys.modules, "toy_agents", module)
+    config, learner = load_config(write_config(tmp_path / "c.yaml", algorithm="toy_agents:Bandit"))
+    assert isinstance(learner, BanditConfig) and learner.lr == 0.1
+    with pytest.raises(ConfigError, match=r"'toy_agents:NoConfig': the class needs a 'config_class'"):
+        load_config(write_config(tmp_path / "c.yaml", algorithm="toy_agents:NoConfig"))
+    with pytest.raises(ConfigError, match=r"'toy_agents:Nope': cannot import 'Nope' from 'toy_agents'"):
+        load_config(write_config(tmp_path / "c.yaml", algorithm="toy_agents:Nope"))
+
+
+def test_train_needs_a_config():
+    with pytest.raises(ConfigError, match="give a CONFIG file, or --resume RUN_DIR"):
+        main_train([])
+
+
+# -- a full run -------------------------------------------------------------------------------
+
+
+def test_run_writes_metrics_checkpoints_plots_and_learns(tmp_path, capsys):
+    code, run_dir = run(tmp_path, "updates=8", "eval_every=4", plots=True)
+    assert code == 0
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["update"] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 8]
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["update", "loss", "accuracy"] and "update_seconds" in header
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 8
+    evals = read_jsonl(run_dir / "eval.jsonl")
+    assert [e["update"] for e in evals] == [0, 4, 8]  # before training, every 4, after the last
+    assert {"greedy_accuracy", "sampled_accuracy", "samples"} <= set(evals[0])
+    # learning signal: P(correct answer) grows from about 1/4 under REINFORCE
+    assert evals[-1]["sampled_accuracy"] > evals[0]["sampled_accuracy"] + 0.2
+    # checkpoints every 2, keep the newest 2
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["update-000006", "update-000008"]
+    for name in ("accuracy", "reward", "losses", "kl", "entropy", "tokens", "backtracks"):
+        png = (run_dir / "plots" / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
+    assert not (run_dir / "plots" / "throughput.png").exists()  # the bandit logs no throughput
+    summary = (run_dir / "summary.md").read_text()
+    assert "| greedy_accuracy |" in summary and "(update 0 → 8)" in summary
+    assert "Run directory:" in capsys.readouterr().out
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["learner"] == {"lr": 0.1, "batch": 16, "fault": "none", "fault_at": 0}
+
+
+def test_existing_run_dir_needs_resume(tmp_path):
+    assert run(tmp_path, "updates=2")[0] == 0
+    with pytest.raises(ConfigError, match=r"field 'out_dir' '.*run' already holds a run with checkpoints; "
+                                          r"pass --resume"):
+        run(tmp_path, "updates=2")
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    assert run(tmp_path, name="straight")[0] == 0
+    code, half = run(tmp_path, "updates=3", name="halves")
+    assert code == 0
+    assert main_train(["--resume", str(half), "--set", "updates=6", "--no-progress"]) == 0
+    a = weights(latest_checkpoint(tmp_path / "straight" / "checkpoints"))
+    b = weights(latest_checkpoint(half / "checkpoints"))
+    assert sorted(a) == sorted(b) and len(a) == 2 + 2 * 3 + 1  # weight, bias; Adam (step, m, v) each; rng
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["update"] for r in read_jsonl(half / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    straight_loss = [r["loss"] for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl")]
+    assert [r["loss"] for r in read_jsonl(half / "metrics.jsonl")] == straight_loss
+
+
+def test_resume_rejects_changing_the_experiment(tmp_path):
+    _, run_dir = run(tmp_path, "updates=2")
+    with pytest.raises(ConfigError, match=r"field 'learner' cannot change on resume \(saved .*'lr': 0.1.*"
+                                          r"only updates, eval_every"):
+        main_train(["--resume", str(run_dir), "--set", "learner.lr=0.5"])
+    with pytest.raises(ConfigError, match="--resume '.*nowhere': no config.yaml there"):
+        main_train(["--resume", str(tmp_path / "nowhere")])
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    code, run_dir = run(tmp_path, "learner.fault=nan", "learner.fault_at=5")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "TrainingError: update 5: metric 'loss' is nan" in err
+    assert "stopped without checkpointing this state; the last good checkpoint is" in err
+    last = latest_checkpoint(run_dir / "checkpoints")
+    assert last.name == "update-000004"
+    assert all(torch.isfinite(t).all() for k, t in weights(last).items() if k != "rng")
+    assert [r["update"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_ctrl_c_in_collect_saves_last_completed_update(tmp_path, capsys):
+    code, run_dir = run(tmp_path, "checkpoint_every=10", "learner.fault=interrupt_collect",
+                        "learner.fault_at=4")
+    assert code == 130
+    assert f"Interrupted: interrupted after update 3; saved {run_dir}/checkpoints/update-000003" \
+        in capsys.readouterr().err
+    assert latest_checkpoint(run_dir / "checkpoints").name == "update-000003"
+
+
+def test_first_ctrl_c_finishes_the_update_then_saves(tmp_path, capsys):
+    code, run_dir = run(tmp_path, "checkpoint_every=10", "learner.fault=sigint", "learner.fault_at=2")
+    assert code == 130
+    assert "stopping after this update" in capsys.readouterr().err
+    assert latest_checkpoint(run_dir / "checkpoints").name == "update-000002"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_ctrl_c_inside_update_does_not_save_a_half_state(tmp_path, capsys):
+    code, run_dir = run(tmp_path, "learner.fault=interrupt_update", "learner.fault_at=3")
+    assert code == 130
+    assert "interrupted during update; not saving a possibly half-applied state; the last good " \
+           "checkpoint is" in capsys.readouterr().err
+    assert latest_checkpoint(run_dir / "checkpoints").name == "update-000002"
+
+
+def test_scorer_error_mid_run(tmp_path, capsys):
+    code, run_dir = run(tmp_path, "checkpoint_every=10", "learner.fault=scorer", "learner.fault_at=3")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "ScorerError: scorer engine died: worker exited with code -9" in err
+    assert "scorer failed after update 2; saved" in err and "update-000002" in err
+    assert latest_checkpoint(run_dir / "checkpoints").name == "update-000002"
+
+
+def test_learner_must_count_its_updates(tmp_path):
+    config, learner = load_config(write_config(tmp_path / "c.yaml", out_dir=str(tmp_path / "r"),
+                                               learner={"fault": "stuck", "fault_at": 1}))
+    with pytest.raises(TrainingError, match="learner.update must add 1 to learner.updates: it went 0 -> 0"):
+        train(config, learner, progress=False, plots=False)
+
+
+def test_corrupt_metrics_row(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"update": 1}\n{"upd\n{"update": 3}\n')
+    with pytest.raises(TrainingError, match=r"metrics.jsonl:2: corrupt metrics row"):
+        read_jsonl(path)
+    path.write_text('{"update": 1}\n{"upd')  # a torn last line (killed mid-write) is dropped
+    assert read_jsonl(path) == [{"update": 1}]
+
+
+# -- eval and plot ----------------------------------------------------------------------------
+
+
+def test_eval_command(tmp_path, capsys):
+    _, run_dir = run(tmp_path, "updates=8")
+    capsys.readouterr()
+    checkpoint = run_dir / "checkpoints" / "update-000008"
+    assert main_eval([str(checkpoint), "--task", "other", "--samples", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| metric | greedy | avg@5 |"
+    assert lines[2].startswith("| accuracy | 1 | 0.")  # trained: greedy picks the correct answer
+    assert main_eval([str(run_dir)]) == 0  # a run dir means its latest checkpoint
+
+
+def test_eval_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint '.*missing' does not exist"):
+        main_eval([str(tmp_path / "missing")])
+    with pytest.raises(ConfigError, match=r"field 'problems' must be an int >= 1, got 0 \(int\)"):
+        main_eval([str(tmp_path), "--problems", "0"])
+
+
+def test_plot_redraws(tmp_path, capsys):
+    _, run_dir = run(tmp_path, "updates=2")
+    for png in (run_dir / "plots").glob("*.png"):
+        png.unlink()
+    capsys.readouterr()
+    assert main_plot([str(run_dir)]) == 0
+    assert f"{run_dir}/plots/accuracy.png" in capsys.readouterr().out
+    assert (run_dir / "plots" / "losses.png").stat().st_size > 5000
+    with pytest.raises(TrainingError, match="no metrics.jsonl; expected a run directory"):
+        main_plot([str(tmp_path)])
+
+
+def test_module_entry_point(tmp_path, capsys):
+    assert main(["bogus"]) == 2
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "TrainingError: " in capsys.readouterr().err
