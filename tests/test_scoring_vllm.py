@@ -21,7 +21,7 @@ from repro_env.scoring.vllm import VLLMScorer, entropy_from_top_logprobs
 
 pytestmark = pytest.mark.vllm
 
-MAX_LENGTH = 128
+MAX_LENGTH = 192
 QUESTION = "Question: what is 3 + 4 times 5?\n\n"
 SEGMENTS = ("First, 4 * 5 = 20.\n\n", "Then, 3 + 20 = 23.\n\n", "Check, 23.\n\n",
             "The answer is \\boxed{23}.")
@@ -122,16 +122,36 @@ def test_sessions_append_equals_append_one_by_one(scorer):
         scorer.sessions_append(pair, [SEGMENTS[1]])
 
 
+def test_cached_blocks_reaching_into_the_answer_are_recomputed(scorer, hf, monkeypatch):
+    # vLLM caches whole 128-token blocks. With a 126-token question, the J_0 prompt (question +
+    # a[:-1]) fills block 0 with answer tokens; scoring it again reads that block from the cache,
+    # which leaves the answer's prompt log-probs unset, so the scorer must run it again uncached.
+    block = scorer.llm.llm_engine.vllm_config.cache_config.block_size
+    words = " ".join(f"{i % 10} +" for i in range(200))
+    question = next(q for q in (f"Question: {words[:n]}" for n in range(len(words)))
+                    if len(scorer.tokenizer(q)["input_ids"]) == block - 2)
+    request = ScoreRequest(question, ("So, 3.\n\n",), "\boxed{23}")
+    assert len(scorer.answer_ids(request.answer)) >= 3  # the answer crosses the block boundary
+    uncached = []
+    generate = scorer._generate
+    monkeypatch.setattr(scorer, "_generate", lambda probes, read_cache: (
+        uncached.extend(probes if not read_cache else []), generate(probes, read_cache))[1])
+    first, second = scorer.score([request])[0], scorer.score([request])[0]
+    assert any(len(p.prefix) == block - 2 for p in uncached)
+    want = hf.score([request])[0].J
+    assert np.abs(first.J - want).max() <= 1e-4 and np.abs(second.J - want).max() <= 1e-4
+
+
 # -- input errors ------------------------------------------------------------------------------------
 
 
 def test_context_length_error_before_the_engine(scorer):
     long = ScoreRequest(QUESTION, ("So, 1 + 1 = 2.\n\n",) * 40, "\\boxed{23}")
-    with pytest.raises(ContextLengthError, match=r"tokens exceeds max_length=128 \(question starting "
+    with pytest.raises(ContextLengthError, match=r"tokens exceeds max_length=192 \(question starting "
                                                  r"'Question: what is 3 \+ 4"):
         scorer.score([long])
     session = scorer.session(QUESTION, "\\boxed{23}")
-    with pytest.raises(ContextLengthError, match="exceeds max_length=128"):
+    with pytest.raises(ContextLengthError, match="exceeds max_length=192"):
         scorer.sessions_append([session], ["".join(long.segments)])
     assert session.total_tokens == len(scorer.tokenizer(QUESTION)["input_ids"])  # unchanged
 
@@ -181,7 +201,7 @@ def test_engine_failures_become_scorer_errors(model_dir, monkeypatch):
         broken.reload_weights({key: torch.zeros(1) for key in broken._checkpoint_keys})
     with pytest.raises(ScorerError, match=r"returns no log-probs \(max_logprobs=0\)"):
         VLLMScorer(config, engine=fake_engine(max_logprobs=0))
-    with pytest.raises(ConfigError, match=r"'max_length' must be <= the engine's max_model_len \(128\)"):
+    with pytest.raises(ConfigError, match=r"'max_length' must be <= the engine's max_model_len \(192\)"):
         VLLMScorer(dataclasses.replace(config, max_length=256), engine=fake_engine())
     top20 = VLLMScorer(config, engine=fake_engine(max_logprobs=20))
     assert (top20.entropy_top_n, top20.exact_entropy) == (20, False)
