@@ -107,13 +107,14 @@ class TrainConfig:
 LearnerFactory = Callable[[Any, TrainConfig], Any]
 
 
-def _task_for(config: TrainConfig) -> Any:
+def _task_for(config: TrainConfig, *, validate: bool = False) -> Any:
     """The task argument for a learner: the id/path, or a TaskSpec when overrides are given."""
-    if not config.task_overrides:
+    if not config.task_overrides and not validate:
         return config.task
     from repro_env.tasks import resolve_task
 
-    return resolve_task(config.task, config.task_overrides)
+    spec = resolve_task(config.task, config.task_overrides)
+    return spec if config.task_overrides else config.task
 
 
 def _builtin(module: str, learner: str, config: str) -> Callable[[], tuple[type, LearnerFactory]]:
@@ -224,10 +225,23 @@ def _deep_copy(data: Any) -> Any:
 
 
 def parse_config(data: Mapping[str, Any], *, source: str) -> tuple[TrainConfig, Any]:
-    """(TrainConfig, learner config dataclass) from a mapping; every error names ``source``."""
+    """(TrainConfig, learner config dataclass) from a mapping; every error names ``source``.
+
+    A relative task YAML path is taken relative to the config file when it exists there. The task
+    and its overrides are validated too (no model is loaded).
+    """
+    data = dict(data)
+    task = data.get("task")
+    if isinstance(task, str) and task.endswith((".yaml", ".yml")) and not Path(task).is_absolute():
+        beside = Path(source).parent / task
+        data["task"] = str(beside.resolve()) if beside.is_file() else task
     config = from_mapping(TrainConfig, data, source=source)
     config_class, _ = learner_spec(config.algorithm)
     learner_config = from_mapping(config_class, config.learner, source=source, prefix="learner.")
+    try:
+        _task_for(config, validate=True)
+    except ConfigError as e:
+        raise type(e)(f"{source}: field 'task' / 'task_overrides': {e}") from e
     return config, learner_config
 
 
@@ -510,8 +524,10 @@ def evaluate_checkpoint(checkpoint: str | Path, *, task: str | None = None, prob
     """Greedy and (with ``samples`` > 1) avg@samples metrics of a checkpoint on ``task``'s test split."""
     directory = resolve_checkpoint(checkpoint)
     config, learner_config = parse_config(_read_yaml(directory / CONFIG), source=str(directory / CONFIG))
-    if task is not None:
-        config = dataclasses.replace(config, task=task, task_overrides={})
+    if task is not None:  # a new task keeps the overrides about the model and budget, not the problems
+        kept = {k: v for k, v in config.task_overrides.items() if k in ("scorer", "limits", "reward")}
+        config = dataclasses.replace(config, task=task, task_overrides=kept)
+        _task_for(config, validate=True)
     learner = build_learner(config, learner_config)
     load_checkpoint(learner, directory)
     problems = problems or config.eval_problems

@@ -36,6 +36,7 @@ from agents.train import (
 )
 from repro_env.config import check
 from repro_env.errors import CheckpointError, ConfigError, ScorerError, TrainingError
+from repro_env.tasks import builtin_task_ids
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CORRECT = 2
@@ -141,7 +142,7 @@ def bandit():
 
 
 def write_config(path: Path, **fields) -> Path:
-    data = {"algorithm": "bandit", "task": "toy", "updates": 6, "eval_every": 3, "eval_problems": 4,
+    data = {"algorithm": "bandit", "task": "RePro-Math-v0", "updates": 6, "eval_every": 3, "eval_problems": 4,
             "eval_samples": 4, "checkpoint_every": 2, "keep_checkpoints": 2, "learner": {"lr": 0.1}}
     path.write_text(yaml.safe_dump(data | fields))
     return path
@@ -152,6 +153,10 @@ def run(tmp_path: Path, *sets: str, name: str = "run", plots: bool = False, **fi
     argv = [str(config), "--no-progress", *([] if plots else ["--no-plots"])]
     argv += [a for s in sets for a in ("--set", s)]
     return main_train(argv), tmp_path / name
+
+
+def load_task_text(task_id: str) -> str:
+    return builtin_task_ids()[task_id].read_text()
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -182,6 +187,19 @@ def test_config_errors_name_the_file_and_field(tmp_path, fields, message):
     path = write_config(tmp_path / "bad.yaml", **fields)
     with pytest.raises(ConfigError, match=rf"bad.yaml: {message}"):
         load_config(path)
+
+
+def test_task_and_overrides_are_validated_at_load(tmp_path):
+    with pytest.raises(ConfigError, match=r"bad.yaml: field 'task' / 'task_overrides': .* Did you mean "
+                                          r"'RePro-Math-v0'\?"):
+        load_config(write_config(tmp_path / "bad.yaml", task="RePro-Mth-v0"))
+    with pytest.raises(ConfigError, match=r"unknown key 'reward.alpah'. Did you mean 'alpha'\?"):
+        load_config(write_config(tmp_path / "bad.yaml", task_overrides={"reward": {"alpah": 0.2}}))
+    (tmp_path / "tasks").mkdir()
+    spec = yaml.safe_load(load_task_text("RePro-Math-v0")) | {"id": "Local-Math-v0"}
+    (tmp_path / "tasks" / "local.yaml").write_text(yaml.safe_dump(spec))
+    config, _ = load_config(write_config(tmp_path / "c.yaml", task="tasks/local.yaml"))
+    assert config.task == str(tmp_path / "tasks" / "local.yaml")  # relative to the config file
 
 
 def test_yaml_and_file_errors(tmp_path):
@@ -367,7 +385,7 @@ def test_eval_command(tmp_path, capsys):
     _, run_dir = run(tmp_path, "updates=8")
     capsys.readouterr()
     checkpoint = run_dir / "checkpoints" / "update-000008"
-    assert main_eval([str(checkpoint), "--task", "other", "--samples", "5"]) == 0
+    assert main_eval([str(checkpoint), "--task", "RePro-MathEasy-v0", "--samples", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| metric | greedy | avg@5 |"
     assert lines[2].startswith("| accuracy | 1 | 0.")  # trained: greedy picks the correct answer
