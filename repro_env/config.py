@@ -74,14 +74,14 @@ def from_mapping(
 
 
 def replace(obj: T, overrides: Mapping[str, Any], *, source: str = "overrides",
-            error: type[ConfigError] = ConfigError) -> T:
+            error: type[ConfigError] = ConfigError, prefix: str = "") -> T:
     """``dataclasses.replace`` with the checks of :func:`from_mapping`; nested mappings merge."""
     data = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
     for key, value in overrides.items():
         if dataclasses.is_dataclass(data.get(key)) and isinstance(value, Mapping):
-            value = replace(data[key], value, source=source, error=error)
+            value = replace(data[key], value, source=source, error=error, prefix=f"{prefix}{key}.")
         data[key] = value
-    return from_mapping(type(obj), data, source=source, error=error)
+    return from_mapping(type(obj), data, source=source, error=error, prefix=prefix)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def test_inline_source_and_overrides(tmp_path):
     assert (override.reward.alpha, override.limits.max_steps, override.reward.k) == (0.5, 3, 20)
     assert resolve_task(spec) is spec
     with pytest.raises(TaskSpecError,
-                       match=r"Inline-v0 overrides: unknown key 'alpah'. Did you mean 'alpha'\?"):
+                       match=r"Inline-v0 overrides: unknown key 'reward.alpah'. Did you mean 'alpha'\?"):
         resolve_task(spec, {"reward": {"alpah": 0.5}})
 
 

@@ -1,0 +1,232 @@
+"""ReasoningEnv: spaces, rewards against the batch scorer, episode end, errors, rendering."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import repro_env  # noqa: F401
+from repro_env import reward as rp
+from repro_env.env import ReasoningEnv, ReasoningText
+from repro_env.errors import ActionError, ContextLengthError, TaskSpecError
+from repro_env.scoring import ScoreRequest
+
+INFO_KEYS = {"J", "J_baseline", "magnitude", "stability", "process_score", "process_reward",
+             "outcome_reward", "scored", "entropy", "segment_tokens", "total_tokens", "backtrack"}
+
+
+@pytest.fixture
+def make_env(tiny_llama_dir):
+    """``RePro-Math-v0`` scored by the random fixture model (weights do not matter here)."""
+
+    def make(scorer=None, **overrides):
+        return gym.make("RePro-Math-v0", scorer={"model": str(tiny_llama_dir), **(scorer or {})}, **overrides)
+
+    return make
+
+
+def play(env, segments):
+    steps = []
+    for segment in segments:
+        steps.append(env.step(segment))
+        if steps[-1][2] or steps[-1][3]:
+            break
+    return steps
+
+
+def test_gymnasium_check_env(make_env):
+    check_env(make_env().unwrapped)
+
+
+def test_documented_spaces_are_the_real_ones(make_env):
+    env = make_env()
+    task = env.unwrapped.spec_task
+    assert isinstance(env.action_space, ReasoningText)
+    assert (env.action_space.min_length, env.action_space.max_length) == (1, task.limits.max_segment_chars)
+    assert "ReasoningText(min_length=1, max_length=limits.max_segment_chars)" in ReasoningEnv.__doc__
+    assert env.observation_space.max_length == task.max_prompt_chars + task.limits.max_steps * (
+        task.limits.max_segment_chars + len(task.delimiter))
+    # Model output is arbitrary unicode, not Gymnasium's alphanumeric default.
+    assert env.action_space.contains("Ünïcødé ✓ 3 × 4 = 12.\n\n")
+    assert not env.action_space.contains("x" * (task.limits.max_segment_chars + 1))
+    assert not env.action_space.contains(42)
+
+
+def test_seeded_reset_is_reproducible_and_options_select_a_problem(make_env):
+    env = make_env()
+    obs_a, info_a = env.reset(seed=7)
+    obs_b, info_b = env.reset(seed=7)
+    assert obs_a == obs_b and info_a == info_b
+    _, info_c = env.reset(seed=8)
+    assert info_c["problem_id"] != info_a["problem_id"]
+    _, info = env.reset(options={"split": "test", "index": 3})
+    assert info["problem_id"] == env.unwrapped.source.get("test", 3).id
+    assert math.isfinite(info["J_baseline"]) and info["J_baseline"] < 0
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"idx": 1}, r"unknown key\(s\) \['idx'\]"),
+    ({"index": -1}, r"'index' must be an int in \[0, 100000\), got -1"),
+    ({"split": "valid"}, r"split"),
+])
+def test_bad_reset_options(make_env, options, message):
+    with pytest.raises(TaskSpecError, match=message):
+        make_env().reset(options=options)
+
+
+def test_rewards_equal_repro_math_on_batch_scored_J(make_env):
+    env = make_env()
+    env.reset(options={"split": "test", "index": 0})
+    episode = env.unwrapped.episode
+    solution = episode.problem.solution
+    steps = play(env, solution)
+    infos = [s[4] for s in steps]
+    assert steps[-1][2] and not steps[-1][3]  # terminated by the boxed answer
+    assert all(INFO_KEYS <= set(info) for info in infos) and infos[-1]["correct"] is True
+
+    # J from the env's cached session equals one shared-prefix batch pass over the whole response.
+    scorer = env.unwrapped.scorer
+    batch = scorer.score([ScoreRequest(episode.prompt, tuple(episode.segments), episode.answer)])[0]
+    np.testing.assert_allclose([i["J"] for i in infos], batch.J[1:], atol=1e-5)
+    np.testing.assert_allclose([i["entropy"] for i in infos], batch.entropies, atol=1e-5)
+
+    alpha = env.unwrapped.spec_task.reward.alpha
+    expected = rp.process_rewards(batch.J, stability_weight=0.1, ema=0.01)
+    np.testing.assert_allclose([i["process_reward"] for i in infos], expected, atol=1e-5)
+    rewards = [s[1] for s in steps]
+    np.testing.assert_allclose(rewards, alpha * expected + np.r_[np.zeros(len(steps) - 1), 1.0], atol=1e-5)
+    # Telescoping: the process rewards sum to the last score S_T.
+    assert sum(i["process_reward"] for i in infos) == pytest.approx(infos[-1]["process_score"], abs=1e-9)
+
+
+def test_delimiter_is_appended_and_backtracks_flagged(make_env):
+    env = make_env()
+    env.reset(seed=0)
+    env.step("Wait, let me re-check that")
+    assert env.unwrapped.episode.segments[-1] == "Wait, let me re-check that\n\n"
+    _, _, _, _, info = env.step("Hmm, actually 3 + 4 = 7.\n\n")
+    assert info["backtrack"] is True
+    _, _, _, _, info = env.step("So 7 apples remain.")
+    assert info["backtrack"] is False
+
+
+def test_truncation_at_max_steps_scores_last_point_with_outcome_zero(make_env):
+    env = make_env(limits={"max_steps": 2})
+    env.reset(seed=0)
+    _, _, term, trunc, _ = env.step("First step.")
+    assert not term and not trunc
+    _, reward, term, trunc, info = env.step("Second step.")
+    assert (term, trunc) == (False, True)
+    assert info["scored"] and info["outcome_reward"] == 0.0 and info["correct"] is False
+    assert reward == pytest.approx(0.1 * info["process_reward"])
+
+
+def test_wrong_final_answer_terminates_with_outcome_zero(make_env):
+    env = make_env()
+    env.reset(options={"split": "test", "index": 0})
+    wrong = int(env.unwrapped.episode.problem.answer) + 1
+    _, reward, term, trunc, info = env.step(f"The answer is \\boxed{{{wrong}}}.")
+    assert (term, trunc) == (True, False)
+    assert info["correct"] is False and info["outcome_reward"] == 0.0
+
+
+def test_end_of_text_token_terminates(make_env):
+    env = make_env()
+    env.reset(seed=0)
+    _, _, term, _, _ = env.step("I give up.</s>")
+    assert term
+
+
+def test_truncation_at_max_total_tokens(make_env):
+    env = make_env(limits={"max_total_tokens": 60})
+    _, info = env.reset(options={"split": "test", "index": 0})
+    trunc = False
+    for _ in range(10):
+        _, _, term, trunc, info = env.step("One more long sentence about counting apples and stickers.")
+        if term or trunc:
+            break
+    assert trunc and info["total_tokens"] >= 60
+
+
+def test_context_overflow_truncates_without_appending(make_env):
+    env = make_env(scorer={"max_length": 200}, limits={"max_total_tokens": 1000})
+    env.reset(options={"split": "test", "index": 0})
+    steps = play(env, ["A sentence that keeps the reasoning going for a while longer."] * 12)
+    *_, trunc, info = steps[-1]
+    assert trunc and info["context_overflow"] is True and info["scored"] is False
+    assert len(env.unwrapped.episode.segments) == len(steps) - 1
+
+
+@pytest.mark.parametrize("action, error, message", [
+    (3, ActionError, r"action must be a str .*got int: 3"),
+    ("   \n\n", ActionError, r"action must be a non-empty segment"),
+    ("x" * 201, ActionError, r"action has 201 characters, more than limits.max_segment_chars = 200"),
+])
+def test_bad_actions(make_env, action, error, message):
+    env = make_env()
+    env.reset(seed=0)
+    with pytest.raises(error, match=message):
+        env.step(action)
+
+
+def test_step_after_end_or_before_reset_needs_reset(make_env):
+    env = make_env().unwrapped
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step("hello")
+    env.reset(seed=0)
+    env.step("The answer is \\boxed{1}.")
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step("more")
+
+
+def test_entropy_threshold_selection_carries_the_difference_to_the_next_scored_point(make_env):
+    env = make_env(reward={"selection": "entropy_threshold", "entropy_threshold": 1e9})
+    env.reset(options={"split": "test", "index": 0})
+    steps = play(env, env.unwrapped.episode.problem.solution)
+    infos = [s[4] for s in steps]
+    assert [i["scored"] for i in infos] == [False] * (len(infos) - 1) + [True]
+    assert all(i["process_reward"] == 0.0 and math.isnan(i["J"]) for i in infos[:-1])
+    # Only J_0 and J_T count: the last step earns S computed from those two points alone.
+    J_T = infos[-1]["J"]
+    expected = rp.process_scores(np.array([infos[0]["J_baseline"], J_T]), 0.1, 0.01)[-1]
+    assert infos[-1]["process_reward"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_topk_selection_is_refused_online(make_env):
+    with pytest.raises(TaskSpecError, match="'topk_entropy' needs the whole trajectory"):
+        make_env(reward={"selection": "topk_entropy"})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"rewrd": {"alpha": 1}}, r"unknown key 'rewrd'. Did you mean 'reward'\?"),
+    ({"reward": {"alpah": 1}}, r"unknown key 'reward.alpah'. Did you mean 'alpha'\?"),
+    ({"limits": {"max_steps": 0}}, r"max_steps"),
+    ({"scorer": {"backend": "tgi"}}, r"'backend' must be one of 'hf', 'vllm'"),
+])
+def test_overrides_are_validated(make_env, overrides, message):
+    with pytest.raises(TaskSpecError, match=message):
+        make_env(**overrides)
+
+
+def test_render_ansi_and_human(make_env, capsys):
+    env = make_env(render_mode="ansi")
+    env.reset(seed=0)
+    env.step("Three plus four is seven.")
+    text = env.render()
+    assert "Question:" in text and "Three plus four is seven." in text and "[+" in text or "[-" in text
+    human = make_env(render_mode="human")
+    human.reset(seed=0)
+    human.step("Three plus four is seven.")
+    assert "\x1b[" in capsys.readouterr().out
+    with pytest.raises(TaskSpecError, match="render_mode must be one of"):
+        make_env(render_mode="rgb_array")
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(make_env):
+    env = make_env(scorer={"max_length": 16})
+    with pytest.raises(ContextLengthError, match=r"exceeds max_length=16"):
+        env.reset(seed=0)
