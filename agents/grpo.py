@@ -122,7 +122,7 @@ class GRPO(LMLearner):
         if self.reference is not None:
             kl = (kl_k3(log_probs, micro.values["ref_log_probs"]) * mask).sum() / num_tokens
             loss = loss + cfg.kl_coef * kl
-            stats["kl"] = float(kl) * num_tokens / count
+            stats["kl"] = float(kl.detach()) * num_tokens / count
         stats["entropy"] = float((entropy.detach() * mask).sum()) / count
         stats["loss"] = float(loss.detach()) * num_tokens / count
         return loss, stats

@@ -1,0 +1,120 @@
+"""LMPolicy: segment stops, the batched episode KV cache, traces, config errors (fixture model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agents.policy import LMPolicy, PolicyConfig, Trace, segment_done
+from repro_env.errors import ConfigError
+
+PROMPTS = ["Question: what is 2 + 3?\n\n", "Question: what is 12 + 31 times 4?\n\n", "Question: hi\n\n"]
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_llama_dir):
+    return LMPolicy(PolicyConfig(model=str(tiny_llama_dir), max_segment_tokens=12), seed=0)
+
+
+def run_episode(policy: LMPolicy, prompts: list[str], steps: int, greedy: bool, active_rows=None):
+    """Act ``steps`` times, stepping the observations the way the env does (delimiter appended)."""
+    observations = list(prompts)
+    policy.reset(observations)
+    outputs = []
+    for step in range(steps):
+        active = [True] * len(prompts) if active_rows is None else active_rows(step)
+        segments = policy.act(observations, active=active, greedy=greedy)
+        outputs.append(segments)
+        for i, segment in enumerate(segments):
+            if segment is not None:
+                text = segment.text
+                observations[i] += text if text.endswith("\n\n") else text + "\n\n"
+    return observations, outputs
+
+
+def test_segment_done_needs_content_before_the_delimiter():
+    assert segment_done("First, 2 + 3 = 5.\n\n", "\n\n")
+    assert segment_done("So.\n\nThen", "\n\n")  # a merged token that runs past the delimiter
+    assert not segment_done("\n\n", "\n\n")  # leading blank lines never end a segment
+    assert not segment_done("  \n\nabc", "\n\n")
+    assert not segment_done("First, 2 + 3", "\n\n")
+
+
+def test_cached_generation_log_probs_equal_a_full_forward(policy):
+    """Behaviour log-probs from the batched, padded, incremental cache equal one plain forward."""
+    observations, _ = run_episode(policy, PROMPTS, steps=3, greedy=False,
+                                  active_rows=lambda step: [True, step < 2, True])
+    for trace in policy.traces:
+        ids = torch.tensor([trace.ids])  # (1, L)
+        with torch.no_grad():
+            log_probs, _, _ = policy.forward(ids, torch.ones_like(ids))  # (1, L−1)
+        generated = torch.tensor(trace.segment[1:]) >= 0  # (L−1,)
+        behaviour = torch.tensor(trace.log_probs[1:])  # (L−1,)
+        assert int(generated.sum()) > 0
+        assert torch.allclose(log_probs[0][generated], behaviour[generated], atol=1e-4)
+        assert trace.num_segments == (2 if trace is policy.traces[1] else 3)
+
+
+def test_batched_greedy_equals_one_env_at_a_time(policy):
+    _, batched = run_episode(policy, PROMPTS, steps=2, greedy=True)
+    for i, prompt in enumerate(PROMPTS):
+        _, alone = run_episode(policy, [prompt], steps=2, greedy=True)
+        assert [step[0].ids for step in alone] == [step[i].ids for step in batched]
+
+
+def test_actions_are_what_the_env_accepts(policy):
+    _, outputs = run_episode(policy, PROMPTS, steps=3, greedy=False)
+    for segment in (s for step in outputs for s in step):
+        assert segment.text.strip() and len(segment.text) <= policy.config.max_segment_chars
+        assert segment.stop in ("delimiter", "eos", "length", "context")
+        assert len(segment.ids) == len(segment.log_probs) <= 12
+        if segment.stop == "delimiter":
+            assert segment_done(segment.text, "\n\n")
+        if segment.stop == "eos":
+            assert segment.text.endswith(policy.tokenizer.eos_token)
+
+
+def test_trace_appends_the_delimiter_the_env_added_and_restarts_on_a_new_episode(policy):
+    policy.reset([PROMPTS[0]])
+    (segment,) = policy.act([PROMPTS[0]], greedy=True)
+    trace = policy.traces[0]
+    observation = PROMPTS[0] + segment.text + "|added by env|"
+    before = len(trace.ids)
+    policy.act([observation], greedy=True)
+    assert trace.text.startswith(observation)
+    added = policy.tokenizer("|added by env|", add_special_tokens=False)["input_ids"]
+    assert trace.ids[before:before + len(added)] == added
+    assert trace.segment[before:before + len(added)] == [-1] * len(added)
+    policy.act([PROMPTS[1]], greedy=True)  # not an extension: a new episode
+    assert policy.traces[0] is not trace and policy.traces[0].text.startswith(PROMPTS[1])
+
+
+def test_trace_start_marks_prompt_tokens_as_not_generated(tiny_tokenizer):
+    trace = Trace.start(tiny_tokenizer, "Question: hi\n\n")
+    assert trace.ids[0] == tiny_tokenizer.bos_token_id
+    assert set(trace.segment) == {-1} and trace.num_segments == 0
+
+
+def test_no_room_in_the_context_ends_the_episode_with_the_eos_text(policy):
+    long_prompt = "Question: " + "1 + 1 = 2. " * 200
+    (segment,) = run_episode(policy, [long_prompt], steps=1, greedy=True)[1][0]
+    assert segment.stop == "context" and segment.text == policy.tokenizer.eos_token and segment.ids == []
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"temperature": 0.0}, "field 'temperature' must be a number > 0, got 0.0 (float)"),
+    ({"max_segment_tokens": 0}, "field 'max_segment_tokens' must be an int >= 1, got 0 (int)"),
+    ({"delimiter": ""}, "field 'delimiter' must be a non-empty string, got '' (str)"),
+    ({"backend": "tgi"}, "field 'backend' must be one of 'hf', 'vllm', got 'tgi' (str)"),
+    ({"max_segment_chars": 0}, "field 'max_segment_chars' must be an int >= 1, got 0 (int)"),
+    ({"dtype": "int8"}, "field 'dtype' must be one of 'float32', 'bfloat16', 'float16', got 'int8' (str)"),
+    ({"model": ""}, "field 'model' must be a model directory or 'bundled', got '' (str)"),
+])
+def test_policy_config_errors(fields, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        PolicyConfig(**fields)
+
+
+def test_model_that_is_not_a_local_directory_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="field 'model' must be a local model directory with a config.json"):
+        LMPolicy(PolicyConfig(model=str(tmp_path / "nope")))
