@@ -38,9 +38,12 @@ class ReasoningVectorEnv(VectorEnv):
 
     def __init__(self, task: Any = "RePro-Math-v0", num_envs: int = 1, *,
                  autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, **kwargs: Any):
-        mode = AutoresetMode(autoreset_mode) if isinstance(autoreset_mode, str) else autoreset_mode
-        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED):
-            raise TaskSpecError(f"autoreset_mode must be NEXT_STEP or DISABLED, got {autoreset_mode!r}")
+        modes = {"next_step": AutoresetMode.NEXT_STEP, "nextstep": AutoresetMode.NEXT_STEP,
+                 "disabled": AutoresetMode.DISABLED}
+        mode = modes.get(str(getattr(autoreset_mode, "value", autoreset_mode)).lower())
+        if mode is None:
+            raise TaskSpecError(f"autoreset_mode must be 'next_step' or 'disabled' (AutoresetMode.NEXT_STEP "
+                                f"or DISABLED), got {autoreset_mode!r}")
         self.metadata = {**self.metadata, "autoreset_mode": mode}
         if num_envs < 1:
             raise TaskSpecError(f"num_envs must be an int >= 1, got {num_envs!r}")
