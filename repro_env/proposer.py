@@ -29,7 +29,8 @@ from repro_env.errors import ConfigError
 ProposeFn = Callable[[str, int, np.random.Generator], Sequence[str]]
 """``propose(text, k, rng) -> k candidate segments``; draw all randomness from ``rng``."""
 
-StopReason = Literal["delimiter", "final", "eos", "length"]
+StopReason = Literal["delimiter", "final", "eos", "length", "external"]
+"""``external``: a plain string from a user ``propose`` callable (where it ends is the callable's choice)."""
 
 
 @dataclass(frozen=True)

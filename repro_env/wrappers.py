@@ -46,7 +46,8 @@ class CandidateSegments(gym.Wrapper):
     - ``repeat``: 1 if it repeats an earlier segment of the episode (whitespace-stripped);
     - ``agreement``: the share of the other k−1 candidates that say the same (the same final answer
       when both hold one, the same stripped text otherwise), a self-consistency vote;
-    - ``cut_off``: 1 if it ended at the token cap rather than at a delimiter, answer or eos;
+    - ``cut_off``: 1 if the LM proposer stopped it at the token cap (or at ``max_segment_chars``)
+      rather than at a delimiter, the final answer or eos (always 0 from a plain callable);
 
     then ``step / max_steps``, ``total_tokens / max_total_tokens`` and the process score ``S`` of the
     last scored point (0 at reset; REPRO_SPEC §3). After the episode ends the candidate blocks are 0.
@@ -126,10 +127,8 @@ class CandidateSegments(gym.Wrapper):
 
     def _as_candidate(self, text: str) -> Candidate:
         """A plain-string candidate: token count from the tokenizer, log-probs unknown."""
-        cut = find_cut(text, self.task.delimiter, self.task.final_answer_regex)
-        stop = cut[1] if cut is not None and cut[0] == len(text) else "length"
         return Candidate(text=text, num_tokens=self._count_tokens(text, special=False),
-                         mean_logprob=float("nan"), min_logprob=float("nan"), stop=stop)
+                         mean_logprob=float("nan"), min_logprob=float("nan"), stop="external")
 
     def _count_tokens(self, text: str, special: bool = True) -> int:
         if self.tokenizer is None:
@@ -170,7 +169,8 @@ class CandidateSegments(gym.Wrapper):
         cut = find_cut(text, self.task.delimiter, self.task.final_answer_regex)
         match = self.task.final_answer_regex.search(text)
         if match is not None and cut is not None and cut[1] == "final":
-            return "final:" + text[match.end():cut[0]].strip()
+            inside = text[match.end():cut[0]]
+            return "final:" + (inside[:-1] if inside.endswith("}") else inside).strip()
         return text.strip()
 
 
