@@ -58,25 +58,24 @@ def tree_attention_mask(num_prefix: int, copy_boundaries: Sequence[int], copy_le
 
     Query i may see key j iff: both are prefix tokens and j ≤ i (causal); or i is in copy k, j is a
     prefix token and j < b_k (copy k continues ``q + τ≤t_k``); or i and j are in the same copy and
-    j ≤ i. Padding tokens see only themselves (a row with no allowed key would be NaN with eager).
+    j ≤ i. Padding tokens see only themselves, so that no row is fully blocked.
     Float, never bool: a bool 4D mask is silently misread by eager attention (STACK_NOTES).
     """
-    index = torch.arange(length)  # (L,)
-    copy_of = torch.full((length,), -2, dtype=torch.long)  # (L,) -1 prefix, k copy, -2 padding
-    copy_of[:num_prefix] = -1
-    prefix_visible = torch.zeros(length, dtype=torch.long)  # (L,) query i sees prefix keys < this
-    prefix_visible[:num_prefix] = index[:num_prefix] + 1
+    blocked = torch.finfo(dtype).min
+    mask = torch.full((length, length), blocked, dtype=dtype)  # (L, L)
+
+    def causal(n: int) -> torch.Tensor:
+        return torch.full((n, n), blocked, dtype=dtype).triu_(1)  # (n, n)
+
+    mask[:num_prefix, :num_prefix] = causal(num_prefix)
+    own = causal(copy_len)  # (C, C)
     for k, boundary in enumerate(copy_boundaries):
         start = num_prefix + k * copy_len
-        copy_of[start:start + copy_len] = k
-        prefix_visible[start:start + copy_len] = boundary
-    query, key = index[:, None], index[None, :]  # (L, 1), (1, L)
-    sees_prefix = (key < num_prefix) & (key < prefix_visible[:, None])  # (L, L)
-    same_copy = (copy_of[:, None] == copy_of[None, :]) & (copy_of[:, None] >= 0) & (key <= query)  # (L, L)
-    padding_self = (copy_of[:, None] == -2) & (key == query)  # (L, L)
-    allowed = sees_prefix | same_copy | padding_self  # (L, L)
-    mask = torch.zeros(length, length, dtype=dtype)  # (L, L)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        mask[start:start + copy_len, :boundary] = 0.0
+        mask[start:start + copy_len, start:start + copy_len] = own
+    end = num_prefix + len(copy_boundaries) * copy_len
+    mask[end:, end:].fill_diagonal_(0.0)
+    return mask
 
 
 @dataclass(frozen=True)
@@ -130,13 +129,15 @@ class HFScorer:
             )
         except (OSError, ValueError) as e:
             raise ScorerError(f"could not load model '{config.model}' from {path}: {e}") from e
+        self.model.eval()
         self._setup(config)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, tokenizer, config: ScorerConfig | None = None) -> HFScorer:
         """Wrap an in-memory causal LM (shared with a trainer, or a benchmark's random model).
 
-        ``tokenizer`` may be ``None`` when only :meth:`score_tokens` is used.
+        ``tokenizer`` may be ``None`` when only :meth:`score_tokens` is used. The model's train/eval
+        mode is left as it is (a trainer owns it); scoring runs under ``torch.no_grad``.
         """
         scorer = cls.__new__(cls)
         scorer.model, scorer.tokenizer = model, tokenizer
@@ -146,7 +147,7 @@ class HFScorer:
 
     def _setup(self, config: ScorerConfig) -> None:
         self.config = config
-        self.model.eval().to(config.device)
+        self.model.to(config.device)
         self.device = torch.device(config.device)
         self.pad_id = (getattr(self.tokenizer, "pad_token_id", None) or 0)
         limit = self.model.config.max_position_embeddings
@@ -156,8 +157,8 @@ class HFScorer:
                 f"got {config.max_length!r} (int)"
             )
         self.max_length: int = config.max_length or limit
+        # Bumped by reload_weights: a session opened before it holds a stale cache and refuses to go on.
         self.weights_version = 0
-        """Bumped by :meth:`reload_weights`; a session opened before refuses to continue."""
 
     @staticmethod
     def _model_dir(config: ScorerConfig) -> str | Path:
