@@ -23,6 +23,7 @@ FIGURES: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
     "reward": ("Rewards per response", "reward", [
         ("metrics", "outcome_reward", "outcome R"),
         ("metrics", "process_reward", "process (RePro)"),
+        ("metrics", "process_return", "process return (RePro, sum over segments)"),
     ]),
     "tokens": ("Tokens per response", "tokens", [
         ("metrics", "tokens_per_response", "train"),
@@ -37,11 +38,16 @@ FIGURES: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
     "losses": ("Losses", "loss", [
         ("metrics", "loss", "total"),
         ("metrics", "policy_loss", "policy"),
+        ("metrics", "pg_loss", "policy (clipped surrogate)"),
         ("metrics", "value_loss", "value"),
     ]),
     "throughput": ("Throughput", "tokens / s", [
         ("metrics", "generation_tokens_per_s", "generation"),
         ("metrics", "scoring_tokens_per_s", "scoring"),
+    ]),
+    "time": ("Seconds per update", "seconds", [
+        ("metrics", "collect_seconds", "collect (generation + scoring)"),
+        ("metrics", "update_seconds", "update (optimisation)"),
     ]),
 }
 

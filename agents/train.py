@@ -408,8 +408,7 @@ class Trainer:
         if bad:
             self.phase = "failed"
             raise TrainingError(f"update {before + 1}: metric {bad[0]!r} is {metrics[bad[0]]} "
-                                f"(non-finite: {', '.join(bad)}); stopped without checkpointing this state; "
-                                f"{self._where()}")
+                                f"(non-finite: {', '.join(bad)})")
         if int(self.learner.updates) != before + 1:
             raise TrainingError(f"learner.update must add 1 to learner.updates: it went {before} -> "
                                 f"{self.learner.updates}")
@@ -431,6 +430,9 @@ class Trainer:
                 raise TrainingInterrupted(self._save_if_consistent("interrupted")) from e
             except ScorerError as e:
                 raise ScorerError(f"{e}\n  {self._save_if_consistent('scorer failed')}") from e
+            except TrainingError as e:  # NaN/inf (ours or the learner's): never checkpoint that state
+                where = self._where()
+                raise TrainingError(f"{e}\n  stopped without checkpointing this state; {where}") from e
             finally:
                 bar.close()
                 self.finish()

@@ -271,7 +271,7 @@ def test_run_writes_metrics_checkpoints_plots_and_learns(tmp_path, capsys):
     assert evals[-1]["sampled_accuracy"] > evals[0]["sampled_accuracy"] + 0.2
     # checkpoints every 2, keep the newest 2
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["update-000006", "update-000008"]
-    for name in ("accuracy", "reward", "losses", "kl", "entropy", "tokens", "backtracks"):
+    for name in ("accuracy", "reward", "losses", "kl", "entropy", "tokens", "backtracks", "time"):
         png = (run_dir / "plots" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
     assert not (run_dir / "plots" / "throughput.png").exists()  # the bandit logs no throughput
@@ -321,7 +321,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert "TrainingError: update 5: metric 'loss' is nan" in err
-    assert "stopped without checkpointing this state; the last good checkpoint is" in err
+    assert "stopped without checkpointing this state; the last good checkpoint is " \
+           f"{run_dir}/checkpoints/update-000004 (resume with --resume {run_dir})" in err
     last = latest_checkpoint(run_dir / "checkpoints")
     assert last.name == "update-000004"
     assert all(torch.isfinite(t).all() for k, t in weights(last).items() if k != "rng")
