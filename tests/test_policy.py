@@ -118,3 +118,31 @@ def test_policy_config_errors(fields, message):
 def test_model_that_is_not_a_local_directory_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="field 'model' must be a local model directory with a config.json"):
         LMPolicy(PolicyConfig(model=str(tmp_path / "nope")))
+
+
+@pytest.mark.vllm
+def test_vllm_backend_generates_like_hf_and_follows_weight_syncs(tiny_llama_dir, tmp_path_factory):
+    """Greedy segments of the vLLM CPU engine equal the hf backend's, before and after a weight push."""
+    from vllm_support import vllm_compatible_model
+
+    model = vllm_compatible_model(tiny_llama_dir, tmp_path_factory.mktemp("policy_vllm"))
+    config = PolicyConfig(model=str(model), max_segment_tokens=8)
+    vllm_policy = LMPolicy(PolicyConfig(**{**config.__dict__, "backend": "vllm"}), seed=0)
+    hf_policy = LMPolicy(config, seed=0)
+    prompts = PROMPTS[:2]
+
+    def greedy_ids(policy: LMPolicy) -> list[list[int]]:
+        return [[s.ids for s in step] for step in run_episode(policy, prompts, steps=2, greedy=True)[1]]
+
+    assert greedy_ids(vllm_policy) == greedy_ids(hf_policy)
+    segment = run_episode(vllm_policy, prompts, steps=1, greedy=False)[1][0][0]
+    assert segment.text.strip() and len(segment.ids) == len(segment.log_probs) <= 8
+    assert all(lp <= 0 for lp in segment.log_probs)
+    before = greedy_ids(vllm_policy)
+    for policy in (vllm_policy, hf_policy):
+        with torch.no_grad():
+            for p in policy.model.parameters():
+                p.mul_(0.5)
+        policy.sync_generator()
+    after = greedy_ids(vllm_policy)
+    assert after == greedy_ids(hf_policy) and after != before
