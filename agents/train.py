@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import importlib
 import math
-import re
 import signal
 import sys
 import threading
@@ -49,7 +48,7 @@ from agents.checkpoint import (
     save_checkpoint,
 )
 from agents.metrics import MetricsLog, summary_table
-from repro_env.config import check, describe, from_mapping, suggest, to_dict
+from repro_env.config import check, describe, from_mapping, load_yaml, suggest, to_dict
 from repro_env.errors import ConfigError, ReproEnvError, ScorerError, TrainingError
 
 # Fields that may change when a run is resumed; any other change would silently mix two experiments.
@@ -163,29 +162,11 @@ def build_learner(config: TrainConfig, learner_config: Any) -> Any:
 # -- configs ----------------------------------------------------------------------------------
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that reads ``1e-6`` as a float, as YAML 1.2 does.
-
-    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-6``), so ``lr: 1e-6`` would load as
-    the string '1e-6' and fail the type check; learning rates are almost always written that way.
-    """
-
-
-_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                  re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
-                                  list("-+0123456789."))
-
-
-def safe_load(text: str) -> Any:
-    """``yaml.safe_load`` with YAML 1.2 exponent floats (see ``_YamlLoader``)."""
-    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: no arbitrary objects
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -204,7 +185,7 @@ def apply_sets(data: Mapping[str, Any], sets: Sequence[str]) -> dict[str, Any]:
         if not eq or not all(parts):
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. learner.lr=1e-5")
         try:
-            value = safe_load(raw)
+            value = load_yaml(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from e
         node = merged

@@ -10,14 +10,35 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
+import yaml
+
 from repro_env.errors import ConfigError
 
 T = TypeVar("T")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads ``1e-6`` as a float, as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-6``), so ``lr: 1e-6`` would load as
+    the string '1e-6' and fail the type check; learning rates are almost always written that way.
+    """
+
+
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                  re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 exponent floats; a SafeLoader, so no arbitrary objects."""
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 def describe(value: Any) -> str:
