@@ -141,7 +141,7 @@ class LMProposer:
 
         if not isinstance(k, int | np.integer) or k < 1:
             raise ConfigError(f"field 'k' must be an int >= 1, got {k!r} ({type(k).__name__})")
-        ids = list(self.tokenizer(text)["input_ids"])[-self.max_prompt_tokens:]
+        ids = list(self.tokenizer(text, verbose=False)["input_ids"])[-self.max_prompt_tokens:]
         device = self.model.device
         input_ids = torch.tensor([ids], device=device)  # (1, P)
         eos_id = self.tokenizer.eos_token_id

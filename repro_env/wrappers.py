@@ -133,7 +133,7 @@ class CandidateSegments(gym.Wrapper):
     def _count_tokens(self, text: str, special: bool = True) -> int:
         if self.tokenizer is None:
             return len(text.split())
-        return len(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+        return len(self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
 
     def _observation(self) -> np.ndarray:
         """The feature vector described in the class docstring. (k·8 + 3,)"""
@@ -271,7 +271,7 @@ class TokenIds(gym.ObservationWrapper):
         self.observation_space = gym.spaces.Box(0, self.vocab_size - 1, shape=(max_tokens,), dtype=np.int64)
 
     def observation(self, observation: str) -> np.ndarray:
-        ids = list(self.tokenizer(observation)["input_ids"])[-self.max_tokens:]
+        ids = list(self.tokenizer(observation, verbose=False)["input_ids"])[-self.max_tokens:]
         out = np.full(self.max_tokens, self.pad_id, dtype=np.int64)  # (max_tokens,)
         out[:len(ids)] = ids
         return out
