@@ -1,4 +1,4 @@
-"""What a learner is, and the rollout helper that GRPO and PPO share (public env API only).
+"""What a learner is (the rollout helper that GRPO and PPO share is agents/rollout.py).
 
 A learner owns a policy and its training envs and turns rollouts into parameter updates::
 
