@@ -25,7 +25,7 @@ import torch
 
 from agents.learner import LearnerConfig, LMLearner
 from agents.losses import clipped_policy_loss, kl_k3
-from agents.rollout import Episode, TokenBatch, collect_episodes, pack, summarize
+from agents.rollout import Episode, TokenBatch, pack, summarize
 from repro_env import reward as rp
 from repro_env.config import check
 
@@ -94,7 +94,7 @@ class GRPO(LMLearner):
         t0 = time.perf_counter()
         problems = self.rng.integers(self.train_size, size=cfg.prompts_per_update)
         indices = np.repeat(problems, cfg.group_size).tolist()
-        episodes = collect_episodes(self.envs, self.policy, indices=indices, split="train")
+        episodes = self.rollouts(indices)
         return GRPOBatch(episodes, np.repeat(np.arange(cfg.prompts_per_update), cfg.group_size),
                          time.perf_counter() - t0)
 

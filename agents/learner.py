@@ -10,6 +10,7 @@ its own scorer into which the policy's weights are pushed after every update (th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from gymnasium.vector import AutoresetMode
 
 from agents.losses import check_finite
 from agents.policy import LMPolicy, PolicyConfig, model_dir
-from agents.rollout import TokenBatch, collect_episodes, summarize
+from agents.rollout import Episode, TokenBatch, collect_episodes, rescore_topk, summarize
 from repro_env.config import check, to_dict
 from repro_env.errors import CheckpointError, ConfigError
 from repro_env.scoring.base import BUNDLED_MODEL
@@ -114,6 +115,12 @@ class LMLearner:
 
         self.config, self.seed = config, seed
         self.spec_task = resolve_task(task)
+        # top-k needs whole trajectories: the envs score every boundary, rollouts() re-selects
+        self.topk = self.spec_task.reward.selection == "topk_entropy"
+        if self.topk:
+            self.spec_task = dataclasses.replace(
+                self.spec_task, reward=dataclasses.replace(self.spec_task.reward, selection="all"))
+            self.topk_reward = resolve_task(task).reward
         self.rng = np.random.default_rng(seed)
         self.updates = 0
         scorer = None
@@ -139,6 +146,14 @@ class LMLearner:
             self.reference = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
         self._eval_envs: dict[int, Any] = {}
         self.optimizer: torch.optim.Optimizer | None = None
+
+    def rollouts(self, indices: list[int]) -> list[Episode]:
+        """One training episode per sub-env on the given train problems (top-k re-selected if asked)."""
+        episodes = collect_episodes(self.envs, self.policy, indices=indices, split="train")
+        if self.topk:
+            for episode in episodes:
+                rescore_topk(episode, self.topk_reward)
+        return episodes
 
     def make_optimizer(self, groups: list[dict[str, Any]]) -> None:
         self.optimizer = torch.optim.AdamW(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
@@ -226,6 +241,8 @@ class LMLearner:
         """Held-out metrics over test problems 0..num_problems−1 (``samples`` episodes each).
 
         ``accuracy`` with ``samples`` > 1 (sampled at the policy's temperature) is avg@samples.
+        Sampling draws from a generator seeded by (seed, updates), never from the training one, so
+        evaluating (or not) leaves the training run unchanged.
         """
         from repro_env.vector import ReasoningVectorEnv
 
@@ -237,14 +254,20 @@ class LMLearner:
         indices = np.repeat(np.arange(min(num_problems, size)), samples).tolist()
         episodes = []
         t0 = time.perf_counter()
-        for start in range(0, len(indices), self.config.eval_batch_size):
-            chunk = indices[start:start + self.config.eval_batch_size]
-            if len(chunk) not in self._eval_envs:
-                self._eval_envs[len(chunk)] = ReasoningVectorEnv(
-                    self.spec_task, num_envs=len(chunk), scorer=self.scorer, split="test",
-                    autoreset_mode=AutoresetMode.DISABLED)
-            episodes += collect_episodes(self._eval_envs[len(chunk)], self.policy, indices=chunk,
-                                         split="test", greedy=greedy and samples == 1)
+        training_rng = self.policy.generator_rng
+        self.policy.generator_rng = torch.Generator(device="cpu").manual_seed(
+            int(np.random.SeedSequence([self.seed, self.updates]).generate_state(1)[0]))
+        try:
+            for start in range(0, len(indices), self.config.eval_batch_size):
+                chunk = indices[start:start + self.config.eval_batch_size]
+                if len(chunk) not in self._eval_envs:
+                    self._eval_envs[len(chunk)] = ReasoningVectorEnv(
+                        self.spec_task, num_envs=len(chunk), scorer=self.scorer, split="test",
+                        autoreset_mode=AutoresetMode.DISABLED)
+                episodes += collect_episodes(self._eval_envs[len(chunk)], self.policy, indices=chunk,
+                                             split="test", greedy=greedy and samples == 1)
+        finally:
+            self.policy.generator_rng = training_rng
         metrics = summarize(episodes)
         metrics["eval_seconds"] = time.perf_counter() - t0
         return metrics

@@ -23,7 +23,7 @@ import torch
 
 from agents.learner import LearnerConfig, LMLearner
 from agents.losses import clipped_policy_loss, kl_k3, value_loss
-from agents.rollout import Episode, TokenBatch, collect_episodes, pack, summarize
+from agents.rollout import Episode, TokenBatch, pack, summarize
 from repro_env import reward as rp
 from repro_env.config import check
 
@@ -103,7 +103,7 @@ class PPO(LMLearner):
     def collect(self) -> list[Episode]:
         """One rollout per sub-env, each on a random train problem."""
         problems = self.rng.integers(self.train_size, size=self.config.episodes_per_update).tolist()
-        return collect_episodes(self.envs, self.policy, indices=problems, split="train")
+        return self.rollouts(problems)
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
         """V at each position that predicts a next token. (B, L, H) → (B, L−1)"""

@@ -22,6 +22,7 @@ from gymnasium.vector import AutoresetMode
 from agents.losses import TrainingError
 from agents.policy import LMPolicy, Trace
 from repro_env.errors import ConfigError, ScorerError
+from repro_env.reward import RewardConfig, process_rewards, select_points
 
 
 @dataclass
@@ -40,6 +41,10 @@ class Episode:
     """What the env paid per step (α·r̃ + outcome at the last step)."""
     entropies: list[float] = field(default_factory=list)
     """Policy entropy at each segment's first token."""
+    J: list[float] = field(default_factory=list)
+    """J after each step (NaN where the env scored no point); lets a trainer re-select points."""
+    J_baseline: float = float("nan")
+    """J_0: the answer right after the question (REPRO_SPEC §2)."""
     backtracks: int = 0
     outcome: float = 0.0
     """R: 1 if the final answer verified, else 0 (REPRO_SPEC §5)."""
@@ -119,11 +124,37 @@ def _record(episode: Episode, action, reward: float, info: dict, i: int, termina
     process_reward = float(get("process_reward", 0.0))
     episode.process_rewards.append(process_reward if np.isfinite(process_reward) else 0.0)
     episode.scored.append(bool(get("scored", False)))
+    episode.J.append(float(get("J", float("nan"))))
+    episode.J_baseline = float(get("J_baseline", episode.J_baseline))
     episode.backtracks += int(bool(get("backtrack", False)))
     if terminated or truncated:
         episode.outcome = float(get("outcome_reward", 0.0))
         episode.correct = bool(get("correct", False))
         episode.truncated = truncated
+
+
+def rescore_topk(episode: Episode, reward: RewardConfig) -> None:
+    """Keep process rewards only at the top-k segments by first-token entropy plus the last (§4).
+
+    The paper's ``selection = "topk_entropy"`` needs the whole trajectory, so the env scores every
+    boundary online and this re-selects afterwards: J_t depends only on ``q + τ≤t``, so the J the env
+    recorded at the chosen points are exactly what a batch re-score would return. Then, over the
+    chosen points only, r̃ = process_rewards([J_0, J_p1, ..]) (S_T differs from the all-points one
+    through the stability term). Steps without a J (a context overflow) are never chosen.
+    """
+    J = np.asarray(episode.J, dtype=np.float64)  # (T,)
+    valid = np.flatnonzero(np.isfinite(J))  # (V,) steps the env scored
+    if valid.size == 0 or not np.isfinite(episode.J_baseline):
+        return
+    entropies = np.asarray(episode.entropies, dtype=np.float64)[valid]  # (V,)
+    entropies = np.where(np.isfinite(entropies), entropies, -1.0)  # no entropy: never among the top k
+    chosen = valid[np.asarray(select_points(entropies, reward.k, mode="topk_entropy")) - 1]  # (M,)
+    rewards = process_rewards(np.concatenate([[episode.J_baseline], J[chosen]]), reward.stability_weight,
+                              reward.ema, reward.eps)  # (M,)
+    process = np.zeros(J.size)
+    process[chosen] = rewards
+    episode.process_rewards = process.tolist()
+    episode.scored = np.isin(np.arange(J.size), chosen).tolist()
 
 
 @dataclass
