@@ -69,13 +69,13 @@ class PretrainConfig:
     """Linear warm-up steps."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
-    hidden_size: int = 256
+    hidden_size: int = 192
     """Model width."""
     num_layers: int = 4
     """Transformer blocks."""
-    num_heads: int = 8
+    num_heads: int = 6
     """Attention heads (head dim = hidden_size / num_heads)."""
-    intermediate_size: int = 688
+    intermediate_size: int = 512
     """MLP width."""
     max_positions: int = 512
     """Context window in tokens."""

@@ -104,6 +104,21 @@ def test_j_rises_along_a_reference_solution(bundled):
     assert j[-1] > j[0] + 1.0
 
 
+def test_answer_logprobs_match_one_unpadded_forward_per_prefix(bundled):
+    _, model, tokenizer = bundled
+    p = generate_problem(ArithmeticConfig(), seed=1234, index=1, split="test")
+    prompt = DEFAULT_PROMPT_TEMPLATE.format(question=p.question)
+    batched = answer_logprobs(model, tokenizer, prompt, p.solution, p.answer)
+    answer = tokenizer(f"\\boxed{{{p.answer}}}", add_special_tokens=False)["input_ids"]
+    for t in (0, len(p.solution) - 1):
+        prefix = tokenizer(prompt + "".join(p.solution[:t]))["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prefix + answer])).logits[0]  # (L, V)
+        logprobs = torch.log_softmax(logits, dim=-1)  # (L, V)
+        picked = [logprobs[len(prefix) - 1 + i, a].item() for i, a in enumerate(answer)]
+        assert batched[t] == pytest.approx(sum(picked) / len(answer), abs=1e-4)
+
+
 # ---------------------------------------------------------------- pretraining helpers
 
 
@@ -162,7 +177,7 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"steps": 0}, r"field 'steps' must be an int >= 1, got 0 \(int\)"),
-    ({"num_heads": 3}, r"field 'num_heads' must be a divisor of hidden_size \(256\), got 3 \(int\)"),
+    ({"num_heads": 5}, r"field 'num_heads' must be a divisor of hidden_size \(192\), got 5 \(int\)"),
     ({"lr": 0.0}, r"field 'lr' must be a number > 0, got 0.0 \(float\)"),
     ({"max_positions": 32}, r"field 'max_positions' must be an int >= 64, got 32 \(int\)"),
     ({"vocab_size": 100}, r"field 'vocab_size' must be an int >= 300 \(256 bytes \+ merges\), got 100"),
