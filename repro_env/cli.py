@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--episodes", type=int, default=3)
     rollout.add_argument("--seed", type=int, default=0)
     rollout.add_argument("--split", default="test")
-    rollout.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (model policies)")
+    rollout.add_argument("--scorer", default=None, help="scorer model (default: the task's, usually 'bundled')")
+    rollout.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (model policies)")
     rollout.set_defaults(run=cmd_rollout)
 
     demo = sub.add_parser("demo", help="the main job on the bundled model (README quick start)")

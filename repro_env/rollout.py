@@ -72,15 +72,16 @@ def scripted_policy(segments: Iterable[str]) -> Policy:
     return play
 
 
-def model_policy(model: str, *, temperature: float = 0.0, seed: int = 0) -> Policy:
+def model_policy(model: str, task, *, temperature: float = 1.0, max_new_tokens: int = 64) -> Policy:
     """Samples each next segment from a language model (``bundled`` or a directory)."""
-    from repro_env.proposer import SegmentProposer
+    from repro_env.proposer import LMProposer, ProposerConfig
+    from repro_env.wrappers import load_model
 
-    proposer = SegmentProposer(model=model, temperature=temperature)
-    rng = np.random.default_rng(seed)
+    proposer = LMProposer(*load_model(model), delimiter=task.delimiter, final_answer=task.final_answer_regex,
+                          config=ProposerConfig(max_new_tokens=max_new_tokens, temperature=temperature))
 
     def play(obs: str, env: gym.Env) -> str:
-        return proposer.propose(obs, 1, rng, task=env.unwrapped.spec_task)[0]
+        return proposer(obs, 1, env.unwrapped.np_random)[0]
 
     return play
 
@@ -114,9 +115,10 @@ def format_summary(records: list[EpisodeRecord]) -> str:
 def rollout_main(args: argparse.Namespace) -> int:
     import repro_env  # noqa: F401  (registers the built-in ids)
 
-    env = gym.make(args.task)
+    env = gym.make(args.task, **({"scorer": {"model": args.scorer}} if args.scorer else {}))
+    task = env.unwrapped.spec_task
     policy = reference_policy if args.policy == "reference" else model_policy(
-        args.policy, temperature=args.temperature, seed=args.seed)
+        args.policy, task, temperature=args.temperature, max_new_tokens=task.limits.max_segment_tokens)
     records = []
     for episode in range(args.episodes):
         records.append(run_episode(env, policy, seed=args.seed + episode, options={"split": args.split}))
