@@ -211,10 +211,13 @@ class ReasoningEnv(gym.Env[str, str]):
         if self.episode is not None:
             self.episode.session.close()
         problem = self.source.get(split, int(index))
-        answer = self.spec_task.render_answer(problem)
-        session = self.scorer.session(self.spec_task.render_prompt(problem), answer)
-        return Episode(problem=problem, prompt=self.spec_task.render_prompt(problem), answer=answer,
-                       session=session, J_points=[session.J_baseline])
+        prompt, answer = self.spec_task.render_prompt(problem), self.spec_task.render_answer(problem)
+        if len(prompt) > self.spec_task.max_prompt_chars:
+            raise TaskSpecError(f"{self.spec_task.id}: problem {problem.id} renders a prompt of {len(prompt)} "
+                                f"characters, more than limits.max_prompt_chars = {self.spec_task.max_prompt_chars}")
+        session = self.scorer.session(prompt, answer)
+        return Episode(problem=problem, prompt=prompt, answer=answer, session=session,
+                       J_points=[session.J_baseline])
 
     def _require_episode(self) -> Episode:
         if self.episode is None or self.episode.done:

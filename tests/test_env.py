@@ -230,3 +230,9 @@ def test_prompt_longer_than_the_context_is_a_clear_error(make_env):
     env = make_env(scorer={"max_length": 16})
     with pytest.raises(ContextLengthError, match=r"exceeds max_length=16"):
         env.reset(seed=0)
+
+
+def test_prompt_longer_than_max_prompt_chars_is_a_clear_error(make_env):
+    env = make_env(limits={"max_prompt_chars": 20})
+    with pytest.raises(TaskSpecError, match=r"more than limits.max_prompt_chars = 20"):
+        env.reset(seed=0)
