@@ -147,21 +147,36 @@ class LMProposer:
         eos_id = self.tokenizer.eos_token_id
         generation = GenerationConfig(
             do_sample=True, temperature=float(self.config.temperature), top_k=0, top_p=1.0,
-            max_new_tokens=self.config.max_new_tokens, num_return_sequences=int(k),
+            max_new_tokens=self.config.max_new_tokens,
             eos_token_id=eos_id, pad_token_id=self._pad_id(),
             output_logits=True, return_dict_in_generate=True,
         )
         stop = _SegmentStop(self.tokenizer, len(ids), self.delimiter, self.final_answer)
+        cache = self._prefill(input_ids[:, :-1], int(k))
         seed = int(rng.integers(2**63 - 1))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            out = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+            out = self.model.generate(input_ids.expand(int(k), -1), past_key_values=cache,  # (k, P)
+                                      attention_mask=torch.ones(int(k), len(ids), dtype=torch.long, device=device),
                                       generation_config=generation,
                                       stopping_criteria=StoppingCriteriaList([stop]))
         new_ids = out.sequences[:, len(ids):]  # (k, N)
         logits = torch.stack(out.logits, dim=1).float()  # (k, N, V)
         token_lp = torch.log_softmax(logits, dim=-1).gather(2, new_ids[:, :, None])[:, :, 0]  # (k, N)
         return [self._candidate(new_ids[i].tolist(), token_lp[i].tolist()) for i in range(int(k))]
+
+    def _prefill(self, prompt_ids: torch.Tensor, k: int) -> Any:
+        """The KV cache of all prompt tokens but the last, computed once and repeated for ``k`` rows.
+
+        ``generate`` then only runs the last prompt token, instead of the whole prompt ``k`` times.
+        """
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        if prompt_ids.shape[1] > 0:
+            self.model(input_ids=prompt_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)  # (1, P−1)
+        cache.batch_repeat_interleave(k)
+        return cache
 
     def _pad_id(self) -> int:
         for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
