@@ -8,8 +8,14 @@ the boundary (its causal context is exactly ``q + τ≤t_k``), the others from t
 the copy can drop the answer's last token. Cost: about ``|q+τ| + M·(|a|−1)`` tokens instead of the
 ``M·|q+τ|/2`` of one pass per point.
 
-Online scoring (:class:`HFSession`) keeps a ``DynamicCache`` of ``q + τ≤t``; each step scores the
-answer against the cache and crops the answer off again, so it is never committed.
+Online scoring (:class:`HFSession`) keeps the keys/values of ``q + τ≤t``; each step feeds the new
+tokens plus ``a'`` against the cache and commits only the new prefix tokens, never the answer.
+:meth:`HFScorer.sessions_append` (the vector env's step) runs many sessions in one forward: their
+caches left-padded into one ``DynamicCache``, their inputs right-padded, under a float 4D mask.
+A single ``append`` is the same code with one session.
+
+Models with sliding-window layers are scored with full attention here, as in batch scoring (the
+custom 4D masks replace the model's own).
 
 Consistency between the two: a session re-tokenises ``q + τ≤t`` at each step, batch scoring
 tokenises ``q + τ≤T`` once and cuts it at the boundaries. The two agree (to float rounding) whenever
@@ -329,12 +335,134 @@ class HFScorer:
 
     def sessions_append(self, sessions: Sequence[HFSession], segments: Sequence[str],
                         score: Sequence[bool] | None = None) -> list[StepScore]:
-        """Append one segment to each session; equal to calling ``append`` on each (a loop)."""
+        """Append one segment to each session, scoring all of them in one batched forward.
+
+        Equal (to float rounding) to calling ``append`` on each. Every session is tokenised and
+        length-checked first: a ``ContextLengthError`` (or any other refusal) leaves all sessions
+        unchanged. Sessions run ``config.batch_size`` per forward pass, so a large vector env may
+        take a few passes; results are committed only after every pass succeeded.
+        """
         score = [True] * len(sessions) if score is None else list(score)
         if not len(sessions) == len(segments) == len(score):
             raise ScorerError(f"sessions_append needs one segment and one score flag per session, got "
                               f"{len(sessions)} sessions, {len(segments)} segments, {len(score)} flags")
-        return [s.append(seg, flag) for s, seg, flag in zip(sessions, segments, score, strict=True)]
+        if len({id(s) for s in sessions}) != len(sessions):
+            raise ScorerError("sessions_append got the same session twice; append to each session at most "
+                              "once per call")
+        if any(s.scorer is not self for s in sessions):
+            raise ScorerError("sessions_append got a session started by another scorer; "
+                              "use that scorer's sessions_append")
+        steps = [s._plan(seg, flag) for s, seg, flag in zip(sessions, segments, score, strict=True)]
+        outputs = self._run_steps(steps)
+        results = []
+        for step, (J, entropy, cache) in zip(steps, outputs, strict=True):
+            step.session._commit(step, cache)
+            added = len(step.ids) - step.segment_start
+            results.append(StepScore(J=J, entropy=entropy, segment_tokens=added, total_tokens=len(step.ids)))
+        return results
+
+    def _run_steps(self, steps: Sequence[_SessionStep]) -> list[tuple[float, float, _KV]]:
+        """(J, entropy, new cache) per step, ``batch_size`` steps per forward, in the input order."""
+        order = sorted(range(len(steps)), key=lambda i: -steps[i].keep - len(steps[i].inputs))
+        outputs: dict[int, tuple[float, float, _KV]] = {}
+        for start in range(0, len(order), self.config.batch_size):
+            chunk = order[start:start + self.config.batch_size]
+            outputs.update(zip(chunk, self._forward_steps([steps[i] for i in chunk]), strict=True))
+        return [outputs[i] for i in range(len(steps))]
+
+    @torch.no_grad()
+    def _forward_steps(self, steps: Sequence[_SessionStep]) -> list[tuple[float, float, _KV]]:
+        """One forward over several sessions' new tokens (+ answer) against their cached prefixes.
+
+        Row r's kept cache (``keep_r`` tokens) is left-padded to the longest, ``P``; its inputs
+        (``n_r`` = new prefix tokens + ``|a|−1`` answer tokens) are right-padded to ``Q``. Cached
+        keys already carry their rotary positions, so padding in front of them changes nothing;
+        the inputs take positions ``keep_r, keep_r+1, …``. Query i of row r sees the row's cached
+        keys and its own inputs ``≤ i`` (float additive mask; padding queries see only themselves).
+        """
+        B = len(steps)
+        P = max(step.keep for step in steps)
+        Q = max(len(step.inputs) for step in steps)
+        keep = torch.tensor([step.keep for step in steps])  # (B,)
+        lengths = torch.tensor([len(step.inputs) for step in steps])  # (B,)
+        input_ids = torch.full((B, Q), self.pad_id, dtype=torch.long)  # (B, Q)
+        for r, step in enumerate(steps):
+            input_ids[r, :len(step.inputs)] = torch.tensor(step.inputs)
+        position_ids = keep[:, None] + torch.arange(Q)[None]  # (B, Q)
+        mask = session_attention_mask(keep, lengths, P, self.model.dtype)  # (B, 1, Q, P + Q)
+        cache = self._padded_cache(steps, P)
+        hidden = self.model.base_model(
+            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+            position_ids=position_ids.to(self.device), past_key_values=cache, use_cache=True,
+        ).last_hidden_state  # (B, Q, H)
+        rows, cols = [], []
+        for r, step in enumerate(steps):
+            rows += [r] * len(step.read_positions)
+            cols += step.read_positions
+        log_probs = torch.log_softmax(self.head_logits(hidden[rows, cols]).float(), dim=-1)  # (K, V)
+        outputs, start = [], 0
+        for r, step in enumerate(steps):
+            own = log_probs[start:start + len(step.read_positions)]  # (k_r, V)
+            start += len(step.read_positions)
+            J, entropy = self._read_step(step, own)
+            # Commit only q + τ≤t: never the answer copy, never padding.
+            span = slice(P - step.keep, P + len(step.ids) - step.keep)
+            new_cache = [(layer.keys[r, :, span].clone(), layer.values[r, :, span].clone())
+                         for layer in cache.layers]
+            outputs.append((J, entropy, new_cache))
+        return outputs
+
+    def _padded_cache(self, steps: Sequence[_SessionStep], P: int):
+        """A ``DynamicCache`` holding each row's kept prefix, left-padded with zeros to ``P`` tokens."""
+        from transformers import DynamicCache
+
+        if P == 0:
+            return DynamicCache()
+        template = next(step.session._cache for step in steps if step.keep > 0)
+        layers = []
+        for layer, (k0, v0) in enumerate(template):
+            keys = k0.new_zeros(len(steps), k0.shape[0], P, k0.shape[2])  # (B, heads, P, d)
+            values = v0.new_zeros(len(steps), v0.shape[0], P, v0.shape[2])  # (B, heads, P, d)
+            for r, step in enumerate(steps):
+                if step.keep:
+                    k, v = step.session._cache[layer]  # (heads, n, d)
+                    keys[r, :, P - step.keep:] = k[:, :step.keep]
+                    values[r, :, P - step.keep:] = v[:, :step.keep]
+            layers.append((keys, values))
+        return DynamicCache(layers)
+
+    def _read_step(self, step: _SessionStep, log_probs: torch.Tensor) -> tuple[float, float]:
+        """(J or nan, entropy or nan) from a step's log-prob rows: [entropy row], answer rows. (k, V)"""
+        entropy = float("nan")
+        if step.segment_start is not None:
+            entropy = float(self._finite(_entropy(log_probs[:1]), "entropies")[0])
+            log_probs = log_probs[1:]
+        J = float("nan")
+        if step.score:
+            targets = torch.tensor(step.session._answer, device=log_probs.device)  # (|a|,)
+            token_lp = log_probs.gather(1, targets[:, None])[:, 0]  # (|a|,)
+            J = float(self._finite(token_lp, "answer log-probs").mean())
+        return J, entropy
+
+
+def session_attention_mask(keep: torch.Tensor, lengths: torch.Tensor, P: int,
+                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Additive (B, 1, Q, P + Q) mask of a batched session step, ``Q = max(lengths)``.
+
+    Keys ``0..P−1`` are the left-padded caches (row r's real ones are the last ``keep[r]``), keys
+    ``P..P+Q−1`` the inputs. Query i < lengths[r] sees row r's cached keys and inputs ``j ≤ i``;
+    a padding query sees only its own key, so that no row is fully blocked. Float, never bool.
+    """
+    Q = int(lengths.max())
+    query = torch.arange(Q)  # (Q,)
+    key = torch.arange(P + Q) - P  # (P + Q,) input index of each key; negative for the cache
+    cached = (key[None] < 0) & (key[None] >= -keep[:, None])  # (B, P + Q)
+    causal = (key[None] >= 0) & (key[None] <= query[:, None])  # (Q, P + Q)
+    real = query[None] < lengths[:, None]  # (B, Q)
+    allowed = real[:, :, None] & (cached[:, None] | causal[None])  # (B, Q, P + Q)
+    allowed |= ~real[:, :, None] & (key[None, None] == query[None, :, None])  # padding sees itself
+    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype)
+    return torch.where(allowed, torch.tensor(0.0, dtype=dtype), blocked)[:, None]  # (B, 1, Q, P + Q)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -346,32 +474,72 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+_KV = list[tuple[torch.Tensor, torch.Tensor]]
+"""A session's cache: per layer, keys and values of shape (heads, n, head_dim)."""
+
+
+@dataclass(frozen=True)
+class _SessionStep:
+    """One session's share of a batched forward: what to feed and which hidden states to read."""
+
+    session: HFSession
+    text: str
+    """``q + τ≤t`` after the step."""
+    ids: list[int]
+    """Its tokens (special tokens included)."""
+    keep: int
+    """Cached tokens kept: the common prefix with the old ids, minus the token before the segment."""
+    segment_start: int | None
+    """Token index where the new segment starts (``None`` for the question: no entropy)."""
+    score: bool
+    inputs: list[int]
+    """``ids[keep:]`` then ``a[:-1]`` if scored."""
+
+    @property
+    def read_positions(self) -> list[int]:
+        """Input positions whose logits are read: the token before the segment, then ``|a|`` rows."""
+        rows = [self.segment_start - 1 - self.keep] if self.segment_start is not None else []
+        if self.score:
+            last = len(self.ids) - 1 - self.keep
+            rows += range(last, last + len(self.session._answer))
+        return rows
+
+
 class HFSession:
-    """Incremental scoring of one episode over a ``DynamicCache`` of ``q + τ≤t`` (REPRO_SPEC §7)."""
+    """Incremental scoring of one episode over cached keys/values of ``q + τ≤t`` (REPRO_SPEC §7).
+
+    The cache is a list of per-layer tensors rather than a ``DynamicCache`` so that
+    :meth:`HFScorer.sessions_append` can stack many sessions into one padded batch; every step
+    (``append`` included) runs through that batched path.
+    """
 
     def __init__(self, scorer: HFScorer, question: str, answer: str) -> None:
-        from transformers import DynamicCache
-
         self.scorer = scorer
         self.question = question
         self._answer = scorer.answer_ids(answer)
         self._weights_version = scorer.weights_version
         self._text = question
         self._ids: list[int] = []
-        self._cache = DynamicCache(config=scorer.model.config)
+        self._cache: _KV | None = []
         ids, _ = tokenize_with_offsets(scorer.tokenizer, question)
         if not ids:
             raise ScorerError("the question tokenises to no tokens and the tokenizer adds no BOS: "
                               "J_0 needs at least one token before the answer")
         scorer.check_length(len(ids), len(self._answer), question)
-        self.J_baseline: float = self._advance(ids, None, score=True)[0]
-        self.total_tokens: int = len(ids)
+        step = _SessionStep(self, question, ids, 0, None, True, ids + self._answer[:-1])
+        (J, _, cache), = scorer._run_steps([step])
+        self._commit(step, cache)
+        self.J_baseline: float = J
 
     def append(self, segment: str, score: bool = True) -> StepScore:
         """Add ``segment`` to the prefix; J against ``q + τ≤t`` (if ``score``) and its first-token entropy.
 
         Raises ``ContextLengthError`` (state unchanged) when ``q + τ≤t + a`` exceeds ``max_length``.
         """
+        return self.scorer.sessions_append([self], [segment], [score])[0]
+
+    def _plan(self, segment: str, score: bool) -> _SessionStep:
+        """Tokenise ``q + τ≤t`` and decide what to recompute; checks everything, changes nothing."""
         if self._cache is None:
             raise ScorerError("append on a closed session; start a new one with scorer.session(...)")
         if self._weights_version != self.scorer.weights_version:
@@ -381,50 +549,15 @@ class HFSession:
         ids, offsets = tokenize_with_offsets(self.scorer.tokenizer, text)
         self.scorer.check_length(len(ids), len(self._answer) if score else 0, self.question)
         segment_start = char_to_token_boundaries(offsets, [len(self._text)])[0]
-        J, entropy = self._advance(ids, segment_start, score)
-        added = len(ids) - segment_start
-        self._text, self.total_tokens = text, len(ids)
-        return StepScore(J=J, entropy=entropy, segment_tokens=added, total_tokens=len(ids))
-
-    @torch.no_grad()
-    def _advance(self, ids: list[int], segment_start: int | None, score: bool) -> tuple[float, float]:
-        """Make the cache hold ``ids``; return (J against it or nan, entropy at ``segment_start``)."""
-        scorer = self.scorer
         # Re-tokenising may change tokens before the old end (a merge across the boundary): keep
         # only the common part, and recompute the token before the segment to read its entropy.
-        keep = min(_common_prefix(self._ids, ids), len(ids) - 1)
-        if segment_start is not None:
-            keep = min(keep, segment_start - 1)
-        self._crop(keep)
-        tail = self._answer[:-1] if score else []
-        inputs = ids[keep:] + tail
-        hidden = scorer.model.base_model(
-            input_ids=torch.tensor([inputs], device=scorer.device),  # (1, n)
-            position_ids=torch.arange(keep, keep + len(inputs), device=scorer.device)[None],  # (1, n)
-            past_key_values=self._cache, use_cache=True,
-        ).last_hidden_state[0]  # (n, H)
-        self._ids = list(ids)
-        self._crop(len(ids))  # the answer is scored, never committed
-        last = len(ids) - 1 - keep
-        rows = ([segment_start - 1 - keep] if segment_start is not None else []) + (
-            list(range(last, last + len(self._answer))) if score else [])
-        log_probs = torch.log_softmax(scorer.head_logits(hidden[rows]).float(), dim=-1)  # (K, V)
-        entropy = float("nan")
-        if segment_start is not None:
-            entropy = float(scorer._finite(_entropy(log_probs[:1]), "entropies")[0])
-            log_probs = log_probs[1:]
-        J = float("nan")
-        if score:
-            targets = torch.tensor(self._answer, device=log_probs.device)  # (|a|,)
-            token_lp = log_probs.gather(1, targets[:, None])[:, 0]  # (|a|,)
-            J = float(scorer._finite(token_lp, "answer log-probs").mean())
-        return J, entropy
+        keep = min(_common_prefix(self._ids, ids), len(ids) - 1, segment_start - 1)
+        inputs = ids[keep:] + (self._answer[:-1] if score else [])
+        return _SessionStep(self, text, ids, keep, segment_start, score, inputs)
 
-    def _crop(self, length: int) -> None:
-        """Keep the first ``length`` cached tokens (5.19's ``crop`` takes a negative count)."""
-        excess = self._cache.get_seq_length() - length
-        if excess > 0:
-            self._cache.crop(-excess)
+    def _commit(self, step: _SessionStep, cache: _KV) -> None:
+        self._text, self._ids, self._cache = step.text, list(step.ids), cache
+        self.total_tokens: int = len(step.ids)
 
     def close(self) -> None:
         """Free the cache."""
