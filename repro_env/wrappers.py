@@ -20,8 +20,8 @@ import numpy as np
 from repro_env.errors import ActionError, ConfigError
 from repro_env.proposer import Candidate, LMProposer, ProposeFn, ProposerConfig, find_cut
 
-CANDIDATE_FEATURES = ("tokens", "mean_prob", "min_prob", "final", "backtrack", "repeat", "agreement",
-                      "cut_off")
+CANDIDATE_FEATURES = ("tokens", "mean_prob", "min_prob", "mean_prob_rel", "min_prob_rel", "final",
+                      "backtrack", "repeat", "agreement", "cut_off")
 """Per-candidate observation features, each in [0, 1] (see :class:`CandidateSegments`)."""
 EPISODE_FEATURES = ("step", "tokens_used", "process_score")
 """Episode observation features after the K candidate blocks, each in [0, 1]."""
@@ -36,11 +36,13 @@ class CandidateSegments(gym.Wrapper):
 
     ## Observation space
 
-    ``Box(0, 1, shape=(k·8 + 3,), float32)``: for each candidate, in ``CANDIDATE_FEATURES`` order,
+    ``Box(0, 1, shape=(k·10 + 3,), float32)``: for each candidate, in ``CANDIDATE_FEATURES`` order,
 
     - ``tokens``: its token count / the proposer's token cap;
     - ``mean_prob``, ``min_prob``: exp of the mean and of the minimum token log-prob under the
       proposer (0 when the proposer does not report log-probs, e.g. a plain callable);
+    - ``mean_prob_rel``, ``min_prob_rel``: the same divided by their maximum over the k candidates
+      (1 for the most likely one), so that a linear policy can pick the best;
     - ``final``: 1 if it holds the final answer (the task's ``final_answer_pattern``);
     - ``backtrack``: 1 if ``task.is_backtrack`` flags it;
     - ``repeat``: 1 if it repeats an earlier segment of the episode (whitespace-stripped);
@@ -136,7 +138,7 @@ class CandidateSegments(gym.Wrapper):
         return len(self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
 
     def _observation(self) -> np.ndarray:
-        """The feature vector described in the class docstring. (k·8 + 3,)"""
+        """The feature vector described in the class docstring. (k·10 + 3,)"""
         blocks = np.zeros((self.k, len(CANDIDATE_FEATURES)), dtype=np.float32)  # (K, F)
         if self.candidates:
             blocks[:] = self._candidate_features(self.candidates)
@@ -150,12 +152,14 @@ class CandidateSegments(gym.Wrapper):
         """(K, F) features of the candidates, in ``CANDIDATE_FEATURES`` order."""
         previous = {s.strip() for s in self._segments}
         keys = [self._answer_key(c.text) for c in candidates]
+        mean_prob = np.array([_prob(c.mean_logprob) for c in candidates])  # (K,)
+        min_prob = np.array([_prob(c.min_logprob) for c in candidates])  # (K,)
         rows = []
-        for c, key in zip(candidates, keys, strict=True):
+        for i, (c, key) in enumerate(zip(candidates, keys, strict=True)):
             agree = (sum(other == key for other in keys) - 1) / (len(keys) - 1)
             rows.append([
                 min(c.num_tokens / self.token_cap, 1.0),
-                _prob(c.mean_logprob), _prob(c.min_logprob),
+                mean_prob[i], min_prob[i], _share_of_max(mean_prob, i), _share_of_max(min_prob, i),
                 float(bool(self.task.final_answer_regex.search(c.text))),
                 float(self.task.is_backtrack(c.text)),
                 float(c.text.strip() in previous),
@@ -176,6 +180,11 @@ class CandidateSegments(gym.Wrapper):
 
 def _prob(log_prob: float) -> float:
     return float(np.exp(log_prob)) if np.isfinite(log_prob) else 0.0
+
+
+def _share_of_max(values: np.ndarray, i: int) -> float:
+    top = float(values.max())
+    return float(values[i]) / top if top > 0 else 0.0
 
 
 def _action_index(action: Any, k: int) -> int:

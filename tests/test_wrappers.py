@@ -20,6 +20,7 @@ from repro_env.wrappers import CANDIDATE_FEATURES, CandidateSegments, EpisodeSta
 FINAL = re.compile(r"\\boxed\{")
 CAP = 8
 """Proposer token cap in these tests: short candidates keep generation fast."""
+NF = len(CANDIDATE_FEATURES)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -65,7 +66,7 @@ def test_candidate_segments_passes_sb3_check_env(candidates_env):
 def test_spaces_and_a_step_append_the_chosen_candidate(candidates_env):
     env = candidates_env
     assert env.action_space == gym.spaces.Discrete(2)
-    assert env.observation_space.shape == (2 * 8 + 3,) and env.observation_space.dtype == np.float32
+    assert env.observation_space.shape == (2 * NF + 3,) and env.observation_space.dtype == np.float32
     obs, info = env.reset(seed=3)
     assert env.observation_space.contains(obs)
     chosen = info["candidates"][1]
@@ -95,13 +96,14 @@ def test_features_of_scripted_candidates(make_env):
     env = CandidateSegments(make_env(), k=4, proposer=scripted(texts))
     obs, _ = env.reset(seed=0)
     tokenizer = env.unwrapped.scorer.tokenizer
-    blocks = obs[:4 * 8].reshape(4, 8)
+    blocks = obs[:4 * NF].reshape(4, NF)
     F = {name: i for i, name in enumerate(CANDIDATE_FEATURES)}
     cap = env.unwrapped.spec_task.limits.max_segment_tokens  # 64 in RePro-Math-v0
     for i, text in enumerate(texts):
         n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         assert blocks[i, F["tokens"]] == pytest.approx(n / cap)
-    assert blocks[:, F["mean_prob"]].tolist() == [0, 0, 0, 0]  # a plain callable reports no log-probs
+    for name in ("mean_prob", "min_prob", "mean_prob_rel", "min_prob_rel"):  # a callable reports no log-probs
+        assert blocks[:, F[name]].tolist() == [0, 0, 0, 0]
     assert blocks[:, F["final"]].tolist() == [0, 0, 1, 0]
     assert blocks[:, F["backtrack"]].tolist() == [0, 1, 0, 0]
     assert blocks[:, F["repeat"]].tolist() == [0, 0, 0, 0]
@@ -110,14 +112,27 @@ def test_features_of_scripted_candidates(make_env):
     assert blocks[:, F["cut_off"]].tolist() == [0, 0, 0, 0]  # a callable's segments are never cut off
     assert obs[-3:].tolist() == [0, pytest.approx(env._total_tokens / 512), 0]
     obs, *_ = env.step(0)
-    assert obs[:4 * 8].reshape(4, 8)[:, F["repeat"]].tolist() == [1, 0, 0, 1]
+    assert obs[:4 * NF].reshape(4, NF)[:, F["repeat"]].tolist() == [1, 0, 0, 1]
+
+
+def test_probability_features_of_sampled_candidates(candidates_env):
+    obs, _ = candidates_env.reset(seed=4)
+    blocks = obs[:2 * NF].reshape(2, NF)
+    F = {name: i for i, name in enumerate(CANDIDATE_FEATURES)}
+    first, second = candidates_env.candidates
+    assert blocks[:, F["mean_prob"]] == pytest.approx([np.exp(first.mean_logprob), np.exp(second.mean_logprob)])
+    assert blocks[:, F["min_prob"]] == pytest.approx([np.exp(first.min_logprob), np.exp(second.min_logprob)])
+    best = max(first.min_logprob, second.min_logprob)
+    assert blocks[:, F["min_prob_rel"]] == pytest.approx([np.exp(first.min_logprob - best),
+                                                         np.exp(second.min_logprob - best)])
+    assert blocks[:, F["mean_prob_rel"]].max() == 1.0
 
 
 def test_final_answer_agreement_compares_answers(make_env):
     texts = ["So \\boxed{7}", "Thus \\boxed{ 7 }", "\\boxed{8}"]
     env = CandidateSegments(make_env(), k=3, proposer=scripted(texts))
     obs, _ = env.reset(seed=0)
-    agreement = obs[:3 * 8].reshape(3, 8)[:, CANDIDATE_FEATURES.index("agreement")]
+    agreement = obs[:3 * NF].reshape(3, NF)[:, CANDIDATE_FEATURES.index("agreement")]
     assert agreement == pytest.approx([1 / 2, 1 / 2, 0])
 
 
@@ -126,7 +141,7 @@ def test_episode_ends_on_a_final_candidate_and_zeroes_the_candidate_block(make_e
     env.reset(seed=0)
     obs, _, terminated, truncated, info = env.step(1)
     assert terminated and not truncated and info["candidates"] == ()
-    assert not obs[:2 * 8].any()
+    assert not obs[:2 * NF].any()
     with pytest.raises(gym.error.ResetNeeded, match="call reset"):
         env.step(0)
 
