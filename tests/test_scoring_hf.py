@@ -11,7 +11,13 @@ import torch
 from repro_env.errors import ConfigError, ContextLengthError, ScorerError
 from repro_env.scoring import hf
 from repro_env.scoring.base import Scorer, ScorerConfig, ScoreRequest, ScoringSession, make_scorer
-from repro_env.scoring.hf import HFScorer, TokenizedRequest, tree_attention_mask, tree_position_ids
+from repro_env.scoring.hf import (
+    HFScorer,
+    TokenizedRequest,
+    session_attention_mask,
+    tree_attention_mask,
+    tree_position_ids,
+)
 from repro_env.segments import tokenize_with_boundaries
 
 TOL = 1e-5
@@ -194,20 +200,146 @@ def test_session_retokenises_across_a_merged_boundary(sdpa_scorer):
         assert abs(step.J - plain_J(sdpa_scorer, ids, ANSWER)) <= TOL
 
 
-def test_sessions_append_equals_single_appends(sdpa_scorer):
-    questions = [QUESTION, "Question: 7 * 8?\n\n"]
-    segments = [SEGMENTS[:2], ("Now, 7 * 8 = 56.\n\n", "Hence 56.")]
-    single = [sdpa_scorer.session(q, ANSWER) for q in questions]
-    batched = [sdpa_scorer.session(q, ANSWER) for q in questions]
-    for step in range(2):
-        expected = [s.append(segs[step]) for s, segs in zip(single, segments, strict=True)]
-        flags = [True, step == 1]
-        got = sdpa_scorer.sessions_append(batched, [segs[step] for segs in segments], score=flags)
-        for e, g, flag in zip(expected, got, flags, strict=True):
-            assert (abs(g.J - e.J) <= TOL) if flag else math.isnan(g.J)
-            assert abs(g.entropy - e.entropy) <= TOL and g.total_tokens == e.total_tokens
+# Four episodes of different prompt and segment lengths, one step per row; None = sub-env is done.
+# Episode 2's question ends in "?" and its first segment starts with "\n\n": the two merge into one
+# token "?\n\n", so that session's cache is cropped back before the merge (a boundary merge).
+EPISODES = [
+    (QUESTION, SEGMENTS),
+    ("Question: 7 * 8?\n\n", ("Now, 7 * 8 = 56.\n\n", "Hence 56.\n\n", "So 56.\n\n", "56")),
+    ("Question: 3 + 4?", ("\n\nSo 7.\n\n", "Then, 3 + 4 = 7.\n\n", "The answer is 7.", ".\n\nCheck.")),
+    ("Q: 9 + 1?\n\n", ("9 + 1 = 10 and not 11 and not 12, as 9 + 1 = 10.\n\n", "So 10.", "\n\n", "Ok.")),
+]
+FLAGS = [(True, True, True, True), (True, False, True, False), (True, True, False, True),
+         (False, True, True, True)]
+
+
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def wide_scorer(request, tiny_llama_dir) -> HFScorer:
+    return HFScorer(ScorerConfig(model=str(tiny_llama_dir), attn_implementation=request.param, batch_size=8))
+
+
+class ForwardCounter:
+    """Counts calls of the scorer's transformer (one per forward pass)."""
+
+    def __init__(self, scorer: HFScorer) -> None:
+        self.calls = 0
+        self.handle = scorer.model.base_model.register_forward_hook(self._hook)
+
+    def _hook(self, *args) -> None:
+        self.calls += 1
+
+
+def assert_same_step(got, expected, flag: bool) -> None:
+    assert (abs(got.J - expected.J) <= TOL) if flag else (math.isnan(got.J) and math.isnan(expected.J))
+    assert abs(got.entropy - expected.entropy) <= TOL
+    assert (got.segment_tokens, got.total_tokens) == (expected.segment_tokens, expected.total_tokens)
+
+
+def test_the_merge_episode_really_crops(sdpa_scorer):
+    question, segments = EPISODES[2][0], EPISODES[2][1][:1]
+    ids, boundaries = tokenize_with_boundaries(sdpa_scorer.tokenizer, question, segments)
+    alone, _ = tokenize_with_boundaries(sdpa_scorer.tokenizer, question, ())
+    # The last question token differs once the segment follows: the cached prefix must be cut back.
+    assert ids[:len(alone)] != alone
+    assert boundaries[1] == len(ids)
+
+
+def test_sessions_append_equals_single_appends(wide_scorer):
+    single = [wide_scorer.session(q, ANSWER) for q, _ in EPISODES]
+    batched = [wide_scorer.session(q, ANSWER) for q, _ in EPISODES]
+    counter = ForwardCounter(wide_scorer)
+    try:
+        for step in range(4):
+            flags = [f[step] for f in FLAGS]
+            segments = [segs[step] for _, segs in EPISODES]
+            expected = [s.append(seg, flag) for s, seg, flag in zip(single, segments, flags, strict=True)]
+            counter.calls = 0
+            got = wide_scorer.sessions_append(batched, segments, score=flags)
+            assert counter.calls == 1  # all four sessions in one forward
+            for g, e, flag in zip(got, expected, flags, strict=True):
+                assert_same_step(g, e, flag)
+    finally:
+        counter.handle.remove()
+    assert len({s.total_tokens for s in batched}) == 4  # the caches really had different lengths
+    # Only q + τ≤t is committed, never the answer copy or padding: (heads, total_tokens, head_dim).
+    assert [s._cache[0][0].shape[1] for s in batched] == [s.total_tokens for s in batched]
+
+
+def test_sessions_append_equals_plain_passes(sdpa_scorer):
+    sessions = [sdpa_scorer.session(q, ANSWER) for q, _ in EPISODES]
+    for step in range(3):
+        got = sdpa_scorer.sessions_append(sessions, [segs[step] for _, segs in EPISODES])
+        for (question, segments), g in zip(EPISODES, got, strict=True):
+            ids, _ = tokenize_with_boundaries(sdpa_scorer.tokenizer, question, segments[:step + 1])
+            assert abs(g.J - plain_J(sdpa_scorer, ids, ANSWER)) <= TOL
+
+
+def test_sessions_append_splits_by_batch_size(tiny_llama_dir):
+    scorer = HFScorer(ScorerConfig(model=str(tiny_llama_dir), batch_size=3))
+    reference = [scorer.session(q, ANSWER) for q, _ in EPISODES]
+    sessions = [scorer.session(q, ANSWER) for q, _ in EPISODES]
+    counter = ForwardCounter(scorer)
+    try:
+        for step in range(2):
+            segments = [segs[step] for _, segs in EPISODES]
+            expected = [s.append(seg) for s, seg in zip(reference, segments, strict=True)]
+            counter.calls = 0
+            got = scorer.sessions_append(sessions, segments)
+            assert counter.calls == 2  # 4 sessions, 3 per forward: ceil(4 / 3) = 2
+            for g, e in zip(got, expected, strict=True):
+                assert_same_step(g, e, True)
+    finally:
+        counter.handle.remove()
+
+
+def test_sessions_append_context_length_error_changes_no_session(tiny_llama_dir):
+    scorer = HFScorer(ScorerConfig(model=str(tiny_llama_dir), max_length=40))
+    reference = [scorer.session(q, "7") for q in ("Q: 1?\n\n", "Q: 22?\n\n", "Q: 333?\n\n")]
+    sessions = [scorer.session(q, "7") for q in ("Q: 1?\n\n", "Q: 22?\n\n", "Q: 333?\n\n")]
+    first = ["So 1.\n\n", "So 22.\n\n", "So 333.\n\n"]
+    for group in (reference, sessions):
+        scorer.sessions_append(group, first)
+    before = [(s.total_tokens, s._text) for s in sessions]
+    with pytest.raises(ContextLengthError, match="exceeds max_length=40"):
+        scorer.sessions_append(sessions, ["Ok.", "".join(SEGMENTS), "Ok."])  # only the second overflows
+    assert [(s.total_tokens, s._text) for s in sessions] == before
+    # The caches are intact too: the next step equals sessions that never saw the failed call.
+    got = scorer.sessions_append(sessions, ["Ok.", "Ok.", "Ok."])
+    for g, e in zip(got, scorer.sessions_append(reference, ["Ok.", "Ok.", "Ok."]), strict=True):
+        assert_same_step(g, e, True)
+
+
+def test_sessions_append_argument_errors(sdpa_scorer, tiny_llama_dir):
+    sessions = [sdpa_scorer.session(q, ANSWER) for q, _ in EPISODES[:2]]
     with pytest.raises(ScorerError, match="got 2 sessions, 1 segments, 2 flags"):
-        sdpa_scorer.sessions_append(batched, ["x"])
+        sdpa_scorer.sessions_append(sessions, ["x"])
+    with pytest.raises(ScorerError, match="got the same session twice"):
+        sdpa_scorer.sessions_append([sessions[0], sessions[0]], ["x", "y"])
+    other = HFScorer.from_model(sdpa_scorer.model, sdpa_scorer.tokenizer)
+    with pytest.raises(ScorerError, match="a session started by another scorer"):
+        other.sessions_append(sessions, ["x", "y"])
+    sessions[1].close()
+    with pytest.raises(ScorerError, match="append on a closed session"):
+        sdpa_scorer.sessions_append(sessions, ["x", "y"])
+    assert sessions[0].total_tokens == len(tokenize_with_boundaries(sdpa_scorer.tokenizer, QUESTION, ())[0])
+
+
+def test_session_attention_mask_by_hand():
+    # Row 0: 2 cached tokens, 2 inputs; row 1: 1 cached, 3 inputs. P = 2, Q = 3, keys = P + Q = 5.
+    mask = session_attention_mask(torch.tensor([2, 1]), torch.tensor([2, 3]), P=2)
+    assert mask.shape == (2, 1, 3, 5) and mask.dtype == torch.float32
+    allowed = (mask[:, 0] == 0).int().tolist()
+    assert allowed[0] == [
+        [1, 1, 1, 0, 0],  # input 0 sees both cached keys and itself
+        [1, 1, 1, 1, 0],
+        [0, 0, 0, 0, 1],  # padding query sees itself only
+    ]
+    assert allowed[1] == [
+        [0, 1, 1, 0, 0],  # key 0 is row 1's left padding
+        [0, 1, 1, 1, 0],
+        [0, 1, 1, 1, 1],
+    ]
+    assert mask.min() == torch.finfo(torch.float32).min
 
 
 def test_context_length_error(tiny_llama_dir):
