@@ -5,14 +5,14 @@ A problem is a short story about one person and one kind of object; each sentenc
 by one arithmetic operation (``+``, ``-``, ``*``, exact ``/``), and the question asks for the final
 count::
 
-    Mia has 12 apples. She buys 5 bags with 3 apples each. She gives away 7 apples.
+    Mia has 12 apples. She buys 4 bags with 3 apples each. She gives away 7 apples.
     How many apples does Mia have now?
 
 The reference solution has one segment per operation, each ending with the delimiter (``"\\n\\n"``),
 and a final segment with the boxed answer::
 
-    ["She gets 5 * 3 = 15 apples.\\n\\n", "12 + 15 = 27.\\n\\n", "27 - 7 = 20.\\n\\n",
-     "The answer is \\boxed{20}.\\n\\n"]
+    ["She gets 4 * 3 = 12 apples.\\n\\n", "12 + 12 = 24.\\n\\n", "24 - 7 = 17.\\n\\n",
+     "The answer is \\boxed{17}.\\n\\n"]
 
 Problem ``i`` is a pure function of ``(config, seed, split, index)``: its random generator is seeded
 from a hash of those, never from global state.

@@ -418,9 +418,9 @@ def write_model_card(out_dir: Path, info: dict, figures: dict | None, command: s
         "tied input/output embeddings.",
         f"- {info['params']:,} parameters; float32 safetensors, {info['weights_mb']} MB.",
         f"- Tokenizer: byte-level BPE (`tokenizers`), {info['vocab']} tokens, special `<s>` (BOS, added by "
-        "the tokenizer), `</s>` (end of text), `<pad>`. Every digit, punctuation mark and whitespace "
-        "character is its own pre-token, so numbers are one token per digit and no token crosses a "
-        "segment boundary.", "",
+        "the tokenizer), `</s>` (end of text), `<pad>`. Words keep their leading space; every digit, "
+        "punctuation mark and line break is its own pre-token, so numbers are one token per digit and "
+        "no token crosses a segment boundary (`\\boxed{N}` has the same ids alone as in context).", "",
         "## Data", "",
         f"Each step draws {cfg['batch_size']} fresh training problems (split `train`, seed {cfg['seed']}): "
         f"{arith['min_ops']}-{arith['max_ops']} operations among {' '.join(arith['operations'])}, values "
@@ -433,15 +433,19 @@ def write_model_card(out_dir: Path, info: dict, figures: dict | None, command: s
         f"- Command: `{command}`",
         f"- {cfg['steps']} steps x {cfg['batch_size']} problems, AdamW (lr {cfg['lr']}, warm-up "
         f"{cfg['warmup_steps']}, cosine to 10%), seed {cfg['seed']}, {cfg['threads']} CPU threads.",
-        f"- Wall time: {info['seconds'] / 60:.1f} min (tokenizer + model); final training loss "
+        f"- Wall time: {info['seconds'] / 60:.1f} min (tokenizer + model, on a 2-core CPU shared with "
+        f"other jobs); final training loss (response tokens, mean of the last 50 steps) "
         f"{info['final_loss']}.", "",
+        "- Only arithmetic word problems in this format: it is a test model for RePro, not a general LM.",
+        "",
     ]
     if figures is not None:
         lines += ["## Measured on held-out problems", "",
                   "`python -m repro_env.pretrain --eval-only --out DIR`:", "", "```",
                   format_figures(figures), "```", "",
-                  "Example (greedy):", "", "```", figures["example_question"], "", figures["example_greedy"],
-                  "```", ""]
+                  "J_t is the mean log-prob of `\\boxed{answer}` right after the prompt and the first t "
+                  "reference segments (REPRO_SPEC §2). Example (greedy):", "", "```",
+                  figures["example_question"], "", figures["example_greedy"].strip(), "```", ""]
     path = out_dir / "README.md"
     path.write_text("\n".join(lines))
     return path

@@ -200,7 +200,7 @@ def test_held_out_problems_refuse_the_training_seed():
 def test_pretraining_is_deterministic(tmp_path):
     from safetensors.torch import load_file
 
-    args = ["--steps", "3", "--batch-size", "2", "--hidden-size", "64", "--layers", "1", "--quiet",
+    args = ["--steps", "3", "--batch-size", "2", "--hidden-size", "48", "--layers", "1", "--quiet",
             "--eval-problems", "2"]
     for name in ("a", "b"):
         assert main([*args, "--out", str(tmp_path / name)]) == 0
