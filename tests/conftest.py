@@ -75,13 +75,17 @@ def build_tokenizer(out_dir: Path):
 
 
 def build_tiny_llama(out_dir: Path, vocab_size: int, bos_id: int, eos_id: int, pad_id: int) -> None:
-    """A seeded, randomly initialised 2-layer Llama saved as safetensors."""
+    """A seeded, randomly initialised 2-layer Llama saved as safetensors.
+
+    Two query heads of 32 over one key/value head (grouped-query attention, as in the real models):
+    32 is the smallest head size vLLM's CPU attention runs, so the vLLM tests load this model too.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
         bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id, tie_word_embeddings=False,
     )
     torch.manual_seed(0)
