@@ -79,6 +79,19 @@ def test_spaces_and_a_step_append_the_chosen_candidate(candidates_env):
     assert obs[-3] == pytest.approx(1 / 4)  # step 1 of max_steps 4
 
 
+def test_wraps_a_registered_id_made_with_gym_make(tiny_llama_dir):
+    import repro_env  # noqa: F401  (registers the ids)
+
+    made = gym.make("RePro-Math-v0", scorer={"model": str(tiny_llama_dir)}, limits={"max_steps": 2})
+    env = EpisodeStatistics(CandidateSegments(made, k=2, proposer_config=ProposerConfig(max_new_tokens=CAP)))
+    env.reset(seed=0)
+    done = False
+    while not done:
+        _, _, terminated, truncated, info = env.step(0)
+        done = terminated or truncated
+    assert 1 <= info["episode"]["l"] <= 2
+
+
 def test_proposer_shares_the_scorers_model_and_is_seeded(make_env, tiny_llama_dir):
     env = CandidateSegments(make_env(), k=3, proposer_config=ProposerConfig(max_new_tokens=CAP))
     scorer = env.unwrapped.scorer
