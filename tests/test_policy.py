@@ -121,12 +121,9 @@ def test_model_that_is_not_a_local_directory_is_a_config_error(tmp_path):
 
 
 @pytest.mark.vllm
-def test_vllm_backend_generates_like_hf_and_follows_weight_syncs(tiny_llama_dir, tmp_path_factory):
+def test_vllm_backend_generates_like_hf_and_follows_weight_syncs(tiny_llama_dir):
     """Greedy segments of the vLLM CPU engine equal the hf backend's, before and after a weight push."""
-    from vllm_support import vllm_compatible_model
-
-    model = vllm_compatible_model(tiny_llama_dir, tmp_path_factory.mktemp("policy_vllm"))
-    config = PolicyConfig(model=str(model), max_segment_tokens=8)
+    config = PolicyConfig(model=str(tiny_llama_dir), max_segment_tokens=8)
     vllm_policy = LMPolicy(PolicyConfig(**{**config.__dict__, "backend": "vllm"}), seed=0)
     hf_policy = LMPolicy(config, seed=0)
     prompts = PROMPTS[:2]
