@@ -404,8 +404,9 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], out: Path, smooth: int) -> li
             mean = np.mean([c[:n] for c in curves], axis=0)  # (n,)
             window = min(smooth, n)
             smoothed = np.convolve(mean, np.ones(window) / window, mode="valid")  # (n − window + 1,)
-            ax.plot(np.arange(window, n + 1), smoothed, label=method,
-                    linestyle="--" if "RePro" not in method else "-")
+            colour = f"C{ALGORITHMS.index(method.split()[0].lower())}"  # one colour per algorithm
+            ax.plot(np.arange(window, n + 1), smoothed, label=method, color=colour,
+                    linestyle="-" if "RePro" in method else "--")
         ax.set(title=title, xlabel=f"update (rolling mean over {smooth})", ylabel=key.replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend()
