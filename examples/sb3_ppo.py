@@ -5,10 +5,12 @@ temperature 1.0); the policy sees numeric features of the candidates (``Candidat
 picks one. The reward is the env's: α·RePro process reward per segment + 1 for a correct answer.
 
 Before and after training, the same held-out test problems (same seeds, so the same first
-candidates) are solved by: choosing at random, the untrained policy and the trained policy.
+candidates) are solved by choosing at random and by the trained policy (``--eval-untrained`` adds
+the untrained policy). Accuracy differs by several points between seed sets even for the same
+policy, so the table prints standard errors; compare policies on the same seeds only.
 
-    python examples/sb3_ppo.py                      # defaults: ~4-7 minutes on 2 CPU cores
-    python examples/sb3_ppo.py --timesteps 4000 --eval-episodes 100
+    python examples/sb3_ppo.py                      # defaults: ~5 minutes on 2 CPU cores
+    python examples/sb3_ppo.py --timesteps 4000 --eval-episodes 200
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def make_env(args: argparse.Namespace) -> gym.Env:
 
 
 def evaluate(env: gym.Env, policy: Policy, episodes: int, seed: int) -> dict[str, float]:
-    """Mean episode statistics over test problems 0..episodes−1 (reset seed ``seed + i``)."""
+    """Mean episode statistics over test problems 0..episodes−1 (reset seed ``seed + i``), with the
+    standard errors of the return and the accuracy (``r_se``, ``correct_se``)."""
     rows = []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i, options={"split": "test", "index": i})
@@ -48,18 +51,22 @@ def evaluate(env: gym.Env, policy: Policy, episodes: int, seed: int) -> dict[str
             obs, _, terminated, truncated, info = env.step(policy(obs))
             done = terminated or truncated
         rows.append(info["episode"])
-    return {key: float(np.mean([row[key] for row in rows]))
-            for key in ("r", "correct", "process_r", "l", "tokens", "backtracks")}
+    means = {key: float(np.mean([row[key] for row in rows]))
+             for key in ("r", "correct", "process_r", "l", "tokens", "backtracks")}
+    for key in ("r", "correct"):
+        means[f"{key}_se"] = float(np.std([row[key] for row in rows], ddof=1) / np.sqrt(episodes))
+    return means
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timesteps", type=int, default=1500, help="PPO training steps (segments chosen)")
-    parser.add_argument("--eval-episodes", type=int, default=50, help="held-out test problems per policy")
+    parser.add_argument("--eval-episodes", type=int, default=100, help="held-out test problems per policy")
     parser.add_argument("--k", type=int, default=4, help="candidate segments per step")
     parser.add_argument("--task", default="RePro-Math-v0")
     parser.add_argument("--model", default="bundled", help="scorer + proposer model directory")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-untrained", action="store_true", help="also evaluate the untrained policy")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; one is fastest for the tiny model's small matmuls")
     args = parser.parse_args()
@@ -79,9 +86,10 @@ def main() -> None:
 
     eval_seed = 10_000 + args.seed
     start = time.perf_counter()
-    results = {"random choice": evaluate(env, random_choice, args.eval_episodes, eval_seed),
-               "PPO, untrained": evaluate(env, trained, args.eval_episodes, eval_seed)}
+    results = {"random choice": evaluate(env, random_choice, args.eval_episodes, eval_seed)}
     eval_time = time.perf_counter() - start
+    if args.eval_untrained:
+        results["PPO, untrained"] = evaluate(env, trained, args.eval_episodes, eval_seed)
 
     start = time.perf_counter()
     model.learn(total_timesteps=args.timesteps)
@@ -90,15 +98,15 @@ def main() -> None:
     results["PPO, trained"] = evaluate(env, trained, args.eval_episodes, eval_seed)
 
     print(f"\n{args.task}, K={args.k} candidates, {args.eval_episodes} held-out test problems")
-    print(f"{'policy':<16} {'return':>8} {'accuracy':>9} {'process r':>10} {'steps':>6} {'tokens':>7} "
+    print(f"{'policy':<16} {'return':>14} {'accuracy':>15} {'process r':>10} {'steps':>6} {'tokens':>7} "
           f"{'backtracks':>10}")
     for name, m in results.items():
-        print(f"{name:<16} {m['r']:>8.3f} {m['correct']:>9.1%} {m['process_r']:>10.4f} {m['l']:>6.2f} "
-              f"{m['tokens']:>7.1f} {m['backtracks']:>10.2f}")
+        print(f"{name:<16} {m['r']:>7.3f} ± {m['r_se']:.3f} {m['correct']:>7.1%} ± {m['correct_se']:>5.1%} "
+              f"{m['process_r']:>10.4f} {m['l']:>6.2f} {m['tokens']:>7.1f} {m['backtracks']:>10.2f}")
     print(f"\ntraining: {args.timesteps} steps in {train_time:.0f} s ({args.timesteps / train_time:.1f} steps/s; "
           f"last {train_episodes} training episodes: mean return "
           f"{np.mean([e['r'] for e in model.ep_info_buffer]):.3f}); "
-          f"evaluation: {eval_time / 2:.0f} s per policy")
+          f"evaluation: {eval_time:.0f} s per policy")
     gain = results["PPO, trained"]["r"] - results["random choice"]["r"]
     print(f"trained − random: return {gain:+.3f}, accuracy "
           f"{results['PPO, trained']['correct'] - results['random choice']['correct']:+.1%}")
