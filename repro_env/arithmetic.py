@@ -77,11 +77,11 @@ class ArithmeticConfig:
     """Most arithmetic operations per problem."""
     min_value: int = 1
     """Smallest starting count, added/removed amount and per-container amount."""
-    max_value: int = 15
+    max_value: int = 20
     """Largest starting count, added/removed amount and per-container amount."""
-    max_multiplier: int = 4
+    max_multiplier: int = 5
     """Largest factor of a ``*`` step, container count, or divisor of a ``/`` step (smallest is 2)."""
-    max_result: int = 120
+    max_result: int = 200
     """Largest absolute value any intermediate result may take."""
     operations: tuple[str, ...] = ("+", "-", "*")
     """Operations drawn from: any of ``+``, ``-``, ``*``, ``/`` (division only where it is exact)."""

@@ -17,6 +17,7 @@ training, and problem ``i`` of step ``s`` is a pure function of (seed, i); no gl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -51,6 +52,9 @@ BACKTRACK_PATTERN = re.compile(
     r"wait|hmm|actually|let me re-check|let me double-check|alternatively|no,", re.IGNORECASE)
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 TRAIN_SPLIT, TEST_SPLIT = "train", "test"
+# Smaller numbers than the default task (values <= 20, factors <= 5, results <= 200): trained on these,
+# the shipped model gets 93% of them right but 50-85% of the default task (measured; see its card).
+PRETRAIN_ARITHMETIC = ArithmeticConfig(max_value=15, max_multiplier=4, max_result=120)
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,9 @@ class PretrainConfig:
     threads: int = 2
     """torch intra-op threads (the reference machine has 2 cores; when other jobs share them, 1 thread
     was measured 3.5x faster than 2, whose threads wait on each other)."""
-    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
-    """Difficulty of the training (and held-out) problems."""
+    arithmetic: ArithmeticConfig = field(default_factory=lambda: PRETRAIN_ARITHMETIC)
+    """Difficulty of the training problems. Default: easier than the default task (``ArithmeticConfig()``),
+    on which the model is evaluated, so that RL on the default task has room to improve."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -335,8 +340,13 @@ def held_out_problems(config: PretrainConfig, num_problems: int, seed: int) -> l
     return [generate_problem(config.arithmetic, seed, i, split=TEST_SPLIT) for i in range(num_problems)]
 
 
-def evaluate(model_dir: Path, num_problems: int = 200, seed: int = 1234, progress: bool = True) -> dict:
-    """Held-out figures: greedy and sampled accuracy, overthinking share, share with J_T > J_0."""
+def evaluate(model_dir: Path, num_problems: int = 200, seed: int = 1234, progress: bool = True,
+             arithmetic: ArithmeticConfig | None = None) -> dict:
+    """Held-out figures: greedy and sampled accuracy, overthinking share, share with J_T > J_0.
+
+    Problems come from ``arithmetic`` (default: the default task ``ArithmeticConfig()``), split
+    ``test``, with a seed that training did not use.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -345,7 +355,8 @@ def evaluate(model_dir: Path, num_problems: int = 200, seed: int = 1234, progres
     # The training config fixes the problem difficulty and the seed the held-out set must avoid.
     config = (from_mapping(PretrainConfig, json.loads(info_path.read_text())["config"], source=str(info_path))
               if info_path.is_file() else PretrainConfig())
-    problems = held_out_problems(config, num_problems, seed)
+    task = arithmetic if arithmetic is not None else ArithmeticConfig()
+    problems = held_out_problems(dataclasses.replace(config, arithmetic=task), num_problems, seed)
     prompts = [DEFAULT_PROMPT_TEMPLATE.format(question=p.question) for p in problems]
     started = time.perf_counter()
     greedy = generate_responses(model, tokenizer, prompts, sample=False)
@@ -357,7 +368,7 @@ def evaluate(model_dir: Path, num_problems: int = 200, seed: int = 1234, progres
         curves.append(curve)
         gains.append(curve[-1] - curve[0])
     figures = {
-        "num_problems": num_problems, "eval_seed": seed, "split": TEST_SPLIT,
+        "num_problems": num_problems, "eval_seed": seed, "split": TEST_SPLIT, "task": asdict(task),
         "greedy_accuracy": _accuracy(greedy, problems),
         "sampled_accuracy": _accuracy(sampled, problems),
         "sampled_overthinking_share": _mean(has_overthinking(r) for r in sampled),
@@ -440,7 +451,11 @@ def write_model_card(out_dir: Path, info: dict, figures: dict | None, command: s
         "",
     ]
     if figures is not None:
+        task = figures["task"]
         lines += ["## Measured on held-out problems", "",
+                  f"Held-out problems of the default task `ArithmeticConfig()` (harder than the training "
+                  f"data: values {task['min_value']}-{task['max_value']}, factors up to "
+                  f"{task['max_multiplier']}, results up to {task['max_result']}), measured by "
                   "`python -m repro_env.pretrain --eval-only --out DIR`:", "", "```",
                   format_figures(figures), "```", "",
                   "J_t is the mean log-prob of `\\boxed{answer}` right after the prompt and the first t "

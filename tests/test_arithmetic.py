@@ -139,7 +139,7 @@ def test_overthink_rejects_unknown_kind_and_bad_count():
     ({"min_value": 0}, r"field 'min_value' must be an int >= 1, got 0 \(int\)"),
     ({"max_value": 0}, r"field 'max_value' must be an int >= min_value \(1\), got 0 \(int\)"),
     ({"max_multiplier": 1}, r"field 'max_multiplier' must be an int >= 2, got 1 \(int\)"),
-    ({"max_result": 29}, r"field 'max_result' must be an int >= 2 \* max_value \(30\), got 29 \(int\)"),
+    ({"max_result": 39}, r"field 'max_result' must be an int >= 2 \* max_value \(40\), got 39 \(int\)"),
     ({"operations": ("+", "^")}, r"field 'operations' must be a non-empty tuple of distinct .*'\^'"),
     ({"operations": ("*", "/")}, r"field 'operations' must be a tuple containing '\+' or '-'"),
     ({"bags_share": 1.5}, r"field 'bags_share' must be a number in \[0, 1\], got 1.5 \(float\)"),

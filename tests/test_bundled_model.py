@@ -88,7 +88,7 @@ def test_greedy_answers_are_boxed_and_mostly_right(bundled):
     path, model, tokenizer = bundled
     problems = held_out_problems(PretrainConfig(seed=0), num_problems=5, seed=1234)
     prompts = [DEFAULT_PROMPT_TEMPLATE.format(question=p.question) for p in problems]
-    responses = generate_responses(model, tokenizer, prompts, sample=False, max_new_tokens=120)
+    responses = generate_responses(model, tokenizer, prompts, sample=False, max_new_tokens=100)
     answers = [extract_boxed(r) for r in responses]
     assert all(a is not None for a in answers), responses
     assert sum(answers_match(a, p.answer) for a, p in zip(answers, problems, strict=True)) >= 2
