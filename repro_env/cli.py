@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (model policies)")
     rollout.set_defaults(run=cmd_rollout)
 
-    demo = sub.add_parser("demo", help="the main job on the bundled model (README quick start)")
+    demo = sub.add_parser("demo", help="scoring demo: J and rewards of reference solutions vs overthinking")
     demo.add_argument("--quick", action="store_true", help="a smaller run, for smoke tests")
     demo.set_defaults(run=cmd_demo)
 
