@@ -224,7 +224,7 @@ def _resolve_proposer(proposer: Any, scorer: Any, task: Any, config: ProposerCon
     if not isinstance(proposer, str | Path):
         raise ConfigError(f"field 'proposer' must be None, a model directory, an LMProposer or a callable "
                           f"propose(text, k, rng) -> list[str], got {type(proposer).__name__}")
-    return LMProposer(*_load_model(proposer), **options)
+    return LMProposer(*load_model(proposer), **options)
 
 
 def _model_path(name: str | Path) -> Path:
@@ -244,7 +244,7 @@ def _same_model(proposer: Any, scorer: Any) -> bool:
     return _model_path(proposer) == _model_path(config.model)
 
 
-def _load_model(name: str | Path) -> tuple[Any, Any]:
+def load_model(name: str | Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = _model_path(name)

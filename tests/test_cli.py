@@ -45,3 +45,10 @@ def test_rollout_reference_prints_segments_and_summary(capsys, tiny_llama_dir):
 def test_unknown_subcommand_is_an_argparse_error():
     with pytest.raises(SystemExit):
         main(["launch"])
+
+
+def test_rollout_with_a_model_policy(capsys, tiny_llama_dir):
+    assert main(["rollout", "RePro-MathEasy-v0", "--policy", str(tiny_llama_dir), "--episodes", "1",
+                 "--scorer", str(tiny_llama_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "episode arith-test-" in out and out.strip().splitlines()[-1].startswith("mean")
