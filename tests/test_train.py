@@ -167,7 +167,8 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 def test_every_shipped_config_loads():
-    files = sorted(CONFIGS.glob("*.yaml"))
+    """Every training config (the compare_*.yaml grids are ``repro-env compare``'s, tested there)."""
+    files = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("compare_"))
     assert len(files) >= 5
     for path in files:
         config, learner_config = load_config(path)
