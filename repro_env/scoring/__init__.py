@@ -2,10 +2,10 @@
 
 from repro_env.scoring.base import (
     BUNDLED_MODEL,
-    ScoreRequest,
-    ScoreResult,
     Scorer,
     ScorerConfig,
+    ScoreRequest,
+    ScoreResult,
     ScoringSession,
     StepScore,
     make_scorer,

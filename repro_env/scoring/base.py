@@ -22,11 +22,12 @@ import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from repro_env.config import check
+from repro_env.errors import ContextLengthError, ScorerError
 
 BUNDLED_MODEL = "bundled"
 
@@ -147,6 +148,32 @@ class Scorer(Protocol):
         ``ContextLengthError`` *before* changing any session, so the caller can retry one by one.
         """
         ...
+
+
+class TokenScorerBase:
+    """What the transformers and vLLM scorers share: answer tokenisation and the context check.
+
+    Subclasses set ``tokenizer`` and ``max_length``.
+    """
+
+    tokenizer: Any
+    max_length: int
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """``a`` tokenised without special tokens (no BOS inside the answer span, §1)."""
+        ids = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
+        if not ids:
+            raise ScorerError(f"the answer {answer!r} tokenises to no tokens; expected a non-empty answer")
+        return ids
+
+    def check_length(self, num_prefix: int, num_answer: int, question: str) -> None:
+        """Raise ``ContextLengthError`` when ``q + τ`` plus one answer copy exceeds ``max_length``."""
+        if num_prefix + num_answer > self.max_length:
+            raise ContextLengthError(
+                f"prefix of {num_prefix} tokens + answer of {num_answer} tokens = "
+                f"{num_prefix + num_answer} tokens exceeds max_length={self.max_length} "
+                f"(question starting {question[:40]!r}); shorten the reasoning or raise max_length"
+            )
 
 
 def make_scorer(config: ScorerConfig | None = None, **overrides) -> Scorer:

@@ -36,8 +36,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from repro_env.errors import ConfigError, ContextLengthError, ScorerError
-from repro_env.scoring.base import BUNDLED_MODEL, ScorerConfig, ScoreRequest, ScoreResult, StepScore
+from repro_env.errors import ConfigError, ScorerError
+from repro_env.scoring.base import (
+    BUNDLED_MODEL,
+    ScorerConfig,
+    ScoreRequest,
+    ScoreResult,
+    StepScore,
+    TokenScorerBase,
+)
 from repro_env.segments import char_to_token_boundaries, tokenize_with_boundaries, tokenize_with_offsets
 
 MAX_ROW_TOKENS = 4096
@@ -117,7 +124,7 @@ def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs).sum(-1)  # (K,)
 
 
-class HFScorer:
+class HFScorer(TokenScorerBase):
     """J (REPRO_SPEC §2) with a transformers causal LM; implements ``repro_env.scoring.base.Scorer``.
 
     The model must compute logits as ``output_embeddings(last_hidden_state)`` (Llama, Mistral,
@@ -175,22 +182,6 @@ class HFScorer:
         return config.model
 
     # -- shared pieces -------------------------------------------------------------------------
-
-    def answer_ids(self, answer: str) -> list[int]:
-        """``a`` tokenised without special tokens (no BOS inside the answer span, §1)."""
-        ids = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
-        if not ids:
-            raise ScorerError(f"the answer {answer!r} tokenises to no tokens; expected a non-empty answer")
-        return ids
-
-    def check_length(self, num_prefix: int, num_answer: int, question: str) -> None:
-        """Raise ``ContextLengthError`` when ``q + τ`` plus one answer copy exceeds ``max_length``."""
-        if num_prefix + num_answer > self.max_length:
-            raise ContextLengthError(
-                f"prefix of {num_prefix} tokens + answer of {num_answer} tokens = "
-                f"{num_prefix + num_answer} tokens exceeds max_length={self.max_length} "
-                f"(question starting {question[:40]!r}); shorten the reasoning or raise max_length"
-            )
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits of selected hidden states. (K, H) → (K, V)"""

@@ -43,8 +43,15 @@ from typing import Any
 
 import numpy as np
 
-from repro_env.errors import ConfigError, ContextLengthError, ScorerError
-from repro_env.scoring.base import BUNDLED_MODEL, ScorerConfig, ScoreRequest, ScoreResult, StepScore
+from repro_env.errors import ConfigError, ScorerError
+from repro_env.scoring.base import (
+    BUNDLED_MODEL,
+    ScorerConfig,
+    ScoreRequest,
+    ScoreResult,
+    StepScore,
+    TokenScorerBase,
+)
 from repro_env.segments import char_to_token_boundaries, tokenize_with_boundaries, tokenize_with_offsets
 
 EXACT_ENTROPY_MAX_VOCAB = 4096
@@ -94,7 +101,7 @@ class _Probe:
     answer: tuple[int, ...] | None = None
 
 
-class VLLMScorer:
+class VLLMScorer(TokenScorerBase):
     """J (REPRO_SPEC §2) with a vLLM engine; implements ``repro_env.scoring.base.Scorer``.
 
     ``engine``: an already running ``vllm.LLM`` on the same model (e.g. a trainer's rollout engine)
@@ -169,22 +176,6 @@ class VLLMScorer:
             raise ScorerError(f"could not start the vLLM engine on '{path}': {type(e).__name__}: {e}") from e
 
     # -- shared pieces -------------------------------------------------------------------------
-
-    def answer_ids(self, answer: str) -> list[int]:
-        """``a`` tokenised without special tokens (no BOS inside the answer span, §1)."""
-        ids = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
-        if not ids:
-            raise ScorerError(f"the answer {answer!r} tokenises to no tokens; expected a non-empty answer")
-        return ids
-
-    def check_length(self, num_prefix: int, num_answer: int, question: str) -> None:
-        """Raise ``ContextLengthError`` when ``q + τ`` plus the answer exceeds ``max_length``."""
-        if num_prefix + num_answer > self.max_length:
-            raise ContextLengthError(
-                f"prefix of {num_prefix} tokens + answer of {num_answer} tokens = "
-                f"{num_prefix + num_answer} tokens exceeds max_length={self.max_length} "
-                f"(question starting {question[:40]!r}); shorten the reasoning or raise max_length"
-            )
 
     def reload_weights(self, weights: Any) -> None:
         """Push a trainer's policy weights (a ``torch.nn.Module`` or a state dict) into the engine.
