@@ -48,7 +48,7 @@ from agents.checkpoint import (
     save_checkpoint,
 )
 from agents.metrics import MetricsLog, summary_table
-from repro_env.config import check, describe, from_mapping, load_yaml, suggest, to_dict
+from repro_env.config import check, describe, from_mapping, load_yaml, read_yaml_file, suggest, to_dict
 from repro_env.errors import ConfigError, ReproEnvError, ScorerError, TrainingError
 
 # Fields that may change when a run is resumed; any other change would silently mix two experiments.
@@ -165,12 +165,7 @@ def build_learner(config: TrainConfig, learner_config: Any) -> Any:
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from e
+    data = read_yaml_file(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of TrainConfig fields, got {describe(data)}")
     return data

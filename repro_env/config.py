@@ -14,6 +14,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
@@ -39,6 +40,16 @@ _YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
 def load_yaml(text: str) -> Any:
     """``yaml.safe_load`` with YAML 1.2 exponent floats; a SafeLoader, so no arbitrary objects."""
     return yaml.load(text, Loader=_YamlLoader)
+
+
+def read_yaml_file(path: Path, error: type[ConfigError] = ConfigError) -> Any:
+    """The YAML document in ``path``; a syntax error raises ``error`` naming the file and line."""
+    try:
+        return load_yaml(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise error(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from e
 
 
 def describe(value: Any) -> str:

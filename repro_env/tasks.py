@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 
 from repro_env.arithmetic import ArithmeticConfig
-from repro_env.config import check, describe, from_mapping, load_yaml, replace, suggest, to_dict
+from repro_env.config import check, describe, from_mapping, read_yaml_file, replace, suggest, to_dict
 from repro_env.errors import TaskSpecError
 from repro_env.problems import (
     DEFAULT_ANSWER_TEMPLATE,
@@ -362,12 +362,7 @@ def resolve_task(task: TaskSpec | str | Path, overrides: Mapping[str, Any] | Non
 
 
 def _read_yaml(path: Path) -> Any:
-    try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise TaskSpecError(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from e
+    data = read_yaml_file(path, TaskSpecError)
     source = data.get("source") if isinstance(data, dict) else None
     if isinstance(source, dict):  # data files are found next to the YAML, not in the cwd
         source = dict(source)

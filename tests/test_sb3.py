@@ -8,22 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.monitor import Monitor
 
 from repro_env.env import ReasoningEnv
 from repro_env.proposer import ProposerConfig
 from repro_env.wrappers import CandidateSegments, EpisodeStatistics
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls run fastest on one thread (and do not thrash a loaded 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_env(model_dir) -> EpisodeStatistics:

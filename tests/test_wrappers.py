@@ -23,15 +23,6 @@ CAP = 8
 NF = len(CANDIDATE_FEATURES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls run fastest on one thread (and do not thrash a loaded 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def make_env(tiny_llama_dir):
     def make(**overrides) -> ReasoningEnv:
