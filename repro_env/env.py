@@ -101,14 +101,14 @@ class ReasoningEnv(gym.Env[str, str]):
 
     ``info`` carries every component: ``J``, ``J_baseline``, ``magnitude``, ``stability``,
     ``process_score``, ``process_reward`` (r̃, before α), ``outcome_reward``, ``correct`` (last step),
-    ``scored``, ``entropy``, ``segment_tokens``, ``total_tokens``, ``backtrack``; unscored steps
-    report NaN for the J-derived components.
+    ``scored``, ``entropy``, ``segment_tokens``, ``total_tokens``, ``backtrack``, ``context_overflow``;
+    unscored steps report NaN for the J-derived components.
 
     ## Starting state
 
     ``reset`` draws a problem uniformly from the split with the env's ``np_random``. ``options``:
     ``{"split": "train"|"test", "index": i}`` selects one problem (so a GRPO group of G envs can
-    share it). ``reset`` info: ``problem_id``, ``J_baseline``, ``answer`` is *not* exposed.
+    share it). ``reset`` info: ``problem_id`` and ``J_baseline`` (the ground truth is not exposed).
 
     ## Episode end
 
