@@ -73,3 +73,13 @@ def test_register_task_rejects_bad_yaml(tmp_path):
     path.write_text("id: Bad-v0\nsource: {kind: inline, items: []}\n")
     with pytest.raises(TaskSpecError, match=r"bad.yaml"):
         repro_env.register_task(path)
+
+
+@pytest.mark.parametrize("task_id", sorted(load_task(p).id for p in builtin_task_files()))
+def test_gymnasium_check_env_on_every_builtin_id_with_its_default_scorer(task_id):
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make(task_id)  # the bundled model, CPU: no arguments needed on a fresh install
+    check_env(env.unwrapped)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs) and info["J_baseline"] < 0
