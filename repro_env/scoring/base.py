@@ -150,6 +150,20 @@ class Scorer(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TokenizedRequest:
+    """A :class:`ScoreRequest` after tokenisation (see ``segments.tokenize_with_boundaries``)."""
+
+    ids: list[int]
+    """``q + τ≤T`` with special tokens."""
+    boundaries: list[int]
+    """(T + 1,) tokens in ``q + τ≤t`` for t = 0..T."""
+    answer_ids: list[int]
+    """``a`` without special tokens."""
+    points: tuple[int, ...]
+    """Scored points, 1-based, sorted and unique."""
+
+
 class TokenScorerBase:
     """What the transformers and vLLM scorers share: answer tokenisation and the context check.
 
@@ -165,6 +179,23 @@ class TokenScorerBase:
         if not ids:
             raise ScorerError(f"the answer {answer!r} tokenises to no tokens; expected a non-empty answer")
         return ids
+
+    def prepare(self, request: ScoreRequest) -> TokenizedRequest:
+        """Tokenise a request (one string for ``q + τ``, the answer apart) and check it."""
+        from repro_env.segments import tokenize_with_boundaries
+
+        ids, boundaries = tokenize_with_boundaries(self.tokenizer, request.question, request.segments)
+        answer = self.answer_ids(request.answer)
+        points = tuple(request.resolved_points())
+        T = len(request.segments)
+        if list(points) != sorted(set(points)) or any(not 1 <= t <= T for t in points):
+            raise ScorerError(
+                f"ScoreRequest.points must be sorted unique segment indices in 1..{T}, got {points}")
+        if boundaries[0] == 0:
+            raise ScorerError("the question tokenises to no tokens and the tokenizer adds no BOS: "
+                              "J_0 needs at least one token before the answer")
+        self.check_length(len(ids), len(answer), request.question)
+        return TokenizedRequest(ids, boundaries, answer, points)
 
     def check_length(self, num_prefix: int, num_answer: int, question: str) -> None:
         """Raise ``ContextLengthError`` when ``q + τ`` plus one answer copy exceeds ``max_length``."""

@@ -43,9 +43,10 @@ from repro_env.scoring.base import (
     ScoreRequest,
     ScoreResult,
     StepScore,
+    TokenizedRequest,
     TokenScorerBase,
 )
-from repro_env.segments import char_to_token_boundaries, tokenize_with_boundaries, tokenize_with_offsets
+from repro_env.segments import char_to_token_boundaries, tokenize_with_offsets
 
 MAX_ROW_TOKENS = 4096
 """Longest tree row; more points than fit are split over several rows (each repeats the prefix)."""
@@ -103,20 +104,6 @@ class _TreeRow:
     @property
     def length(self) -> int:
         return len(self.prefix_ids) + len(self.copy_boundaries) * self.copy_len
-
-
-@dataclass(frozen=True)
-class TokenizedRequest:
-    """A :class:`ScoreRequest` after tokenisation (see ``segments.tokenize_with_boundaries``)."""
-
-    ids: list[int]
-    """``q + τ≤T`` with special tokens."""
-    boundaries: list[int]
-    """(T + 1,) tokens in ``q + τ≤t`` for t = 0..T."""
-    answer_ids: list[int]
-    """``a`` without special tokens."""
-    points: tuple[int, ...]
-    """Scored points, 1-based, sorted and unique."""
 
 
 def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
@@ -221,7 +208,7 @@ class HFScorer(TokenScorerBase):
 
         about one forward pass over ``q + τ`` per response (tree rows, batched by ``batch_size``).
         """
-        return self.score_tokens([self._prepare(request) for request in requests])
+        return self.score_tokens([self.prepare(request) for request in requests])
 
     def score_tokens(self, prepared: Sequence[TokenizedRequest]) -> list[ScoreResult]:
         """:meth:`score` on already tokenised requests (no length or point checks)."""
@@ -236,20 +223,6 @@ class HFScorer(TokenScorerBase):
             results.append(ScoreResult(J=np.asarray(J, dtype=np.float64), points=p.points,
                                        entropies=entropies[i], num_tokens=len(p.ids)))
         return results
-
-    def _prepare(self, request: ScoreRequest) -> TokenizedRequest:
-        ids, boundaries = tokenize_with_boundaries(self.tokenizer, request.question, request.segments)
-        answer = self.answer_ids(request.answer)
-        points = tuple(request.resolved_points())
-        T = len(request.segments)
-        if list(points) != sorted(set(points)) or any(not 1 <= t <= T for t in points):
-            raise ScorerError(
-                f"ScoreRequest.points must be sorted unique segment indices in 1..{T}, got {points}")
-        if boundaries[0] == 0:
-            raise ScorerError("the question tokenises to no tokens and the tokenizer adds no BOS: "
-                              "J_0 needs at least one token before the answer")
-        self.check_length(len(ids), len(answer), request.question)
-        return TokenizedRequest(ids, boundaries, answer, points)
 
     @staticmethod
     def _rows(request: int, p: TokenizedRequest) -> Iterator[_TreeRow]:

@@ -50,9 +50,10 @@ from repro_env.scoring.base import (
     ScoreRequest,
     ScoreResult,
     StepScore,
+    TokenizedRequest,
     TokenScorerBase,
 )
-from repro_env.segments import char_to_token_boundaries, tokenize_with_boundaries, tokenize_with_offsets
+from repro_env.segments import char_to_token_boundaries, tokenize_with_offsets
 
 EXACT_ENTROPY_MAX_VOCAB = 4096
 """Vocabularies up to this size get exact entropies (all log-probs returned at entropy probes)."""
@@ -216,33 +217,19 @@ class VLLMScorer(TokenScorerBase):
         One ``generate`` call for all requests: per response, a J probe per distinct boundary and
         an entropy probe per segment, sharing the prefix through the prefix cache.
         """
-        prepared = [self._prepare(request) for request in requests]
-        probes = []
-        for ids, boundaries, answer, points in prepared:
-            probes += [_Probe(tuple(ids[:boundaries[t]]), tuple(answer)) for t in (0, *points)]
-            probes += [_Probe(tuple(ids[:b])) for b in boundaries[:-1]]
-        values = self._evaluate(probes)
-        results = []
-        for ids, boundaries, answer, points in prepared:
-            J = [values[_Probe(tuple(ids[:boundaries[t]]), tuple(answer))] for t in (0, *points)]
-            H = [values[_Probe(tuple(ids[:b]))] for b in boundaries[:-1]]
-            results.append(ScoreResult(J=np.asarray(J, dtype=np.float64), points=points,
-                                       entropies=np.asarray(H, dtype=np.float64), num_tokens=len(ids)))
-        return results
+        prepared = [self.prepare(request) for request in requests]
 
-    def _prepare(self, request: ScoreRequest) -> tuple[list[int], list[int], list[int], tuple[int, ...]]:
-        ids, boundaries = tokenize_with_boundaries(self.tokenizer, request.question, request.segments)
-        answer = self.answer_ids(request.answer)
-        points = tuple(request.resolved_points())
-        T = len(request.segments)
-        if list(points) != sorted(set(points)) or any(not 1 <= t <= T for t in points):
-            raise ScorerError(
-                f"ScoreRequest.points must be sorted unique segment indices in 1..{T}, got {points}")
-        if boundaries[0] == 0:
-            raise ScorerError("the question tokenises to no tokens and the tokenizer adds no BOS: "
-                              "J_0 needs at least one token before the answer")
-        self.check_length(len(ids), len(answer), request.question)
-        return ids, boundaries, answer, points
+        def j_probes(p: TokenizedRequest) -> list[_Probe]:
+            return [_Probe(tuple(p.ids[:p.boundaries[t]]), tuple(p.answer_ids)) for t in (0, *p.points)]
+
+        def h_probes(p: TokenizedRequest) -> list[_Probe]:
+            return [_Probe(tuple(p.ids[:b])) for b in p.boundaries[:-1]]
+
+        values = self._evaluate([probe for p in prepared for probe in j_probes(p) + h_probes(p)])
+        return [ScoreResult(J=np.asarray([values[q] for q in j_probes(p)], dtype=np.float64), points=p.points,
+                            entropies=np.asarray([values[q] for q in h_probes(p)], dtype=np.float64),
+                            num_tokens=len(p.ids))
+                for p in prepared]
 
     # -- engine calls --------------------------------------------------------------------------
 
