@@ -34,9 +34,9 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from repro_env.assets import BUNDLED_MODEL, resolve_model
 from repro_env.config import check
 from repro_env.errors import ConfigError, ScorerError
-from repro_env.scoring.base import BUNDLED_MODEL
 
 EOS_SEGMENT = "eos"
 STOP_REASONS = ("delimiter", "eos", "length", "context")
@@ -81,11 +81,7 @@ class PolicyConfig:
 
 def model_dir(model: str) -> Path:
     """The directory of ``model`` (``bundled`` → the package's tiny math model)."""
-    if model == BUNDLED_MODEL:
-        from repro_env.assets import bundled_model_dir
-
-        return bundled_model_dir()
-    path = Path(model)
+    path = Path(resolve_model(model))
     if not (path / "config.json").is_file():
         raise ConfigError(f"field 'model' must be a local model directory with a config.json or 'bundled', "
                           f"got {model!r}; hub ids are not downloaded")

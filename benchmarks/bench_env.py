@@ -19,11 +19,6 @@ from tqdm import tqdm
 import repro_env  # noqa: F401
 
 
-def solutions(env, count: int) -> list[tuple[int, tuple[str, ...]]]:
-    source = env.unwrapped.source if hasattr(env, "unwrapped") else env.envs[0].source
-    return [(i, source.get("test", i).solution) for i in range(count)]
-
-
 def run_single(task: str, n: int, episodes: int, scorer: dict) -> tuple[int, int, float]:
     envs = [gym.make(task, scorer=scorer) for _ in range(n)]
     answer_len = None

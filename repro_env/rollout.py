@@ -137,8 +137,7 @@ def demo_main(args: argparse.Namespace) -> int:
     rng = random.Random(0)
     for index in range(2 if args.quick else 4):
         options = {"split": "test", "index": index}
-        env.reset(options=options)
-        solution = env.unwrapped.episode.problem.solution
+        solution = env.unwrapped.source.get("test", index).solution
         clean = run_episode(env, scripted_policy(solution), options=options)
         noisy_solution = overthink(solution, rng, rng.choice(["recheck", "false_start", "rumination"]), count=2)
         noisy = run_episode(env, scripted_policy(noisy_solution), options=options)

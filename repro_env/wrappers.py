@@ -228,13 +228,9 @@ def _resolve_proposer(proposer: Any, scorer: Any, task: Any, config: ProposerCon
 
 
 def _model_path(name: str | Path) -> Path:
-    from repro_env.scoring import BUNDLED_MODEL
+    from repro_env.assets import resolve_model
 
-    if str(name) == BUNDLED_MODEL:
-        from repro_env.assets import bundled_model_dir
-
-        return bundled_model_dir().resolve()
-    return Path(name).expanduser().resolve()
+    return Path(resolve_model(name)).expanduser().resolve()
 
 
 def _same_model(proposer: Any, scorer: Any) -> bool:

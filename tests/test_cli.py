@@ -52,3 +52,10 @@ def test_rollout_with_a_model_policy(capsys, tiny_llama_dir):
                  "--scorer", str(tiny_llama_dir)]) == 0
     out = capsys.readouterr().out
     assert "episode arith-test-" in out and out.strip().splitlines()[-1].startswith("mean")
+
+
+def test_scoring_demo_prints_reference_and_overthinking_episodes(capsys):
+    assert main(["demo", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("reference solution") == 2 and out.count("with overthinking") == 2
+    assert "J_baseline=" in out and "correct=True" in out

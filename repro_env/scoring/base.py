@@ -26,10 +26,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from repro_env.assets import BUNDLED_MODEL
 from repro_env.config import check
 from repro_env.errors import ContextLengthError, ScorerError
-
-BUNDLED_MODEL = "bundled"
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from repro_env.assets import resolve_model
 from repro_env.errors import ConfigError, ScorerError
 from repro_env.scoring.base import (
-    BUNDLED_MODEL,
     ScorerConfig,
     ScoreRequest,
     ScoreResult,
@@ -121,7 +120,7 @@ class HFScorer(TokenScorerBase):
     def __init__(self, config: ScorerConfig) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = str(self._model_dir(config))
+        path = resolve_model(config.model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(
@@ -159,14 +158,6 @@ class HFScorer(TokenScorerBase):
         self.max_length: int = config.max_length or limit
         # Bumped by reload_weights: a session opened before it holds a stale cache and refuses to go on.
         self.weights_version = 0
-
-    @staticmethod
-    def _model_dir(config: ScorerConfig) -> str | Path:
-        if config.model == BUNDLED_MODEL:
-            from repro_env.assets import bundled_model_dir
-
-            return bundled_model_dir()
-        return config.model
 
     # -- shared pieces -------------------------------------------------------------------------
 

@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
+from repro_env.assets import resolve_model
 from repro_env.errors import ConfigError, ScorerError
 from repro_env.scoring.base import (
-    BUNDLED_MODEL,
     ScorerConfig,
     ScoreRequest,
     ScoreResult,
@@ -111,7 +111,7 @@ class VLLMScorer(TokenScorerBase):
 
     def __init__(self, config: ScorerConfig, engine: Any = None) -> None:
         self.config = config
-        path = str(self._model_dir(config))
+        path = resolve_model(config.model)
         model_config = self._load_model_config(path)
         limit = model_config.max_position_embeddings
         if config.max_length is not None and config.max_length > limit:
@@ -143,14 +143,6 @@ class VLLMScorer(TokenScorerBase):
             self._lock = _ENGINE_LOCKS.setdefault(id(self.llm), threading.Lock())
         self.weights_version = 0
         """Bumped by :meth:`reload_weights`; a session opened before refuses to continue."""
-
-    @staticmethod
-    def _model_dir(config: ScorerConfig) -> str | Path:
-        if config.model == BUNDLED_MODEL:
-            from repro_env.assets import bundled_model_dir
-
-            return bundled_model_dir()
-        return config.model
 
     @staticmethod
     def _load_model_config(path: str) -> Any:
