@@ -138,10 +138,31 @@ def test_batch_of_different_lengths_equals_one_by_one(scorer):
         np.testing.assert_allclose(result.entropies, alone.entropies, rtol=0, atol=TOL)
 
 
-def test_rows_split_over_several_forwards(sdpa_scorer, monkeypatch):
+@pytest.mark.parametrize("chunk_tokens", [1, 5, 1024])
+def test_chunked_prefill_equals_separate_passes(scorer, monkeypatch, chunk_tokens):
+    # Every response takes the long-trace path; pieces of 1 token, of 5, or one piece per boundary.
+    monkeypatch.setattr(hf, "TREE_MAX_TOKENS", 0)
+    chunked = HFScorer.from_model(scorer.model, scorer.tokenizer,
+                                  ScorerConfig(model="<in-memory>", chunk_tokens=chunk_tokens))
+    for request in _requests():
+        result = chunked.score([request])[0]
+        ids, boundaries = tokenize_with_boundaries(scorer.tokenizer, request.question, request.segments)
+        expected = [plain_J(scorer, ids[:boundaries[t]], request.answer) for t in (0, *result.points)]
+        np.testing.assert_allclose(result.J, expected, rtol=0, atol=TOL)
+        np.testing.assert_allclose(result.entropies, plain_entropies(scorer, ids, boundaries), rtol=0, atol=TOL)
+
+
+def test_tree_and_chunked_paths_mix_in_one_call(sdpa_scorer, monkeypatch):
     whole = sdpa_scorer.score(_requests())
-    # Room for a single answer copy per row, and masks so small that each row runs alone.
-    monkeypatch.setattr(hf, "MAX_ROW_TOKENS", 1)
+    monkeypatch.setattr(hf, "TREE_MAX_TOKENS", 20)  # the shortest requests stay on tree rows
+    mixed = sdpa_scorer.score(_requests())
+    for a, b in zip(whole, mixed, strict=True):
+        np.testing.assert_allclose(a.J, b.J, rtol=0, atol=TOL)
+        np.testing.assert_allclose(a.entropies, b.entropies, rtol=0, atol=TOL)
+
+
+def test_masks_so_small_that_each_tree_row_runs_alone(sdpa_scorer, monkeypatch):
+    whole = sdpa_scorer.score(_requests())
     monkeypatch.setattr(hf, "MAX_MASK_ELEMENTS", 1)
     split = sdpa_scorer.score(_requests())
     for a, b in zip(whole, split, strict=True):

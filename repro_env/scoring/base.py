@@ -44,7 +44,12 @@ class ScorerConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights and activations; float32 makes CPU scoring bit-for-bit deterministic."""
     max_length: int | None = None
-    """Context limit in tokens; ``None`` takes the model's ``max_position_embeddings``."""
+    """Context limit in tokens; ``None`` takes the model's ``max_position_embeddings``. A trace
+    longer than this is a ``ContextLengthError``. Up to it, batch scoring's memory grows linearly
+    with the trace length L: the key/value cache (2 · layers · kv_heads · head_dim · L values) plus
+    one ``chunk_tokens`` piece's activations and its (chunk_tokens × L) attention scores."""
+    chunk_tokens: int = 1024
+    """Longest piece of a long trace fed in one forward by batch scoring (hf backend, chunked prefill)."""
     batch_size: int = 8
     """Responses per forward pass in batch scoring."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
@@ -59,6 +64,7 @@ class ScorerConfig:
               "a model directory, a hub id or 'bundled'")
         check(self.max_length is None or self.max_length >= 8, "max_length", self.max_length, "an int >= 8 or null")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
+        check(self.chunk_tokens >= 1, "chunk_tokens", self.chunk_tokens, "an int >= 1")
         check(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization",
               self.gpu_memory_utilization, "a number in (0, 1]")
         check(self.timeout_s is None or self.timeout_s > 0, "timeout_s", self.timeout_s, "a number > 0 or null")

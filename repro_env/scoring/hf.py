@@ -45,10 +45,12 @@ from repro_env.scoring.base import (
     TokenizedRequest,
     TokenScorerBase,
 )
+from repro_env.scoring.prefill import next_token_entropy, score_prefill
 from repro_env.segments import char_to_token_boundaries, tokenize_with_offsets
 
-MAX_ROW_TOKENS = 4096
-"""Longest tree row; more points than fit are split over several rows (each repeats the prefix)."""
+TREE_MAX_TOKENS = 2048
+"""Longest tree row (``|q + τ| + M·|a'|``); longer responses are scored by chunked prefill
+(``prefill.py``). Measured with ``benchmarks/bench_scoring.py``: see the README's Scoring cost."""
 MAX_MASK_ELEMENTS = 1 << 26
 """Rows per forward are capped so that the (B, L, L) float mask stays under 256 MB."""
 
@@ -103,11 +105,6 @@ class _TreeRow:
     @property
     def length(self) -> int:
         return len(self.prefix_ids) + len(self.copy_boundaries) * self.copy_len
-
-
-def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
-    """H = −Σ p log p per row, from log-probs. (K, V) → (K,)"""
-    return -(log_probs.exp() * log_probs).sum(-1)  # (K,)
 
 
 class HFScorer(TokenScorerBase):
@@ -202,11 +199,19 @@ class HFScorer(TokenScorerBase):
         return self.score_tokens([self.prepare(request) for request in requests])
 
     def score_tokens(self, prepared: Sequence[TokenizedRequest]) -> list[ScoreResult]:
-        """:meth:`score` on already tokenised requests (no length or point checks)."""
-        rows = [row for i, p in enumerate(prepared) for row in self._rows(i, p)]
+        """:meth:`score` on already tokenised requests (no length or point checks).
+
+        Short responses go through tree rows, several per forward; longer ones than
+        ``TREE_MAX_TOKENS`` through chunked prefill, one at a time (``prefill.py``).
+        """
+        rows = [self._tree_row(i, p) for i, p in enumerate(prepared)]
         log_probs: dict[tuple[int, int], float] = {}
         entropies: dict[int, np.ndarray] = {}
-        for batch in self._batches(rows):
+        for i, row in enumerate(rows):
+            if row.length > TREE_MAX_TOKENS:
+                J, entropies[i] = score_prefill(self, prepared[i], self.config.chunk_tokens)
+                log_probs.update({(i, boundary): value for boundary, value in J.items()})
+        for batch in self._batches([row for row in rows if row.length <= TREE_MAX_TOKENS]):
             self._run_tree_batch(batch, [prepared[row.request] for row in batch], log_probs, entropies)
         results = []
         for i, p in enumerate(prepared):
@@ -216,13 +221,10 @@ class HFScorer(TokenScorerBase):
         return results
 
     @staticmethod
-    def _rows(request: int, p: TokenizedRequest) -> Iterator[_TreeRow]:
-        copy_len = len(p.answer_ids) - 1
+    def _tree_row(request: int, p: TokenizedRequest) -> _TreeRow:
         # Distinct boundaries only: two points at the same token position share one copy.
         copies = sorted({p.boundaries[t] for t in (0, *p.points)})
-        per_row = max(1, (MAX_ROW_TOKENS - len(p.ids)) // copy_len) if copy_len else len(copies)
-        for start in range(0, len(copies), per_row):
-            yield _TreeRow(request, p.ids, copies[start:start + per_row], copy_len)
+        return _TreeRow(request, p.ids, copies, len(p.answer_ids) - 1)
 
     def _batches(self, rows: list[_TreeRow]) -> Iterator[list[_TreeRow]]:
         rows = sorted(rows, key=lambda row: -row.length)  # similar lengths together: less padding
@@ -279,7 +281,7 @@ class HFScorer(TokenScorerBase):
         for boundary, value in zip(row.copy_boundaries, J.tolist(), strict=True):
             log_probs[(row.request, boundary)] = value
         if need_entropy:
-            H = self._finite(_entropy(all_log_probs[num_scored:]), "entropies")  # (T,)
+            H = self._finite(next_token_entropy(all_log_probs[num_scored:]), "entropies")  # (T,)
             entropies[row.request] = H.double().cpu().numpy()
 
     # -- online scoring ------------------------------------------------------------------------
@@ -390,7 +392,7 @@ class HFScorer(TokenScorerBase):
         """(J or nan, entropy or nan) from a step's log-prob rows: [entropy row], answer rows. (k, V)"""
         entropy = float("nan")
         if step.segment_start is not None:
-            entropy = float(self._finite(_entropy(log_probs[:1]), "entropies")[0])
+            entropy = float(self._finite(next_token_entropy(log_probs[:1]), "entropies")[0])
             log_probs = log_probs[1:]
         J = float("nan")
         if step.score:
