@@ -38,7 +38,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from repro_env.assets import bundled_model_dir
 from repro_env.scoring import hf
 from repro_env.scoring.base import ScorerConfig
-from repro_env.scoring.hf import HFScorer, TokenizedRequest
+from repro_env.scoring.hf import TokenizedRequest
 
 QUESTION_TOKENS = 64
 SEGMENT_TOKENS = 100
@@ -238,7 +238,8 @@ def main() -> None:
     for L, M, tokens_a, tokens_b, time_a, time_b, time_c, memory_b, memory_c in rows:
         a, ab = ("-", "-") if time_a != time_a else (f"{time_a:.3f}", f"{time_a / time_b:.2f}")
         print(f"{L:>5} {M:>7} {tokens_a:>8} {tokens_b:>8} {a:>8} {time_b:>8.3f} {time_c:>8.3f} "
-              f"{ab:>8} {time_b / time_c:>8.2f} {memory_b:>9.1f} {memory_c:>9.1f} {memory_b / max(memory_c, 0.1):>7.2f}")
+              f"{ab:>8} {time_b / time_c:>8.2f} {memory_b:>9.1f} {memory_c:>9.1f} "
+              f"{memory_b / max(memory_c, 0.1):>7.2f}")
     print("\nOnline session: one appended segment (J + entropy) at each prefix length, vs the floor "
           "(the same number of tokens + |a| through the model against a cache of the prefix)")
     print(f"{'prefix':>7} {'seg tok':>7} {'append s':>9} {'floor s':>8} {'ratio':>6}")
