@@ -138,13 +138,17 @@ def test_batch_of_different_lengths_equals_one_by_one(scorer):
         np.testing.assert_allclose(result.entropies, alone.entropies, rtol=0, atol=TOL)
 
 
-@pytest.mark.parametrize("chunk_tokens", [1, 5, 1024])
+LONG = ScoreRequest(QUESTION, tuple(f"Step {i}: {i} + {i} = {2 * i}.\n\n" for i in range(30)), ANSWER,
+                    points=(3, 10, 11, 29, 30))
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 5, 64, 1024])
 def test_chunked_prefill_equals_separate_passes(scorer, monkeypatch, chunk_tokens):
-    # Every response takes the long-trace path; pieces of 1 token, of 5, or one piece per boundary.
+    # Every response takes the long-trace path; pieces of 1 token, 5, 64, or one piece per boundary.
     monkeypatch.setattr(hf, "TREE_MAX_TOKENS", 0)
     chunked = HFScorer.from_model(scorer.model, scorer.tokenizer,
                                   ScorerConfig(model="<in-memory>", chunk_tokens=chunk_tokens))
-    for request in _requests():
+    for request in [*_requests(), LONG] if chunk_tokens > 1 else _requests():
         result = chunked.score([request])[0]
         ids, boundaries = tokenize_with_boundaries(scorer.tokenizer, request.question, request.segments)
         expected = [plain_J(scorer, ids[:boundaries[t]], request.answer) for t in (0, *result.points)]
@@ -282,8 +286,9 @@ def test_sessions_append_equals_single_appends(wide_scorer):
     finally:
         counter.handle.remove()
     assert len({s.total_tokens for s in batched}) == 4  # the caches really had different lengths
-    # Only q + τ≤t is committed, never the answer copy or padding: (heads, total_tokens, head_dim).
-    assert [s._cache[0][0].shape[1] for s in batched] == [s.total_tokens for s in batched]
+    # Only q + τ≤t is committed, never the answer copy or padding: (1, heads, total_tokens, head_dim).
+    assert [s._layers[0].keys.shape[2] for s in batched] == [s.total_tokens for s in batched]
+    assert [s._layers[0].keys.shape[2] for s in single] == [s.total_tokens for s in single]
 
 
 def test_sessions_append_equals_plain_passes(sdpa_scorer):
@@ -413,3 +418,35 @@ def test_nan_guard_and_reload_weights(tiny_llama_dir):
         scorer.reload_weights({"not.a.weight": torch.zeros(1)})
     scorer.reload_weights(original)
     np.testing.assert_array_equal(scorer.score([request])[0].J, before)
+
+
+def test_a_failed_in_place_step_leaves_the_session_usable(sdpa_scorer):
+    # A step alone writes its keys/values into the session's buffers during the forward. Here the
+    # forward turns NaN after layer 0, so layer 1's cache entries of the failed step are NaN: the
+    # retry (another segment) must recompute every position the failed step wrote.
+    question, segments = "Question: 3 + 4?", ("\n\nSo 7.\n\n", "The answer is 7.")
+    session = sdpa_scorer.session(question, ANSWER)
+    session.append(segments[0])
+    poison = sdpa_scorer.model.base_model.layers[0].register_forward_hook(
+        lambda module, args, output: output * float("nan"))
+    try:
+        with pytest.raises(ScorerError, match="non-finite"):
+            session.append("Wait, 3 + 4 = 7.\n\n")
+    finally:
+        poison.remove()
+    step = session.append(segments[1])
+    ids, _ = tokenize_with_boundaries(sdpa_scorer.tokenizer, question, segments)
+    assert abs(step.J - plain_J(sdpa_scorer, ids, ANSWER)) <= TOL
+    assert step.total_tokens == len(ids)
+
+
+def test_session_cache_grows_past_its_first_buffer(sdpa_scorer):
+    # The per-layer buffers start at 256 tokens and double; a ~400-token episode crosses that.
+    segments = tuple(f"Step {i}: {i} + {i} = {2 * i}.\n\n" for i in range(30))
+    session = sdpa_scorer.session(QUESTION, ANSWER)
+    for t, segment in enumerate(segments, start=1):
+        step = session.append(segment, score=t % 10 == 0)
+        if t % 10 == 0:
+            ids, _ = tokenize_with_boundaries(sdpa_scorer.tokenizer, QUESTION, segments[:t])
+            assert abs(step.J - plain_J(sdpa_scorer, ids, ANSWER)) <= TOL
+    assert session.total_tokens > 256 and session._layers[0].capacity >= session.total_tokens

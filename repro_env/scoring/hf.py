@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers.cache_utils import Cache
 
 from repro_env.assets import resolve_model
 from repro_env.errors import ConfigError, ScorerError
@@ -45,7 +46,7 @@ from repro_env.scoring.base import (
     TokenizedRequest,
     TokenScorerBase,
 )
-from repro_env.scoring.prefill import next_token_entropy, score_prefill
+from repro_env.scoring.prefill import BufferLayer, next_token_entropy, score_prefill
 from repro_env.segments import char_to_token_boundaries, tokenize_with_offsets
 
 TREE_MAX_TOKENS = 2048
@@ -312,20 +313,40 @@ class HFScorer(TokenScorerBase):
         steps = [s._plan(seg, flag) for s, seg, flag in zip(sessions, segments, score, strict=True)]
         outputs = self._run_steps(steps)
         results = []
-        for step, (J, entropy, cache) in zip(steps, outputs, strict=True):
-            step.session._commit(step, cache)
+        for step, (J, entropy, new_kv) in zip(steps, outputs, strict=True):
+            step.session._commit(step, new_kv)
             added = len(step.ids) - step.segment_start
             results.append(StepScore(J=J, entropy=entropy, segment_tokens=added, total_tokens=len(step.ids)))
         return results
 
-    def _run_steps(self, steps: Sequence[_SessionStep]) -> list[tuple[float, float, _KV]]:
+    def _run_steps(self, steps: Sequence[_SessionStep]) -> list[tuple[float, float, _KV | None]]:
         """(J, entropy, new cache) per step, ``batch_size`` steps per forward, in the input order."""
         order = sorted(range(len(steps)), key=lambda i: -steps[i].keep - len(steps[i].inputs))
-        outputs: dict[int, tuple[float, float, _KV]] = {}
+        outputs: dict[int, tuple[float, float, _KV | None]] = {}
         for start in range(0, len(order), self.config.batch_size):
-            chunk = order[start:start + self.config.batch_size]
-            outputs.update(zip(chunk, self._forward_steps([steps[i] for i in chunk]), strict=True))
+            chunk = [steps[i] for i in order[start:start + self.config.batch_size]]
+            run = self._forward_one if len(chunk) == 1 else self._forward_steps
+            outputs.update(zip(order[start:start + len(chunk)], run(chunk), strict=True))
         return [outputs[i] for i in range(len(steps))]
+
+    @torch.no_grad()
+    def _forward_one(self, steps: Sequence[_SessionStep]) -> list[tuple[float, float, None]]:
+        """One session's step against its own cache buffers, in place: no cache copy, no custom mask.
+
+        The inputs are written after the ``keep`` cached tokens and then cut back to ``q + τ≤t``
+        (the answer copy is never kept); plain causal attention is exactly the session's mask here.
+        """
+        step, = steps
+        session = step.session
+        session._valid = step.keep  # positions from keep on are overwritten from here
+        layers = session._reserve(step.keep + len(step.inputs))
+        positions = step.keep + torch.arange(len(step.inputs), device=self.device)[None]  # (1, n)
+        hidden = self.model.base_model(
+            input_ids=torch.tensor([step.inputs], device=self.device), position_ids=positions,
+            past_key_values=Cache(layers=layers), use_cache=True,
+        ).last_hidden_state[0]  # (n, H)
+        log_probs = torch.log_softmax(self.head_logits(hidden[step.read_positions]).float(), dim=-1)  # (k, V)
+        return [(*self._read_step(step, log_probs), None)]
 
     @torch.no_grad()
     def _forward_steps(self, steps: Sequence[_SessionStep]) -> list[tuple[float, float, _KV]]:
@@ -362,10 +383,9 @@ class HFScorer(TokenScorerBase):
             own = log_probs[start:start + len(step.read_positions)]  # (k_r, V)
             start += len(step.read_positions)
             J, entropy = self._read_step(step, own)
-            # Commit only q + τ≤t: never the answer copy, never padding.
-            span = slice(P - step.keep, P + len(step.ids) - step.keep)
-            new_cache = [(layer.keys[r, :, span].clone(), layer.values[r, :, span].clone())
-                         for layer in cache.layers]
+            # The new prefix tokens only: never the answer copy, never padding.
+            span = slice(P, P + len(step.ids) - step.keep)
+            new_cache = [(layer.keys[r:r + 1, :, span], layer.values[r:r + 1, :, span]) for layer in cache.layers]
             outputs.append((J, entropy, new_cache))
         return outputs
 
@@ -375,16 +395,17 @@ class HFScorer(TokenScorerBase):
 
         if P == 0:
             return DynamicCache()
-        template = next(step.session._cache for step in steps if step.keep > 0)
+        template = next(step.session._layers for step in steps if step.keep > 0)
         layers = []
-        for layer, (k0, v0) in enumerate(template):
-            keys = k0.new_zeros(len(steps), k0.shape[0], P, k0.shape[2])  # (B, heads, P, d)
-            values = v0.new_zeros(len(steps), v0.shape[0], P, v0.shape[2])  # (B, heads, P, d)
+        for layer, buffer in enumerate(template):
+            k0, v0 = buffer.keys, buffer.values  # (1, heads, n, d)
+            keys = k0.new_zeros(len(steps), k0.shape[1], P, k0.shape[3])  # (B, heads, P, d)
+            values = v0.new_zeros(len(steps), v0.shape[1], P, v0.shape[3])  # (B, heads, P, d)
             for r, step in enumerate(steps):
                 if step.keep:
-                    k, v = step.session._cache[layer]  # (heads, n, d)
-                    keys[r, :, P - step.keep:] = k[:, :step.keep]
-                    values[r, :, P - step.keep:] = v[:, :step.keep]
+                    own = step.session._layers[layer]
+                    keys[r, :, P - step.keep:] = own.keys[0, :, :step.keep]
+                    values[r, :, P - step.keep:] = own.values[0, :, :step.keep]
             layers.append((keys, values))
         return DynamicCache(layers)
 
@@ -432,7 +453,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 _KV = list[tuple[torch.Tensor, torch.Tensor]]
-"""A session's cache: per layer, keys and values of shape (heads, n, head_dim)."""
+"""A step's new cache entries: per layer, keys and values of shape (1, heads, n_new, head_dim)."""
 
 
 @dataclass(frozen=True)
@@ -465,9 +486,10 @@ class _SessionStep:
 class HFSession:
     """Incremental scoring of one episode over cached keys/values of ``q + τ≤t`` (REPRO_SPEC §7).
 
-    The cache is a list of per-layer tensors rather than a ``DynamicCache`` so that
-    :meth:`HFScorer.sessions_append` can stack many sessions into one padded batch; every step
-    (``append`` included) runs through that batched path.
+    The cache is one growable buffer per layer (``prefill.BufferLayer``): a step alone writes its
+    tokens in place (:meth:`HFScorer._forward_one`); a batched step (:meth:`HFScorer.sessions_append`
+    over several sessions) stacks the sessions' prefixes into one padded batch and writes back only
+    the new tokens. Either way a step costs its new tokens plus attention over the prefix.
     """
 
     def __init__(self, scorer: HFScorer, question: str, answer: str) -> None:
@@ -477,15 +499,17 @@ class HFSession:
         self._weights_version = scorer.weights_version
         self._text = question
         self._ids: list[int] = []
-        self._cache: _KV | None = []
+        self._layers: list[BufferLayer] | None = []
+        self._valid = 0
+        """Cached tokens that hold ``q + τ≤t`` (a failed in-place step may have overwritten the rest)."""
         ids, _ = tokenize_with_offsets(scorer.tokenizer, question)
         if not ids:
             raise ScorerError("the question tokenises to no tokens and the tokenizer adds no BOS: "
                               "J_0 needs at least one token before the answer")
         scorer.check_length(len(ids), len(self._answer), question)
         step = _SessionStep(self, question, ids, 0, None, True, ids + self._answer[:-1])
-        (J, _, cache), = scorer._run_steps([step])
-        self._commit(step, cache)
+        (J, _, new_kv), = scorer._run_steps([step])
+        self._commit(step, new_kv)
         self.J_baseline: float = J
 
     def append(self, segment: str, score: bool = True) -> StepScore:
@@ -497,7 +521,7 @@ class HFSession:
 
     def _plan(self, segment: str, score: bool) -> _SessionStep:
         """Tokenise ``q + τ≤t`` and decide what to recompute; checks everything, changes nothing."""
-        if self._cache is None:
+        if self._layers is None:
             raise ScorerError("append on a closed session; start a new one with scorer.session(...)")
         if self._weights_version != self.scorer.weights_version:
             raise ScorerError("the scorer's weights were reloaded after this session started; "
@@ -508,15 +532,32 @@ class HFSession:
         segment_start = char_to_token_boundaries(offsets, [len(self._text)])[0]
         # Re-tokenising may change tokens before the old end (a merge across the boundary): keep
         # only the common part, and recompute the token before the segment to read its entropy.
-        keep = min(_common_prefix(self._ids, ids), len(ids) - 1, segment_start - 1)
+        keep = min(_common_prefix(self._ids, ids), len(ids) - 1, segment_start - 1, self._valid)
         inputs = ids[keep:] + (self._answer[:-1] if score else [])
         return _SessionStep(self, text, ids, keep, segment_start, score, inputs)
 
-    def _commit(self, step: _SessionStep, cache: _KV) -> None:
-        self._text, self._ids, self._cache = step.text, list(step.ids), cache
+    def _reserve(self, tokens: int) -> list[BufferLayer]:
+        """The cache layers, cut back to ``_valid`` tokens, with room for ``tokens``."""
+        if not self._layers:
+            num_layers = self.scorer.model.config.get_text_config(decoder=True).num_hidden_layers
+            self._layers = [BufferLayer(max(tokens, 256)) for _ in range(num_layers)]
+        for layer in self._layers:
+            layer.truncate(self._valid)
+            layer.reserve(tokens)
+        return self._layers
+
+    def _commit(self, step: _SessionStep, new_kv: _KV | None) -> None:
+        """Make the step's prefix the session's: its new cache entries (batched step) or the in-place ones."""
+        if new_kv is None:
+            for layer in self._layers:
+                layer.truncate(len(step.ids))  # drop the answer copy
+        else:
+            for layer, (keys, values) in zip(self._reserve(len(step.ids)), new_kv, strict=True):
+                layer.write(step.keep, keys, values)
+        self._text, self._ids, self._valid = step.text, list(step.ids), len(step.ids)
         self.total_tokens: int = len(step.ids)
 
     def close(self) -> None:
         """Free the cache."""
-        self._cache = None
+        self._layers = None
         self._ids = []

@@ -25,10 +25,11 @@ from transformers.cache_utils import Cache, DynamicLayer
 from repro_env.scoring.base import TokenizedRequest
 
 
-class _BufferLayer(DynamicLayer):
+class BufferLayer(DynamicLayer):
     """A cache layer over one preallocated buffer: appends write in place, ``truncate`` drops the tail.
 
-    ``DynamicLayer`` concatenates on every update, copying the whole cache once per piece: O(L·M).
+    ``DynamicLayer`` concatenates on every update, copying the whole cache once per forward: O(L)
+    per scored point here, and per step in an online session. The buffer grows by doubling.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -39,18 +40,34 @@ class _BufferLayer(DynamicLayer):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, _, dim = key_states.shape
         self.dtype, self.device = key_states.dtype, key_states.device
-        self._keys = key_states.new_empty(batch, heads, self.capacity, dim)  # (1, kv_heads, capacity, d)
+        self._keys = key_states.new_empty(batch, heads, self.capacity, dim)  # (B, kv_heads, capacity, d)
         self._values = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
         self.is_initialized = True
 
+    def reserve(self, capacity: int) -> None:
+        """Make room for ``capacity`` tokens, keeping the first ``length``."""
+        if capacity <= self.capacity:
+            return
+        self.capacity = max(capacity, 2 * self.capacity)
+        if self.is_initialized:
+            keys, values = self._keys, self._values
+            self.lazy_initialization(keys, values)
+            self._keys[:, :, :self.length] = keys[:, :, :self.length]
+            self._values[:, :, :self.length] = values[:, :, :self.length]
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        self.write(self.length, key_states, value_states)
+        return self.keys, self.values
+
+    def write(self, start: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Store keys/values ``(B, kv_heads, n, d)`` at positions ``start..start+n−1``; length becomes the end."""
+        end = start + key_states.shape[-2]
+        self.reserve(end)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        self._keys[:, :, self.length:end] = key_states
-        self._values[:, :, self.length:end] = value_states
+        self._keys[:, :, start:end] = key_states
+        self._values[:, :, start:end] = value_states
         self.truncate(end)
-        return self.keys, self.values
 
     def truncate(self, length: int) -> None:
         self.length = length
@@ -98,7 +115,7 @@ def score_prefill(scorer, request: TokenizedRequest, chunk_tokens: int) -> tuple
     copy = answer[:-1]
     model = scorer.model
     num_layers = model.config.get_text_config(decoder=True).num_hidden_layers
-    cache = Cache(layers=[_BufferLayer(len(request.ids) + len(copy)) for _ in range(num_layers)])
+    cache = Cache(layers=[BufferLayer(len(request.ids) + len(copy)) for _ in range(num_layers)])
     entropy_positions = [b - 1 for b in request.boundaries[:-1]]
     J: dict[int, float] = {}
     entropies = np.empty(len(entropy_positions), dtype=np.float64)
