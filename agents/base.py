@@ -9,7 +9,9 @@ A learner owns a policy and its training envs and turns rollouts into parameter 
     learner.evaluate(num_problems=100)       # held-out split
     learner.save(dir); learner.load(dir)     # safetensors + JSON; the trainer makes it atomic
 
-``repro-env train`` (agents/train.py) drives any object with this interface.
+``repro-env train`` (agents/train.py) drives any object with this interface. ``repro-env compare``
+also reads the class's ``label`` (its table row, e.g. ``GRPO``) and its config's
+``rollouts_per_update`` (episodes per ``collect``: the budget held equal across compared learners).
 """
 
 from __future__ import annotations

@@ -1,18 +1,24 @@
-"""``repro-env compare``: does RePro help? GRPO and PPO, each with and without the process reward.
+"""``repro-env compare``: does RePro help? Every listed learner, each with and without the process reward.
 
 The experiment of REPRO_SPEC §6 in miniature. From one starting model, every method trains with the
 same budget for each seed, then is evaluated on the task's held-out split::
 
-    methods  = {GRPO, GRPO + RePro, PPO, PPO + RePro}      (process_reward false / true)
+    methods  = {L, L + RePro  for L in algorithms}         (process_reward false / true; GRPO, PPO by default)
+    budget   = updates × rollouts per update, equal for every learner (checked when the config loads)
     runs     = methods × seeds                              each one ``repro-env train`` run (agents.train)
     eval     = greedy accuracy and avg@n at temperature 1.0, tokens and backtrack segments per
                response, process return S_T (scored by the model itself, as in training)
     table    = mean ± std over seeds (sample std, ddof = 1), the starting model's row, RePro vs baseline
 
-``--ablation`` adds one-factor-at-a-time GRPO + RePro runs on one seed around the task's defaults:
-stability weight w, point selection (all vs top-k by first-token entropy) and α. The default
-variant is the main grid's GRPO + RePro run of that seed when the grid has it (runs are
-deterministic), so it is not trained twice.
+A learner is any name of the learner registry (``agents.train.register_learner``, or a plugin's
+``repro_env.learners`` entry point) or a ``'package.module:Class'`` path. Its class's ``label``
+names its rows, its config's ``rollouts_per_update`` is its budget, and its config fields go under
+``learners: {NAME: {...}}`` (the top-level ``grpo:`` / ``ppo:`` sections of older configs still load).
+
+``--ablation`` adds one-factor-at-a-time runs of ``ablation.algorithm`` + RePro (GRPO by default) on
+one seed around the task's defaults: stability weight w, point selection (all vs top-k by
+first-token entropy) and α. The default variant is the main grid's run of that learner and seed when
+the grid has it (runs are deterministic), so it is not trained twice.
 
 Output directory (``--out``, default ``runs/compare-<YYYYmmdd-HHMMSS>``)::
 
@@ -31,6 +37,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,32 +45,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from agents.train import Trainer, apply_sets, build_learner, parse_config
+from agents.report import REPRO, ablation_table, aggregate, comparison_table, comparisons, plot_curves, results_table
+from agents.train import LEARNERS, Trainer, apply_sets, build_learner, learner_spec, parse_config
 from repro_env.config import check, from_mapping, load_yaml
 from repro_env.errors import ConfigError, ReproEnvError, ScorerError, TrainingError
 
-ALGORITHMS = ("grpo", "ppo")
-LABELS = {"grpo": "GRPO", "ppo": "PPO"}
-# (results.json key, column title); ``sampled_*`` are the avg@n episodes at temperature 1.0
-COLUMNS = (
-    ("greedy_accuracy", "accuracy (greedy)"),
-    ("sampled_accuracy", "avg@n (T=1)"),
-    ("sampled_tokens_per_response", "tokens/response (T=1)"),
-    ("greedy_tokens_per_response", "tokens/response (greedy)"),
-    ("sampled_backtracks_per_response", "backtracks/response (T=1)"),
-    ("greedy_backtracks_per_response", "backtracks/response (greedy)"),
-    ("sampled_process_return", "process return (T=1)"),
-)
-TARGETS = {"tokens": -0.15, "backtracks": -0.30}
-"""Relative changes RePro vs baseline that the issue aims for (measured, never asserted)."""
+ALIASES = ("grpo", "ppo")
+"""Top-level learner sections of configs written before ``learners:`` (``grpo: {...}``)."""
 
 
 @dataclass(frozen=True)
 class AblationConfig:
-    """GRPO + RePro one factor at a time around the task's defaults, on one seed."""
+    """One learner + RePro, one factor at a time around the task's defaults, on one seed."""
 
+    algorithm: str = "grpo"
+    """Learner of every ablation run (a name of ``algorithms`` or any registered learner)."""
     seed: int = 0
     """Seed of every ablation run."""
     stability_weight: tuple[float, ...] = (0.0, 0.1, 0.5)
@@ -74,6 +70,7 @@ class AblationConfig:
     """Values of α (learner ``alpha``)."""
 
     def __post_init__(self) -> None:
+        LEARNERS.check(self.algorithm, "algorithm")
         check(all(0 <= w <= 1 for w in self.stability_weight), "stability_weight", self.stability_weight,
               "a list of numbers in [0, 1]")
         check(all(k == "all" or (isinstance(k, int) and k >= 1) for k in self.k), "k", self.k,
@@ -94,17 +91,18 @@ class CompareConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds of every method."""
     updates: int = 40
-    """Updates of every run (the same budget: GRPO's P·G rollouts equal PPO's episodes per update)."""
+    """Updates of every run; with the rollouts per update that every learner shares, the budget."""
     eval_problems: int = 100
     """Held-out problems of the final evaluation (test split, problems 0..N−1)."""
     eval_samples: int = 4
     """n of avg@n at temperature 1.0."""
-    algorithms: tuple[str, ...] = ALGORITHMS
-    """Which algorithms to run; each runs with and without RePro."""
-    grpo: dict[str, Any] = field(default_factory=dict)
-    """GRPOConfig fields of the GRPO runs (``model`` and ``process_reward`` are set per run)."""
-    ppo: dict[str, Any] = field(default_factory=dict)
-    """PPOConfig fields of the PPO runs."""
+    algorithms: tuple[str, ...] = ("grpo", "ppo")
+    """Learners to compare (registered names or 'package.module:Class'), each with and without RePro;
+    the position in this list picks the plot colour."""
+    learners: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Learner name → its config fields (``model`` and ``process_reward`` are set per run); a learner
+    without a section runs with its config's defaults. Top-level ``grpo:`` / ``ppo:`` sections are
+    the old spelling of ``learners: {grpo: ..., ppo: ...}``."""
     ablation: AblationConfig = field(default_factory=AblationConfig)
     """The ``--ablation`` runs."""
     workers: int = 1
@@ -120,10 +118,41 @@ class CompareConfig:
         check(self.updates >= 1, "updates", self.updates, "an int >= 1")
         check(self.eval_problems >= 1, "eval_problems", self.eval_problems, "an int >= 1")
         check(self.eval_samples >= 2, "eval_samples", self.eval_samples, "an int >= 2 (avg@n at T=1)")
-        check(len(self.algorithms) >= 1 and set(self.algorithms) <= set(ALGORITHMS), "algorithms",
-              self.algorithms, f"a non-empty subset of {list(ALGORITHMS)}")
+        check(len(self.algorithms) >= 1 and len(set(self.algorithms)) == len(self.algorithms), "algorithms",
+              self.algorithms, "a non-empty list of distinct learner names")
+        for i, name in enumerate(self.algorithms):
+            LEARNERS.check(name, f"algorithms[{i}]")
+        for name, section in self.learners.items():
+            LEARNERS.check(name, f"learners.{name}")
+            check(isinstance(section, Mapping), f"learners.{name}", section,
+                  f"a mapping of {name}'s config fields")
         for name in ("workers", "threads", "smooth"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "an int >= 1")
+
+    @classmethod
+    def normalise_mapping(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Fold the old top-level ``grpo:`` / ``ppo:`` sections into ``learners``.
+
+        Both spellings may be given (e.g. ``--set learners.grpo.lr=…`` on an old config) when they
+        set different fields; the same field in both is an error, since neither clearly wins.
+        """
+        data = dict(data)
+        learners = data.get("learners", {})
+        if not isinstance(learners, Mapping):
+            return data  # from_mapping reports the type
+        learners = dict(learners)
+        for alias in [a for a in ALIASES if a in data]:
+            old, new = data.pop(alias), learners.get(alias, {})
+            if isinstance(old, Mapping) and isinstance(new, Mapping):
+                both = sorted(set(old) & set(new))
+                if both:
+                    raise ConfigError(f"field '{alias}.{both[0]}' is also set as 'learners.{alias}.{both[0]}'; "
+                                      f"'{alias}:' is the old spelling of 'learners: {{{alias}: ...}}', keep one")
+                learners[alias] = {**old, **new}
+            else:  # __post_init__ names the section that is not a mapping
+                learners[alias] = new if isinstance(old, Mapping) else old
+        data["learners"] = learners
+        return data
 
 
 @dataclass(frozen=True)
@@ -139,13 +168,24 @@ class Job:
     """The run's TrainConfig mapping (parsed by agents.train)."""
     variant: str = ""
     """Ablation variant, e.g. ``w=0.5`` (empty for the main grid)."""
+    algorithm: str = ""
+    """The learner's name (``grpo``)."""
+    repro: bool = False
+    """Whether the process reward is on."""
 
 
 # -- the grid ---------------------------------------------------------------------------------
 
 
 def method_name(algorithm: str, repro: bool) -> str:
-    return LABELS[algorithm] + (" + RePro" if repro else "")
+    """Table row of a learner's runs: its class's ``label``, plus `` + RePro`` with the process reward."""
+    return learner_spec(algorithm).label + (REPRO if repro else "")
+
+
+def run_name(algorithm: str, repro: bool, seed: int) -> str:
+    """``grpo-repro-seed0``; a ``package.module:Class`` name is made safe for a directory."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", algorithm)
+    return f"{stem}{'-repro' if repro else ''}-seed{seed}"
 
 
 def train_mapping(config: CompareConfig, out: Path, algorithm: str, *, seed: int, repro: bool,
@@ -159,7 +199,7 @@ def train_mapping(config: CompareConfig, out: Path, algorithm: str, *, seed: int
             "updates": config.updates, "eval_every": 0, "eval_problems": config.eval_problems,
             "eval_samples": config.eval_samples, "checkpoint_every": config.updates, "keep_checkpoints": 1,
             "seed": seed, "out_dir": str(out / "runs" / name),
-            "learner": {**getattr(config, algorithm), **dict(learner), "model": config.model,
+            "learner": {**config.learners.get(algorithm, {}), **dict(learner), "model": config.model,
                         "process_reward": repro}}
 
 
@@ -167,20 +207,21 @@ def main_jobs(config: CompareConfig, out: Path) -> list[Job]:
     """The starting model's evaluation, then algorithm × {baseline, RePro} × seeds."""
     first = config.algorithms[0]
     start = train_mapping(config, out, first, seed=config.seeds[0], repro=False, name="start")
-    jobs = [Job("start", "starting model", config.seeds[0], None, variant=json.dumps(start))]
+    jobs = [Job("start", "starting model", config.seeds[0], None, variant=json.dumps(start), algorithm=first)]
     for algorithm in config.algorithms:
         for repro in (False, True):
             for seed in config.seeds:
-                name = f"{algorithm}{'-repro' if repro else ''}-seed{seed}"
+                name = run_name(algorithm, repro, seed)
                 jobs.append(Job(name, method_name(algorithm, repro), seed,
-                                train_mapping(config, out, algorithm, seed=seed, repro=repro, name=name)))
+                                train_mapping(config, out, algorithm, seed=seed, repro=repro, name=name),
+                                algorithm=algorithm, repro=repro))
     return jobs
 
 
 def ablation_jobs(config: CompareConfig, out: Path, defaults: tuple[float, float]) -> list[Job]:
-    """GRPO + RePro with one of w, k, α changed from ``defaults`` = (w, α); the default run too."""
+    """``ablation.algorithm`` + RePro with one of w, k, α changed from ``defaults`` = (w, α); the default run too."""
     w0, alpha0 = defaults
-    seed = config.ablation.seed
+    algorithm, seed = config.ablation.algorithm, config.ablation.seed
     variants: list[tuple[str, dict[str, Any], dict[str, Any]]] = [("default", {}, {})]
     variants += [(f"w={w:g}", {}, {"stability_weight": w}) for w in config.ablation.stability_weight if w != w0]
     variants += [(f"k={k}", {}, {"selection": "topk_entropy", "k": k}) for k in config.ablation.k if k != "all"]
@@ -188,19 +229,49 @@ def ablation_jobs(config: CompareConfig, out: Path, defaults: tuple[float, float
     jobs = []
     for variant, learner, reward in variants:
         name = f"ablation-{variant.replace('=', '')}-seed{seed}"
-        mapping = train_mapping(config, out, "grpo", seed=seed, repro=True, name=name, learner=learner,
+        mapping = train_mapping(config, out, algorithm, seed=seed, repro=True, name=name, learner=learner,
                                 reward=reward)
-        jobs.append(Job(name, "GRPO + RePro", seed, mapping, variant=variant))
+        jobs.append(Job(name, method_name(algorithm, True), seed, mapping, variant=variant,
+                        algorithm=algorithm, repro=True))
     return jobs
 
 
 def task_defaults(config: CompareConfig) -> tuple[float, float]:
-    """(w, α) of the GRPO + RePro runs: the task's reward section unless the learner sets α."""
+    """(w, α) of the ablation's runs: the task's reward section unless the learner's section sets α."""
     from repro_env.tasks import resolve_task
 
     reward = resolve_task(config.task, config.task_overrides).reward
-    alpha = config.grpo.get("alpha")
+    alpha = config.learners.get(config.ablation.algorithm, {}).get("alpha")
     return reward.stability_weight, reward.alpha if alpha is None else float(alpha)
+
+
+def check_learners(config: CompareConfig, source: str) -> None:
+    """Parse every run's learner section and task (no model is loaded); the learners must have
+    distinct labels and collect the same rollouts per update, so that their budgets are equal."""
+    budgets: dict[str, int] = {}
+    owners: dict[str, str] = {}  # label → learner
+    for i, algorithm in enumerate(config.algorithms):
+        try:
+            label = learner_spec(algorithm, f"algorithms[{i}]").label
+        except ConfigError as e:
+            raise type(e)(f"{source}: {e}") from e
+        if label in owners:
+            raise ConfigError(f"{source}: field 'algorithms': {owners[label]!r} and {algorithm!r} share the "
+                              f"label {label!r}, so their table rows would merge; give one class its own 'label'")
+        owners[label] = algorithm
+        configs = [parse_config(train_mapping(config, Path("runs"), algorithm, seed=0, repro=repro, name="check"),
+                                source=f"{source} ({algorithm})")[1] for repro in (False, True)]
+        budget = getattr(configs[0], "rollouts_per_update", None)
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ConfigError(f"{source}: learner {algorithm!r}: {type(configs[0]).__name__}.rollouts_per_update "
+                              f"must be an int >= 1 (episodes per collect, the budget that repro-env compare "
+                              f"holds equal), got {budget!r}; give the config that property")
+        budgets[algorithm] = budget
+    if len(set(budgets.values())) > 1:
+        got = ", ".join(f"{n} for {a!r}" for a, n in budgets.items())
+        raise ConfigError(f"{source}: field 'learners': every learner must collect the same rollouts per update "
+                          f"(the compared budget; each config's rollouts_per_update), got {got}; change the "
+                          f"learners' sections so that they match")
 
 
 # -- one job (in this process or a worker) -------------------------------------------------------
@@ -243,8 +314,9 @@ def run_job(job: Job, tick: Callable[[str], None], threads: int) -> dict[str, An
     metrics = _evaluation(learner, config.eval_problems, config.eval_samples)
     tick("eval")
     keep = ("update", "accuracy", "tokens_per_response", "backtracks_per_response", "process_return")
-    return {"name": job.name, "method": job.method, "seed": job.seed, "variant": job.variant
-            if job.train is not None else "", "train_seconds": train_seconds,
+    return {"name": job.name, "method": job.method, "algorithm": job.algorithm, "repro": job.repro,
+            "seed": job.seed, "variant": job.variant if job.train is not None else "",
+            "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - t0 - train_seconds, "metrics": metrics,
             "history": [{k: row[k] for k in keep if k in row} for row in history]}
 
@@ -259,8 +331,17 @@ class _QueueTick:
         self.queue.put(event)
 
 
-def _init_worker(threads: int) -> None:
+def worker_learners(config: CompareConfig) -> dict[str, Any]:
+    """The grid's registered learners as objects: a spawned worker imports agents.train afresh, so
+    names added with ``register_learner`` must be registered there again (they must be picklable)."""
+    names = dict.fromkeys([*config.algorithms, config.ablation.algorithm])
+    return {name: LEARNERS.get(name) for name in names if ":" not in name}
+
+
+def _init_worker(threads: int, learners: Mapping[str, Any]) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    for name, target in learners.items():
+        LEARNERS.register(name, target, replace=True)
 
 
 def run_jobs(jobs: Sequence[Job], config: CompareConfig, *, progress: bool) -> list[dict[str, Any]]:
@@ -285,7 +366,8 @@ def _run_parallel(jobs: Sequence[Job], config: CompareConfig, bar: Any) -> list[
 
     context = mp.get_context("spawn")  # no fork of a process whose OpenMP pool is running
     with context.Manager() as manager, ProcessPoolExecutor(
-            config.workers, mp_context=context, initializer=_init_worker, initargs=(config.threads,)) as pool:
+            config.workers, mp_context=context, initializer=_init_worker,
+            initargs=(config.threads, worker_learners(config))) as pool:
         events = manager.Queue()
         futures = [pool.submit(run_job, job, _QueueTick(events), config.threads) for job in jobs]
         while not all(f.done() for f in futures):
@@ -295,126 +377,6 @@ def _run_parallel(jobs: Sequence[Job], config: CompareConfig, bar: Any) -> list[
             except queue_module.Empty:
                 pass
         return [f.result() for f in futures]
-
-
-# -- tables and plots -----------------------------------------------------------------------------
-
-
-def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
-    """method → metric → (mean, sample std over seeds; 0 with one seed)."""
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for method in dict.fromkeys(r["method"] for r in rows):
-        runs = [r["metrics"] for r in rows if r["method"] == method]
-        out[method] = {}
-        for key, _ in COLUMNS:
-            values = np.array([m[key] for m in runs], dtype=np.float64)  # (seeds,)
-            std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-            out[method][key] = (float(values.mean()), std)
-    return out
-
-
-def _cell(mean: float, std: float, seeds: int) -> str:
-    return f"{mean:.3f} ± {std:.3f}" if seeds > 1 else f"{mean:.3f}"
-
-
-def comparisons(stats: Mapping[str, Mapping[str, tuple[float, float]]]) -> list[dict[str, Any]]:
-    """RePro vs baseline per algorithm: accuracy difference and relative token/backtrack changes.
-
-    Accuracy meets its target when RePro's mean >= the baseline's mean − one std (the larger of the
-    two methods' seed stds); tokens and backtracks use the T=1 episodes (4× the greedy sample).
-    """
-    out = []
-    for algorithm in ALGORITHMS:
-        base, repro = stats.get(method_name(algorithm, False)), stats.get(method_name(algorithm, True))
-        if base is None or repro is None:
-            continue
-        row: dict[str, Any] = {"algorithm": LABELS[algorithm]}
-        for key in ("greedy_accuracy", "sampled_accuracy"):
-            tolerance = max(base[key][1], repro[key][1])
-            row[key] = {"change": repro[key][0] - base[key][0], "tolerance": tolerance,
-                        "met": repro[key][0] >= base[key][0] - tolerance}
-        for name, key in (("tokens", "sampled_tokens_per_response"),
-                          ("backtracks", "sampled_backtracks_per_response")):
-            b, r = base[key][0], repro[key][0]
-            change = (r - b) / b if b > 0 else float("nan")
-            row[name] = {"baseline": b, "repro": r, "change": change, "target": TARGETS[name],
-                         "met": bool(change <= TARGETS[name])}
-        out.append(row)
-    return out
-
-
-def results_table(start: Mapping[str, Any], stats: Mapping[str, Mapping[str, tuple[float, float]]],
-                  seeds: int, samples: int) -> str:
-    """The Markdown results table: one row per method plus the starting model."""
-    titles = [title.replace("avg@n", f"avg@{samples}") for _, title in COLUMNS]
-    lines = ["| method | " + " | ".join(titles) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines.append("| starting model | " + " | ".join(f"{start[k]:.3f}" for k, _ in COLUMNS) + " |")
-    for method, values in stats.items():
-        lines.append(f"| {method} | " + " | ".join(_cell(*values[k], seeds) for k, _ in COLUMNS) + " |")
-    return "\n".join(lines)
-
-
-def comparison_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """RePro vs baseline against the issue's targets."""
-    def mark(ok: bool) -> str:
-        return "yes" if ok else "**no**"
-
-    lines = ["| algorithm | Δ accuracy greedy (target ≥ −1 std) | Δ avg@n | tokens (target ≤ −15%) "
-             "| backtracks (target ≤ −30%) |", "|---|---|---|---|---|"]
-    for r in rows:
-        acc = [f"{r[k]['change']:+.3f} (std {r[k]['tolerance']:.3f}; {mark(r[k]['met'])})"
-               for k in ("greedy_accuracy", "sampled_accuracy")]
-        rel = [f"{r[k]['baseline']:.2f} → {r[k]['repro']:.2f} ({_percent(r[k]['change'])}; {mark(r[k]['met'])})"
-               for k in ("tokens", "backtracks")]
-        lines.append(f"| {r['algorithm']} | " + " | ".join(acc + rel) + " |")
-    return "\n".join(lines)
-
-
-def _percent(change: float) -> str:
-    return f"{change:+.1%}" if np.isfinite(change) else "n/a: baseline 0"
-
-
-def ablation_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """One row per ablation variant (one seed each)."""
-    keys = [k for k, _ in COLUMNS]
-    lines = ["| variant | " + " | ".join(t for _, t in COLUMNS) + " |", "|---" * (len(keys) + 1) + "|"]
-    for r in rows:
-        lines.append(f"| {r['variant']} | " + " | ".join(f"{r['metrics'][k]:.3f}" for k in keys) + " |")
-    return "\n".join(lines)
-
-
-def plot_curves(rows: Sequence[Mapping[str, Any]], out: Path, smooth: int) -> list[Path]:
-    """plots/{accuracy,tokens,backtracks}.png: training rollouts per update, mean over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figures = {"accuracy": ("accuracy", "Training accuracy (rollouts at T=1)"),
-               "tokens": ("tokens_per_response", "Tokens per response (training rollouts)"),
-               "backtracks": ("backtracks_per_response", "Backtracks per response (training rollouts)")}
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    written = []
-    for stem, (key, title) in figures.items():
-        fig, ax = plt.subplots(figsize=(6.4, 4), dpi=100)
-        fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.12)
-        for method in dict.fromkeys(r["method"] for r in rows):
-            curves = [[h[key] for h in r["history"]] for r in rows if r["method"] == method]
-            n = min(len(c) for c in curves)
-            mean = np.mean([c[:n] for c in curves], axis=0)  # (n,)
-            window = min(smooth, n)
-            smoothed = np.convolve(mean, np.ones(window) / window, mode="valid")  # (n − window + 1,)
-            colour = f"C{ALGORITHMS.index(method.split()[0].lower())}"  # one colour per algorithm
-            ax.plot(np.arange(window, n + 1), smoothed, label=method, color=colour,
-                    linestyle="-" if "RePro" in method else "--")
-        ax.set(title=title, xlabel=f"update (rolling mean over {smooth})", ylabel=key.replace("_", " "))
-        ax.grid(alpha=0.3)
-        ax.legend()
-        path = out / "plots" / f"{stem}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
-    return written
 
 
 # -- command line -----------------------------------------------------------------------------------
@@ -429,10 +391,7 @@ def load_compare_config(path: str | Path, sets: Sequence[str] = ()) -> CompareCo
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of CompareConfig fields, got {data!r}")
     config = from_mapping(CompareConfig, apply_sets(data, sets), source=str(path))
-    for algorithm in config.algorithms:
-        for repro in (False, True):  # the learner sections and the task are checked before any run
-            mapping = train_mapping(config, Path("runs"), algorithm, seed=0, repro=repro, name="check")
-            parse_config(mapping, source=f"{path} ({algorithm})")
+    check_learners(config, str(path))  # the learner sections, budgets and task, before any run
     return config
 
 
@@ -457,7 +416,8 @@ def write_results(out: Path, config: CompareConfig, results: list[dict[str, Any]
         "Curves: plots/accuracy.png, plots/tokens.png, plots/backtracks.png (training rollouts).", ""])
     (out / "results.md").write_text(text, encoding="utf-8")
     if ablation:
-        head = (f"# Ablation: GRPO + RePro, seed {config.ablation.seed}, {config.updates} updates, "
+        head = (f"# Ablation: {method_name(config.ablation.algorithm, True)}, seed {config.ablation.seed}, "
+                f"{config.updates} updates, "
                 "one factor changed from the default\n\n")
         (out / "ablation.md").write_text(head + ablation_table(ablation) + "\n", encoding="utf-8")
     payload = {"config": dataclasses.asdict(config), "seconds": seconds, "command": command,
@@ -470,22 +430,25 @@ def write_results(out: Path, config: CompareConfig, results: list[dict[str, Any]
 
 def compare(config: CompareConfig, out: Path, *, ablation: bool = False, progress: bool = True,
             command: str = "repro-env compare") -> Path:
-    """Run the grid (and the ablation), write the results into ``out``; return ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Check every run's config, run the grid (and the ablation), write the results into ``out``."""
+    check_learners(config, "compare config")
     jobs = main_jobs(config, out)
     extra: list[Job] = []
+    reuse = ablation and config.ablation.seed in config.seeds and config.ablation.algorithm in config.algorithms
     if ablation:
         extra = ablation_jobs(config, out, task_defaults(config))
-        reuse = config.ablation.seed in config.seeds and "grpo" in config.algorithms
-        if reuse:  # the default variant is the grid's GRPO + RePro run of that seed
+        for job in extra:  # e.g. an α variant of a learner whose config has no ``alpha``
+            parse_config(job.train, source=f"ablation ({job.variant})")
+        if reuse:  # the default variant is the grid's run of that learner + RePro and seed
             extra = extra[1:]
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results = run_jobs(jobs + extra, config, progress=progress)
     seconds = time.perf_counter() - t0
     main_results, ablation_results = results[:len(jobs)], results[len(jobs):]
-    if ablation and reuse:
+    if reuse:
         default = next(r for r in main_results
-                       if r["name"] == f"grpo-repro-seed{config.ablation.seed}")
+                       if r["name"] == run_name(config.ablation.algorithm, True, config.ablation.seed))
         ablation_results.insert(0, {**default, "variant": "default"})
     write_results(out, config, main_results, ablation_results, seconds, command)
     return out
@@ -498,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ablation", action="store_true", help="also run the w / k / α ablation")
     parser.add_argument("--out", help="output directory (default runs/compare-<timestamp>)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, dotted for nesting: --set grpo.lr=3e-4")
+                        help="override a config field, dotted for nesting: --set learners.grpo.lr=3e-4")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:

@@ -46,6 +46,11 @@ class GRPOConfig(LearnerConfig):
         check(isinstance(self.group_size, int) and self.group_size >= 2, "group_size", self.group_size,
               "an int >= 2 (a group needs a spread to normalise)")
 
+    @property
+    def rollouts_per_update(self) -> int:
+        """P·G: episodes per collect, the budget ``repro-env compare`` holds equal across learners."""
+        return self.prompts_per_update * self.group_size
+
 
 @dataclass
 class GRPOBatch:
@@ -81,11 +86,12 @@ class GRPO(LMLearner):
     """RePro-GRPO learner (module docstring); implements :class:`agents.base.Learner`."""
 
     config_class = GRPOConfig
+    label = "GRPO"
 
     def __init__(self, config: GRPOConfig | None = None, task: Any = "RePro-Math-v0", *,
                  seed: int = 0) -> None:
         config = config or GRPOConfig()
-        super().__init__(config, task, seed=seed, num_envs=config.prompts_per_update * config.group_size)
+        super().__init__(config, task, seed=seed, num_envs=config.rollouts_per_update)
         self.make_optimizer([{"params": list(self.policy.model.parameters())}])
 
     def collect(self) -> GRPOBatch:

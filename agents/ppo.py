@@ -55,6 +55,11 @@ class PPOConfig(LearnerConfig):
             value = getattr(self, name)
             check(isinstance(value, int | float) and 0 <= value <= 1, name, value, "a number in [0, 1]")
 
+    @property
+    def rollouts_per_update(self) -> int:
+        """Episodes per collect, the budget ``repro-env compare`` holds equal across learners."""
+        return self.episodes_per_update
+
 
 def token_rewards(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Token-aligned rewards of the episodes' generated tokens, right-padded to (B, N).
@@ -85,11 +90,12 @@ class PPO(LMLearner):
     """RePro-PPO learner (module docstring); implements :class:`agents.base.Learner`."""
 
     config_class = PPOConfig
+    label = "PPO"
 
     def __init__(self, config: PPOConfig | None = None, task: Any = "RePro-Math-v0", *,
                  seed: int = 0) -> None:
         config = config or PPOConfig()
-        super().__init__(config, task, seed=seed, num_envs=config.episodes_per_update)
+        super().__init__(config, task, seed=seed, num_envs=config.rollouts_per_update)
         hidden = self.policy.model.config.hidden_size
         self.value_head = torch.nn.Linear(hidden, 1).to(self.policy.device)
         with torch.no_grad():  # zero init: V = 0 at the start, and no global RNG draw

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib
+import functools
 import math
 import signal
 import sys
@@ -48,8 +48,9 @@ from agents.checkpoint import (
     save_checkpoint,
 )
 from agents.metrics import MetricsLog, summary_table
-from repro_env.config import check, describe, from_mapping, load_yaml, read_yaml_file, suggest, to_dict
+from repro_env.config import check, describe, from_mapping, load_yaml, read_yaml_file, to_dict
 from repro_env.errors import ConfigError, ReproEnvError, ScorerError, TrainingError
+from repro_env.registry import Registry
 
 # Fields that may change when a run is resumed; any other change would silently mix two experiments.
 RESUMABLE_FIELDS = ("updates", "eval_every", "eval_problems", "eval_samples", "checkpoint_every",
@@ -57,14 +58,21 @@ RESUMABLE_FIELDS = ("updates", "eval_every", "eval_problems", "eval_samples", "c
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
+LEARNERS = Registry("learner", "repro_env.learners")
+"""``algorithm:`` names → Learner classes (or their paths); plugins add theirs under the entry-point
+group ``repro_env.learners``, e.g. ``my-learner = "my_plugin.learner:MyLearner"``."""
+LEARNERS.register("grpo", "agents.grpo:GRPO")
+LEARNERS.register("ppo", "agents.ppo:PPO")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run: which learner on which task for how long, and what gets recorded."""
 
     algorithm: str = "grpo"
-    """'grpo', 'ppo', a name added with ``register_learner``, or 'package.module:Class' (a Learner
-    class with a ``config_class`` attribute, built as ``Class(config, task, seed=seed)``)."""
+    """'grpo', 'ppo', a name added with ``register_learner`` or a plugin's entry point, or
+    'package.module:Class' (a Learner class with a ``config_class`` attribute, built as
+    ``Class(config, task, seed=seed)``)."""
     task: str = "RePro-Math-v0"
     """Gym id of a registered task or a task YAML path."""
     learner: dict[str, Any] = field(default_factory=dict)
@@ -89,9 +97,7 @@ class TrainConfig:
     """Run directory; default ``runs/<config file name>-<YYYYmmdd-HHMMSS>``."""
 
     def __post_init__(self) -> None:
-        check(self.algorithm in LEARNERS or ":" in self.algorithm, "algorithm", self.algorithm,
-              f"one of {', '.join(repr(n) for n in sorted(LEARNERS))} or 'package.module:Class'"
-              f".{suggest(self.algorithm, LEARNERS)}")
+        LEARNERS.check(self.algorithm, "algorithm")
         check(bool(self.task), "task", self.task, "a task id or YAML path")
         check(self.updates >= 1, "updates", self.updates, "an int >= 1")
         check(self.eval_every >= 0, "eval_every", self.eval_every, "an int >= 0 (0 disables evaluation)")
@@ -106,6 +112,18 @@ class TrainConfig:
 LearnerFactory = Callable[[Any, TrainConfig], Any]
 
 
+@dataclass(frozen=True)
+class LearnerSpec:
+    """How ``repro-env train`` builds a learner and how ``repro-env compare`` names it."""
+
+    config_class: type
+    """The learner's config dataclass (the ``learner:`` section)."""
+    factory: LearnerFactory
+    """``factory(learner_config, train_config)`` builds the learner (loads its model)."""
+    label: str
+    """Row label in ``repro-env compare`` tables (``GRPO``; the process-reward run adds `` + RePro``)."""
+
+
 def _task_for(config: TrainConfig, *, validate: bool = False) -> Any:
     """The task argument for a learner: the id/path, or a TaskSpec when overrides are given."""
     if not config.task_overrides and not validate:
@@ -116,47 +134,43 @@ def _task_for(config: TrainConfig, *, validate: bool = False) -> Any:
     return spec if config.task_overrides else config.task
 
 
-def _builtin(module: str, learner: str, config: str) -> Callable[[], tuple[type, LearnerFactory]]:
-    def spec() -> tuple[type, LearnerFactory]:
-        mod = importlib.import_module(module)
-        cls = getattr(mod, learner)
-        return getattr(mod, config), lambda cfg, run: cls(cfg, _task_for(run), seed=run.seed)
-
-    return spec
+def _construct(cls: type, learner_config: Any, run: TrainConfig) -> Any:
+    return cls(learner_config, _task_for(run), seed=run.seed)
 
 
-LEARNERS: dict[str, Callable[[], tuple[type, LearnerFactory]]] = {
-    "grpo": _builtin("agents.grpo", "GRPO", "GRPOConfig"),
-    "ppo": _builtin("agents.ppo", "PPO", "PPOConfig"),
-}
+def register_learner(name: str, learner: type | str, factory: LearnerFactory | None = None, *,
+                     replace: bool = False) -> None:
+    """Make ``algorithm: NAME`` build a learner (installed plugins use the entry-point group instead).
+
+    ``learner`` is a Learner class with a ``config_class`` attribute (and optionally ``label``), or
+    its ``"package.module:Class"`` path, built as ``Class(config, task, seed=seed)``. With
+    ``factory``, ``learner`` is the config dataclass and the learner is
+    ``factory(config_class(**learner_section), train_config)``, labelled ``NAME``.
+    """
+    target = learner if factory is None else LearnerSpec(learner, factory, name)
+    LEARNERS.register(name, target, replace=replace)
 
 
-def register_learner(name: str, config_class: type, factory: LearnerFactory) -> None:
-    """Make ``algorithm: NAME`` build ``factory(config_class(**learner), train_config)``."""
-    LEARNERS[name] = lambda: (config_class, factory)
-
-
-def learner_spec(algorithm: str) -> tuple[type, LearnerFactory]:
-    """(config dataclass, factory) for an algorithm name or a 'package.module:Class' path."""
-    if algorithm in LEARNERS:
-        return LEARNERS[algorithm]()
-    module, _, name = algorithm.partition(":")
+def learner_spec(algorithm: str, field: str = "algorithm") -> LearnerSpec:
+    """The :class:`LearnerSpec` of a registered name or a ``'package.module:Class'`` path."""
+    LEARNERS.check(algorithm, field)
     try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"field 'algorithm' {algorithm!r}: cannot import {name!r} from {module!r} "
-                          f"({type(e).__name__}: {e})") from e
-    config_class = getattr(cls, "config_class", None)
+        target = LEARNERS.get(algorithm, field)
+    except ConfigError as e:
+        raise ConfigError(f"field '{field}': {e}") from e
+    if isinstance(target, LearnerSpec):
+        return target
+    config_class = getattr(target, "config_class", None)
     if not dataclasses.is_dataclass(config_class):
-        raise ConfigError(f"field 'algorithm' {algorithm!r}: the class needs a 'config_class' attribute "
+        raise ConfigError(f"field '{field}' {algorithm!r}: the class needs a 'config_class' attribute "
                           f"holding its config dataclass, got {describe(config_class)}")
-    return config_class, lambda cfg, run: cls(cfg, _task_for(run), seed=run.seed)
+    label = getattr(target, "label", None) or algorithm.rpartition(":")[2]
+    return LearnerSpec(config_class, functools.partial(_construct, target), str(label))
 
 
 def build_learner(config: TrainConfig, learner_config: Any) -> Any:
     """Construct the learner for ``config`` (loads its model; no checkpoint yet)."""
-    _, factory = learner_spec(config.algorithm)
-    return factory(learner_config, config)
+    return learner_spec(config.algorithm).factory(learner_config, config)
 
 
 # -- configs ----------------------------------------------------------------------------------
@@ -212,8 +226,11 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> tuple[TrainConfig, 
         beside = Path(source).parent / task
         data["task"] = str(beside.resolve()) if beside.is_file() else task
     config = from_mapping(TrainConfig, data, source=source)
-    config_class, _ = learner_spec(config.algorithm)
-    learner_config = from_mapping(config_class, config.learner, source=source, prefix="learner.")
+    try:
+        spec = learner_spec(config.algorithm)
+    except ConfigError as e:
+        raise type(e)(f"{source}: {e}") from e
+    learner_config = from_mapping(spec.config_class, config.learner, source=source, prefix="learner.")
     try:
         _task_for(config, validate=True)
     except ConfigError as e:

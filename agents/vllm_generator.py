@@ -45,7 +45,7 @@ class VLLMGenerator:
         path = str(policy.path)
         scorer_config = ScorerConfig(backend="vllm", model=path, dtype=policy.config.dtype,
                                      max_length=policy.max_positions,
-                                     gpu_memory_utilization=gpu_memory_utilization)
+                                     options={"gpu_memory_utilization": gpu_memory_utilization})
         self.llm = vllm.LLM(model=path, tokenizer=path, dtype=policy.config.dtype, seed=seed,
                             enforce_eager=True, max_model_len=policy.max_positions,
                             enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization)

@@ -37,8 +37,8 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from repro_env.assets import bundled_model_dir
 from repro_env.scoring import hf
-from repro_env.scoring.base import ScorerConfig
 from repro_env.scoring.hf import TokenizedRequest
+from repro_env.scoring.options import HFOptions
 
 QUESTION_TOKENS = 64
 SEGMENT_TOKENS = 100
@@ -230,7 +230,7 @@ def main() -> None:
                                        capture_output=True, text=True).stdout)
     for row, (memory_b, memory_c) in zip(rows, memory, strict=True):
         row += [memory_b, memory_c]
-    print(f"\n(b) = tree rows up to {hf.TREE_MAX_TOKENS} tokens, chunked prefill ({ScorerConfig().chunk_tokens}-token "
+    print(f"\n(b) = tree rows up to {hf.TREE_MAX_TOKENS} tokens, chunked prefill ({HFOptions().chunk_tokens}-token "
           f"pieces) above; (a) is timed once, '-' where it would feed over {args.max_a_tokens} tokens")
     header = (f"{'L':>5} {'M':>7} {'tok (a)':>8} {'tok (b)':>8} {'t(a) s':>8} {'t(b) s':>8} {'t(c) s':>8} "
               f"{'(a)/(b)':>8} {'(b)/(c)':>8} {'mem(b) MB':>9} {'mem(c) MB':>9} {'mem b/c':>7}")

@@ -80,10 +80,17 @@ def from_mapping(
     """Build the dataclass ``cls`` from ``data``; nested dataclass fields take nested mappings.
 
     Unknown keys, wrong types and values that ``__post_init__`` rejects raise ``error`` with the
-    message prefixed by ``source`` and the dotted field path.
+    message prefixed by ``source`` and the dotted field path. A class may define a classmethod
+    ``normalise_mapping(data) -> data`` that rewrites the mapping first (e.g. to gather a plugin's
+    flat keys into its ``options``, see :func:`options_from_mapping`).
     """
     if not isinstance(data, Mapping):
         raise error(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {describe(data)}")
+    if hasattr(cls, "normalise_mapping"):
+        try:
+            data = cls.normalise_mapping(data)
+        except ConfigError as e:
+            raise error(f"{source}: {_prefixed(str(e), prefix)}") from e
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -97,12 +104,30 @@ def from_mapping(
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        msg = str(e)
-        if prefix:
-            msg = msg.replace("field '", f"field '{prefix}", 1)
-        raise error(f"{source}: {msg}") from e
+        raise error(f"{source}: {_prefixed(str(e), prefix)}") from e
     except TypeError as e:  # a required field is missing
         raise error(f"{source}: {prefix.rstrip('.') or cls.__name__}: {e}") from e
+
+
+def _prefixed(message: str, prefix: str) -> str:
+    """A ``field 'x' …`` / ``unknown key 'x' …`` message with the dotted path ``prefix`` put before x."""
+    return re.sub(r"^(field|unknown key) '", rf"\1 '{prefix}", message, count=1) if prefix else message
+
+
+def options_from_mapping(cls: type[T], data: Any, field: str) -> T:
+    """Build a plugin's options dataclass inside a ``__post_init__`` (a backend's, a source kind's).
+
+    Errors are ``ConfigError`` messages that start with ``field 'FIELD.key'`` or ``unknown key
+    'FIELD.key'``, so that the enclosing :func:`from_mapping` prefixes the file and the outer path.
+    """
+    if dataclasses.is_dataclass(data) and isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    try:
+        return from_mapping(cls, data, source="", prefix=f"{field}.")
+    except ConfigError as e:
+        raise ConfigError(str(e).removeprefix(": ")) from e
 
 
 def replace(obj: T, overrides: Mapping[str, Any], *, source: str = "overrides",

@@ -14,7 +14,7 @@ import numpy as np
 from repro_env import reward as rp
 from repro_env.errors import ActionError, ContextLengthError, TaskSpecError
 from repro_env.problems import Problem
-from repro_env.scoring import Scorer, ScorerConfig, ScoringSession, StepScore, shared_scorer
+from repro_env.scoring import Scorer, ScorerConfig, ScoringSession, StepScore, check_scorer, shared_scorer
 from repro_env.tasks import TaskSpec, load_task, make_source, resolve_task
 
 # Characters Text.sample() draws from; `contains` accepts any string (model output is arbitrary unicode).
@@ -290,7 +290,7 @@ class ReasoningEnv(gym.Env[str, str]):
                 "process_score": float(score), "process_reward": float(process_reward), "scored": True}
 
     def _is_final(self, segment: str) -> bool:
-        eos = getattr(getattr(self.scorer, "tokenizer", None), "eos_token", None)
+        eos = self.scorer.eos_token
         return bool(self.spec_task.final_answer_regex.search(segment)) or bool(eos and eos in segment)
 
     @staticmethod
@@ -314,7 +314,7 @@ def _resolve_scorer(scorer: Scorer | ScorerConfig | Mapping[str, Any] | None, ta
     if isinstance(scorer, Mapping):
         return shared_scorer(replace(task.scorer, scorer, source="scorer", error=TaskSpecError))
     if hasattr(scorer, "session") and hasattr(scorer, "sessions_append"):
-        return scorer
+        return check_scorer(scorer, "ReasoningEnv(scorer=...)")
     raise TaskSpecError(f"scorer must be a Scorer, a ScorerConfig, a mapping of its fields or None, "
                         f"got {type(scorer).__name__}")
 

@@ -10,8 +10,8 @@ value is a :class:`TaskSpecError` naming the file, the field, the value and what
     source: {kind: arithmetic, arithmetic: {min_ops: 2, max_ops: 4}}
     scorer: {model: bundled}
 
-``make_source(spec)`` builds the problems (``get(split, i)``, ``size(split)``); ``check_task_file``
-is ``repro-env tasks check FILE``.
+``make_source(spec)`` builds the problems (``get(split, i)``, ``size(split)``) with the source kind
+that ``source.kind`` names (:mod:`repro_env.sources`); ``check_task_file`` is ``repro-env tasks check FILE``.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-from repro_env.arithmetic import ArithmeticConfig
 from repro_env.config import check, describe, from_mapping, read_yaml_file, replace, suggest, to_dict
 from repro_env.errors import TaskSpecError
 from repro_env.problems import (
@@ -37,19 +36,12 @@ from repro_env.problems import (
     DEFAULT_PROMPT_TEMPLATE,
     Problem,
     ProblemSource,
-    RecordFields,
-    arithmetic_source,
-    read_hf_dataset,
-    read_jsonl,
     reasoning_gym_dataset,
-    reasoning_gym_source,
-    record_source,
 )
 from repro_env.reward import RewardConfig
 from repro_env.scoring.base import ScorerConfig
+from repro_env.sources import ReasoningGymOptions, SourceConfig, override_source, resolve_paths, source_kind
 from repro_env.verify import VerifierKind, outcome_reward
-
-SourceKind = Literal["arithmetic", "reasoning_gym", "jsonl", "hf_dataset", "inline"]
 
 DEFAULT_FINAL_ANSWER_PATTERN = r"\\boxed\{"
 DEFAULT_BACKTRACK_PATTERNS = (
@@ -60,78 +52,6 @@ DEFAULT_BACKTRACK_PATTERNS = (
 GENERATOR_TRAIN_SIZE = 100_000
 GENERATOR_TEST_SIZE = 500
 _GYM_ID = re.compile(r"(?:[\w:-]+/)?[\w:.-]+-v\d+")
-_SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
-    "arithmetic": ("arithmetic",),
-    "reasoning_gym": ("dataset", "options"),
-    "jsonl": ("path", "test_path", "question_field", "answer_field", "solution_field", "id_field",
-              "split_field"),
-    "hf_dataset": ("path", "hf_split", "hf_test_split", "question_field", "answer_field", "solution_field",
-                   "id_field", "split_field"),
-    "inline": ("items", "question_field", "answer_field", "solution_field", "id_field", "split_field"),
-}
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """Where problems come from; ``kind`` says which of the other fields apply."""
-
-    kind: SourceKind = "arithmetic"
-    """``arithmetic`` (built-in generator), ``reasoning_gym``, ``jsonl``, ``hf_dataset`` or ``inline``."""
-    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
-    """arithmetic: difficulty of the generated word problems."""
-    dataset: str = ""
-    """reasoning_gym: dataset name (``basic_arithmetic``, ``chain_sum``, ``gsm_symbolic`` ...)."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """reasoning_gym: keyword arguments of the dataset's config (e.g. ``difficulty``)."""
-    path: str = ""
-    """jsonl: the file; hf_dataset: a local dataset directory or a cached dataset name. Relative
-    paths are resolved against the task YAML's directory."""
-    test_path: str = ""
-    """jsonl: a separate test file (explicit split); empty: partition ``path``."""
-    hf_split: str = "train"
-    """hf_dataset: the split that holds the problems."""
-    hf_test_split: str = ""
-    """hf_dataset: a separate test split (explicit split); empty: partition ``hf_split``."""
-    question_field: str = "question"
-    """Record key of the question."""
-    answer_field: str = "answer"
-    """Record key of the ground-truth answer."""
-    solution_field: str = ""
-    """Record key of a reference solution (list of segments or one string); empty: none."""
-    id_field: str = ""
-    """Record key of a stable problem id; empty: the record number."""
-    split_field: str = ""
-    """Record key whose value (``train``/``test``) assigns the split; empty: seeded partition."""
-    items: tuple[dict[str, Any], ...] = ()
-    """inline: the problems themselves, e.g. ``[{question: "2+3?", answer: "5"}]``."""
-
-    def __post_init__(self) -> None:
-        used = _SOURCE_FIELDS[self.kind] if self.kind in _SOURCE_FIELDS else ()
-        for f in dataclasses.fields(self):
-            if f.name != "kind" and f.name not in used and getattr(self, f.name) != _default(f):
-                check(False, f.name, getattr(self, f.name),
-                      f"unset for source kind '{self.kind}' (it applies to: "
-                      f"{', '.join(k for k, v in _SOURCE_FIELDS.items() if f.name in v)})", TaskSpecError)
-        check(bool(self.question_field) and bool(self.answer_field), "question_field",
-              (self.question_field, self.answer_field), "non-empty record keys", TaskSpecError)
-        if self.kind == "reasoning_gym":
-            check(bool(self.dataset), "dataset", self.dataset,
-                  "a reasoning-gym dataset name for source kind 'reasoning_gym'", TaskSpecError)
-        elif self.kind == "jsonl":
-            check(bool(self.path) and Path(self.path).is_file(), "path", self.path,
-                  "an existing JSONL file (relative paths start at the task YAML's directory)", TaskSpecError)
-            check(not self.test_path or Path(self.test_path).is_file(), "test_path", self.test_path,
-                  "an existing JSONL file or empty", TaskSpecError)
-        elif self.kind == "hf_dataset":
-            check(bool(self.path), "path", self.path,
-                  "a local Hugging Face dataset directory or a cached dataset name", TaskSpecError)
-        elif self.kind == "inline":
-            check(len(self.items) > 0, "items", self.items,
-                  "a non-empty list of {question, answer} mappings for source kind 'inline'", TaskSpecError)
-            for i, item in enumerate(self.items):
-                missing = [k for k in (self.question_field, self.answer_field) if k not in item]
-                check(not missing, f"items[{i}]", item,
-                      f"a mapping with keys '{self.question_field}' and '{self.answer_field}'", TaskSpecError)
 
 
 @dataclass(frozen=True)
@@ -247,10 +167,11 @@ class TaskSpec:
         for i, pattern in enumerate(self.backtrack_patterns):
             _check_regex(pattern, f"backtrack_patterns[{i}]", re.IGNORECASE)
         check(self.delimiter != "", "delimiter", self.delimiter, "a non-empty string", TaskSpecError)
-        check(self.verifier.kind != "reasoning_gym" or self.source.kind == "reasoning_gym", "verifier.kind",
+        reasoning_gym = isinstance(self.source.options, ReasoningGymOptions)
+        check(self.verifier.kind != "reasoning_gym" or reasoning_gym, "verifier.kind",
               self.verifier.kind, f"'math' or 'exact' for source kind '{self.source.kind}' ('reasoning_gym' "
               "needs a reasoning_gym source)", TaskSpecError)
-        if self.source.kind == "reasoning_gym":
+        if reasoning_gym:
             from repro_env.problems import MAX_DEDUPE_ATTEMPTS
 
             train, test = self.splits.sizes()
@@ -284,7 +205,8 @@ class TaskSpec:
         """R of REPRO_SPEC §5 for a full response (the reasoning, ending with its final answer)."""
         scorer = None
         if self.verifier.kind == "reasoning_gym":
-            dataset = _scoring_dataset(self.source.dataset, tuple(sorted(self.source.options.items())))
+            options = self.source.options
+            dataset = _scoring_dataset(options.dataset, tuple(sorted(options.options.items())))
             entry = problem.meta["entry"]
             scorer = lambda answer: dataset.score_answer(answer, entry)  # noqa: E731
         pattern = self.final_answer_pattern if _compile(self.final_answer_pattern, 0).groups else None
@@ -294,10 +216,6 @@ class TaskSpec:
     def verify(self, response: str, problem: Problem) -> bool:
         """Whether the response's final answer is fully correct (outcome reward 1)."""
         return self.outcome_reward(response, problem) >= 1.0
-
-
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def _check_template(template: str, name: str, placeholder: str) -> None:
@@ -357,22 +275,17 @@ def resolve_task(task: TaskSpec | str | Path, overrides: Mapping[str, Any] | Non
     """``task`` (spec, file or id) with keyword overrides applied and checked (``gym.make`` kwargs)."""
     spec = task if isinstance(task, TaskSpec) else load_task(task)
     if overrides:
-        spec = replace(spec, overrides, source=f"{spec.id} overrides", error=TaskSpecError)
+        where = f"{spec.id} overrides"
+        if isinstance(overrides.get("source"), Mapping):  # flat keys, merged into the kind's options
+            overrides = {**overrides, "source": override_source(spec.source, overrides["source"], where)}
+        spec = replace(spec, overrides, source=where, error=TaskSpecError)
     return spec
 
 
 def _read_yaml(path: Path) -> Any:
     data = read_yaml_file(path, TaskSpecError)
-    source = data.get("source") if isinstance(data, dict) else None
-    if isinstance(source, dict):  # data files are found next to the YAML, not in the cwd
-        source = dict(source)
-        for key in ("path", "test_path"):
-            value = source.get(key)
-            if isinstance(value, str) and value and not Path(value).is_absolute():
-                local = path.parent / value
-                if source.get("kind") != "hf_dataset" or local.exists():
-                    source[key] = str(local.resolve())
-        data = {**data, "source": source}
+    if isinstance(data, dict) and isinstance(data.get("source"), dict):  # data files sit next to the YAML
+        data = {**data, "source": resolve_paths(data["source"], path.parent)}
     return data
 
 
@@ -401,36 +314,7 @@ def builtin_task_ids() -> dict[str, Path]:
 
 def make_source(spec: TaskSpec) -> ProblemSource:
     """The problems of ``spec`` (``get(split, i)`` is a pure function of the spec, split and ``i``)."""
-    src, splits = spec.source, spec.splits
-    if src.kind == "arithmetic":
-        return arithmetic_source(src.arithmetic, splits.train_seed, splits.test_seed, *splits.sizes())
-    if src.kind == "reasoning_gym":
-        return reasoning_gym_source(src.dataset, src.options, splits.train_seed, splits.test_seed,
-                                    *splits.sizes(), delimiter=spec.delimiter)
-    fields = RecordFields(question=src.question_field, answer=src.answer_field, solution=src.solution_field,
-                          id=src.id_field, split=src.split_field)
-    if src.kind == "jsonl":
-        name = Path(src.path).stem
-        load = lambda: _non_empty(read_jsonl(src.path), "path", src.path)  # noqa: E731
-        load_test = (lambda: _non_empty(read_jsonl(src.test_path), "test_path", src.test_path)
-                     ) if src.test_path else None
-    elif src.kind == "hf_dataset":
-        name = Path(src.path).name
-        load = lambda: _non_empty(read_hf_dataset(src.path, src.hf_split), "path", src.path)  # noqa: E731
-        load_test = (lambda: _non_empty(read_hf_dataset(src.path, src.hf_test_split), "hf_test_split",
-                                        src.hf_test_split)) if src.hf_test_split else None
-    else:
-        name = f"{spec.id}-inline"
-        load = lambda: [(f"{spec.id}: source.items[{i}]", dict(item)) for i, item in enumerate(src.items)]  # noqa: E731
-        load_test = None
-    return record_source(name, load, load_test, fields, test_fraction=splits.test_fraction,
-                         partition_seed=splits.partition_seed, train_size=splits.train_size,
-                         test_size=splits.test_size, delimiter=spec.delimiter)
-
-
-def _non_empty(records: list, name: str, value: str) -> list:
-    check(len(records) > 0, f"source.{name}", value, "a source with at least one record", TaskSpecError)
-    return records
+    return source_kind(spec.source.kind).build(spec.source.options, spec)
 
 
 def check_task_file(path: str | Path, samples: int = 3) -> str:
@@ -451,11 +335,8 @@ def check_task_file(path: str | Path, samples: int = 3) -> str:
 
 
 def resolved_dict(spec: TaskSpec) -> dict[str, Any]:
-    """The spec as plain data, the source reduced to the fields its kind uses."""
-    data = to_dict(spec)
-    used = ("kind", *_SOURCE_FIELDS[spec.source.kind])
-    data["source"] = {k: v for k, v in data["source"].items() if k in used}
-    return data
+    """The spec as plain data, the source flat as in the YAML (``kind`` and that kind's options)."""
+    return {**to_dict(spec), "source": spec.source.to_mapping()}
 
 
 def _plain(value: Any) -> Any:

@@ -234,10 +234,10 @@ def _model_path(name: str | Path) -> Path:
 
 
 def _same_model(proposer: Any, scorer: Any) -> bool:
-    config = getattr(scorer, "config", None)
-    if not isinstance(proposer, str | Path) or config is None or getattr(config, "backend", "") != "hf":
+    # Reusing the scorer's model needs a transformers model in this process, whatever the backend's name.
+    if not isinstance(proposer, str | Path) or not hasattr(scorer, "model"):
         return False
-    return _model_path(proposer) == _model_path(config.model)
+    return _model_path(proposer) == _model_path(scorer.config.model)
 
 
 def load_model(name: str | Path) -> tuple[Any, Any]:

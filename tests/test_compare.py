@@ -1,33 +1,37 @@
-"""``repro-env compare``: the grid's layout, the tables by hand, top-k re-scoring, and an end-to-end smoke run.
+"""``repro-env compare``: the grid's layout, the tables by hand, top-k re-scoring, the learner registry,
+and end-to-end smoke runs.
 
-The end-to-end run uses configs/compare_smoke.yaml on the fixture model (1 seed, 2 updates), so it
-checks that files, table rows and finite numbers come out, not what the numbers are: the real grid
-runs by hand (README "Results").
+The end-to-end runs use configs/compare_smoke.yaml on the fixture model (1 seed, 2 updates), so they
+check that files, table rows and finite numbers come out, not what the numbers are: the real grid
+runs by hand (README "Results"). A third learner (tests/plugins/toy_learner.py) joins the grid with
+one ``register_learner`` line.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from agents.compare import (
-    COLUMNS,
     CompareConfig,
     ablation_jobs,
-    aggregate,
-    comparisons,
     load_compare_config,
     main,
     main_jobs,
-    results_table,
+    worker_learners,
 )
 from agents.policy import Trace
+from agents.report import COLUMNS, aggregate, comparisons, results_table
 from agents.rollout import Episode, rescore_topk
+from agents.train import register_learner
 from repro_env.config import from_mapping
 from repro_env.errors import ConfigError
 from repro_env.reward import RewardConfig
@@ -87,7 +91,7 @@ def test_rescore_topk_leaves_an_episode_without_any_j_alone():
 
 
 def test_main_grid_pairs_every_algorithm_with_and_without_repro_on_every_seed(tmp_path):
-    config = CompareConfig(seeds=(0, 1), grpo={"lr": 1e-3, "alpha": 0.2}, model="/m")
+    config = CompareConfig(seeds=(0, 1), learners={"grpo": {"lr": 1e-3, "alpha": 0.2}}, model="/m")
     jobs = main_jobs(config, tmp_path)
     assert [j.name for j in jobs] == ["start", "grpo-seed0", "grpo-seed1", "grpo-repro-seed0",
                                       "grpo-repro-seed1", "ppo-seed0", "ppo-seed1", "ppo-repro-seed0",
@@ -98,6 +102,15 @@ def test_main_grid_pairs_every_algorithm_with_and_without_repro_on_every_seed(tm
     assert grpo["out_dir"] == str(tmp_path / "runs" / "grpo-repro-seed0")
     assert jobs[1].train["learner"]["process_reward"] is False
     assert jobs[0].train is None and jobs[0].method == "starting model"
+    assert [j.method for j in jobs[5:7]] == ["PPO", "PPO"] and jobs[3].method == "GRPO + RePro"
+    assert jobs[5].train["learner"] == {"model": "/m", "process_reward": False}  # no section: defaults
+
+
+def test_a_learner_named_by_its_path_gets_a_directory_safe_run_name(tmp_path):
+    config = CompareConfig(seeds=(0,), algorithms=("tests.plugins.toy_learner:ToyGRPO",))
+    jobs = main_jobs(config, tmp_path)
+    assert [(j.name, j.method) for j in jobs[1:]] == [("tests.plugins.toy_learner-ToyGRPO-seed0", "Toy"),
+                                                      ("tests.plugins.toy_learner-ToyGRPO-repro-seed0", "Toy + RePro")]
 
 
 def test_ablation_changes_one_factor_at_a_time(tmp_path):
@@ -154,7 +167,17 @@ def test_a_zero_baseline_makes_the_relative_change_undefined_not_a_pass():
     ({"updates": 0}, r"field 'updates' must be an int >= 1, got 0"),
     ({"eval_problems": 0}, r"field 'eval_problems' must be an int >= 1"),
     ({"eval_samples": 1}, r"field 'eval_samples' must be an int >= 2 \(avg@n at T=1\), got 1"),
-    ({"algorithms": ["reinforce"]}, r"field 'algorithms' must be a non-empty subset of \['grpo', 'ppo'\]"),
+    ({"algorithms": []}, r"field 'algorithms' must be a non-empty list of distinct learner names, got \(\)"),
+    ({"algorithms": ["grpo", "grpo"]}, r"field 'algorithms' must be a non-empty list of distinct learner names"),
+    ({"algorithms": ["grpo", "grpp"]}, r"field 'algorithms\[1\]' must be one of .*'grpo', .*'ppo'.* or "
+                                       r"'package.module:Name', got 'grpp' \(str\). Did you mean 'grpo'\?"),
+    ({"learners": {"ppp": {}}}, r"field 'learners.ppp' must be one of .*'ppo'.* Did you mean 'ppo'\?"),
+    ({"learners": {"ppo": 3}}, r"field 'learners.ppo' must be a mapping of ppo's config fields, got 3 \(int\)"),
+    ({"grpo": [1]}, r"field 'learners.grpo' must be a mapping of grpo's config fields, got \[1\] \(list\)"),
+    ({"grpo": {"lr": 1}, "learners": {"grpo": {"lr": 2}}}, r"field 'grpo.lr' is also set as 'learners.grpo.lr'; "
+                                                           r"'grpo:' is the old spelling of 'learners: \{grpo: "
+                                                           r"...\}', keep one"),
+    ({"ablation": {"algorithm": "grp"}}, r"field 'ablation.algorithm' must be one of .* Did you mean 'grpo'\?"),
     ({"workers": 0}, r"field 'workers' must be an int >= 1"),
     ({"ablation": {"k": ["all", 0]}}, r"field 'ablation.k' must be a list of 'all' or ints >= 1"),
     ({"ablation": {"stability_weight": [1.5]}}, r"field 'ablation.stability_weight' must be a list of numbers "
@@ -181,6 +204,53 @@ def test_the_shipped_configs_load():
     assert load_compare_config(SMOKE).seeds == (0,)
     tiny = load_compare_config(TINY)
     assert len(tiny.seeds) == 3 and tiny.algorithms == ("grpo", "ppo")
+    # their top-level grpo: / ppo: sections are the old spelling of learners:
+    assert tiny.learners["grpo"]["group_size"] == 4 and tiny.learners["ppo"]["episodes_per_update"] == 16
+
+
+def test_the_old_learner_sections_merge_with_learners():
+    config = from_mapping(CompareConfig, {"grpo": {"lr": 1.0}, "ppo": {"lr": 2.0},
+                                          "learners": {"grpo": {"group_size": 2}}})
+    assert config.learners == {"grpo": {"group_size": 2, "lr": 1.0}, "ppo": {"lr": 2.0}}
+    # --set takes either spelling on an old config
+    assert load_compare_config(SMOKE, ["learners.grpo.alpha=0.3"]).learners["grpo"]["alpha"] == 0.3
+    assert load_compare_config(SMOKE, ["grpo.alpha=0.3"]).learners["grpo"]["alpha"] == 0.3
+
+
+def test_every_learner_must_collect_the_same_rollouts_per_update():
+    with pytest.raises(ConfigError, match=r"compare_smoke.yaml: field 'learners': every learner must collect the "
+                                          r"same rollouts per update \(the compared budget; each config's "
+                                          r"rollouts_per_update\), got 4 for 'grpo', 8 for 'ppo'"):
+        load_compare_config(SMOKE, ["ppo.episodes_per_update=8"])
+    # GRPO's budget is P·G: 4 × 2 matches 8 episodes
+    sets = ["ppo.episodes_per_update=8", "grpo.prompts_per_update=4"]
+    config = load_compare_config(SMOKE, sets)
+    assert config.learners["ppo"]["episodes_per_update"] == 8
+
+
+@dataclass(frozen=True)
+class NoBudgetConfig:
+    model: str = "bundled"
+    """Starting model."""
+    process_reward: bool = True
+    """RePro on."""
+
+
+def no_budget_factory(config, run):
+    raise AssertionError("never built: the config check fails first")
+
+
+def test_a_learner_without_a_budget_or_with_a_taken_label_is_refused():
+    register_learner("no-budget", NoBudgetConfig, no_budget_factory)
+    with pytest.raises(ConfigError, match=r"compare_smoke.yaml: learner 'no-budget': NoBudgetConfig."
+                                          r"rollouts_per_update must be an int >= 1 .* got None"):
+        load_compare_config(SMOKE, ["algorithms=[no-budget]"])
+    with pytest.raises(ConfigError, match=r"field 'algorithms': 'grpo' and 'agents.grpo:GRPO' share the label "
+                                          r"'GRPO', so their table rows would merge"):
+        load_compare_config(SMOKE, ["algorithms=[grpo, 'agents.grpo:GRPO']"])
+    with pytest.raises(ConfigError, match=r"compare_smoke.yaml: field 'algorithms\[0\]': learner 'agents.grpo:Nope': "
+                                          r"cannot import 'Nope' from 'agents.grpo'"):
+        load_compare_config(SMOKE, ["algorithms=['agents.grpo:Nope']"])
 
 
 # -- the learners' side: top-k selection and an evaluation that leaves training alone --------------------
@@ -243,6 +313,41 @@ def test_compare_smoke_end_to_end(tmp_path, tiny_llama_dir, capsys):
         assert all(math.isfinite(run["metrics"][k]) for k, _ in COLUMNS), run["name"]
     assert [h["update"] for h in results["runs"][0]["history"]] == [1, 2]
     assert "Output directory" in capsys.readouterr().out
+
+
+def test_a_registered_learner_joins_the_grid_end_to_end(tmp_path, tiny_llama_dir):
+    """A third learner: one register line, its section under ``learners:``, the smoke budget (4)."""
+    register_learner("toy", "tests.plugins.toy_learner:ToyGRPO")
+    out = tmp_path / "cmp"
+    toy = "{lr: 1.0e-3, micro_batch_size: 4, eval_batch_size: 8, prompts_per_update: 1, group_size: 4}"
+    sets = [f"model={tiny_llama_dir}", "algorithms=[grpo, toy]", f"learners.toy={toy}",
+            "ablation.algorithm=toy", "ablation.stability_weight=[0.1]", "ablation.k=[all]", "ablation.alpha=[]"]
+    argv = [str(SMOKE), "--ablation", "--no-progress", "--out", str(out)]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    text = (out / "results.md").read_text()
+    for row in ("| GRPO |", "| GRPO + RePro |", "| Toy |", "| Toy + RePro |"):
+        assert row in text
+    assert "| PPO" not in text
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["name"], r["algorithm"]) for r in results["runs"]] == [
+        ("grpo-seed0", "grpo"), ("grpo-repro-seed0", "grpo"), ("toy-seed0", "toy"), ("toy-repro-seed0", "toy")]
+    assert [c["algorithm"] for c in results["comparisons"]] == ["GRPO", "Toy"]
+    toy_run = yaml.safe_load((out / "runs" / "toy-repro-seed0" / "config.yaml").read_text())
+    assert toy_run["algorithm"] == "toy" and toy_run["learner"]["group_size"] == 4
+    # the only ablation variant is the default: the grid's Toy + RePro run, not trained again
+    assert (out / "ablation.md").read_text().startswith("# Ablation: Toy + RePro, seed 0")
+    assert [r["name"] for r in results["ablation"]] == ["toy-repro-seed0"]
+    assert not (out / "runs" / "ablation-default-seed0").exists()
+
+
+def test_spawned_workers_get_the_learners_registered_in_this_process():
+    from agents.grpo import GRPO
+    from tests.plugins.toy_learner import ToyGRPO
+
+    register_learner("toy", "tests.plugins.toy_learner:ToyGRPO")
+    config = CompareConfig(algorithms=("toy", "tests.plugins.toy_learner:ToyGRPO"), workers=2)
+    sent = pickle.loads(pickle.dumps(worker_learners(config)))  # what the spawn context sends
+    assert sent == {"toy": ToyGRPO, "grpo": GRPO}  # paths import themselves; grpo is the ablation's
 
 
 def test_a_bad_override_exits_2_with_the_field(capsys):

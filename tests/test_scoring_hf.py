@@ -28,7 +28,8 @@ ANSWER = "\\boxed{27}"
 
 @pytest.fixture(scope="module", params=["sdpa", "eager"])
 def scorer(request, tiny_llama_dir) -> HFScorer:
-    return HFScorer(ScorerConfig(model=str(tiny_llama_dir), attn_implementation=request.param, batch_size=3))
+    return HFScorer(ScorerConfig(model=str(tiny_llama_dir), options={"attn_implementation": request.param},
+                                 batch_size=3))
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +148,7 @@ def test_chunked_prefill_equals_separate_passes(scorer, monkeypatch, chunk_token
     # Every response takes the long-trace path; pieces of 1 token, 5, 64, or one piece per boundary.
     monkeypatch.setattr(hf, "TREE_MAX_TOKENS", 0)
     chunked = HFScorer.from_model(scorer.model, scorer.tokenizer,
-                                  ScorerConfig(model="<in-memory>", chunk_tokens=chunk_tokens))
+                                  ScorerConfig(model="<in-memory>", options={"chunk_tokens": chunk_tokens}))
     for request in [*_requests(), LONG] if chunk_tokens > 1 else _requests():
         result = chunked.score([request])[0]
         ids, boundaries = tokenize_with_boundaries(scorer.tokenizer, request.question, request.segments)
@@ -240,7 +241,8 @@ FLAGS = [(True, True, True, True), (True, False, True, False), (True, True, Fals
 
 @pytest.fixture(scope="module", params=["sdpa", "eager"])
 def wide_scorer(request, tiny_llama_dir) -> HFScorer:
-    return HFScorer(ScorerConfig(model=str(tiny_llama_dir), attn_implementation=request.param, batch_size=8))
+    return HFScorer(ScorerConfig(model=str(tiny_llama_dir), options={"attn_implementation": request.param},
+                                 batch_size=8))
 
 
 class ForwardCounter:

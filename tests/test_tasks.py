@@ -103,7 +103,7 @@ def test_jsonl_path_is_relative_to_the_yaml(tmp_path):
                                                      "question_field": "q", "answer_field": "a"},
                             "splits": {"test_fraction": 0.5}})
     spec = load_task(path)
-    assert spec.source.path == str((tmp_path / "data" / "p.jsonl").resolve())
+    assert spec.source.options.path == str((tmp_path / "data" / "p.jsonl").resolve())
     problems = [make_source(spec).get(s, 0) for s in ("train", "test")]
     assert sorted(p.answer for p in problems) == ["2", "4"]
 
@@ -163,6 +163,10 @@ BAD = [
     ({"id": "X-v0", "source": {"kind": "arithmetic", "dataset": "chain_sum"}},
      r"task.yaml: field 'source.dataset' must be unset for source kind 'arithmetic' \(it applies to: "
      r"reasoning_gym\), got 'chain_sum' \(str\)"),
+    ({"id": "X-v0", "source": {"kind": "jsonl", "pth": "p.jsonl"}},
+     r"task.yaml: unknown key 'source.pth'. Did you mean 'path'\?"),
+    ({"id": "X-v0", "source": {"kind": "jsnl"}},
+     r"task.yaml: field 'source.kind' must be one of .* got 'jsnl' \(str\). Did you mean 'jsonl'\?"),
     ({"id": "X-v0", "source": {"kind": "reasoning_gym"}},
      r"task.yaml: field 'source.dataset' must be a reasoning-gym dataset name for source kind "
      r"'reasoning_gym', got ''"),

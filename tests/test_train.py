@@ -14,6 +14,7 @@ import signal
 import sys
 import types
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +27,7 @@ from agents.checkpoint import latest_checkpoint, list_checkpoints
 from agents.metrics import read_jsonl
 from agents.train import (
     LEARNERS,
+    learner_spec,
     load_config,
     main,
     main_eval,
@@ -134,11 +136,14 @@ class BanditLearner:
         self.updates = meta["updates"]
 
 
-@pytest.fixture(autouse=True)
+def build_bandit(config: BanditConfig, run) -> BanditLearner:
+    return BanditLearner(config, run.task, seed=run.seed)
+
+
+@pytest.fixture(autouse=True, scope="module")
 def bandit():
-    register_learner("bandit", BanditConfig, lambda cfg, run: BanditLearner(cfg, run.task, seed=run.seed))
-    yield
-    LEARNERS.pop("bandit", None)
+    """``algorithm: bandit`` (registering the same factory again is a no-op, so no teardown is needed)."""
+    register_learner("bandit", BanditConfig, build_bandit)
 
 
 def write_config(path: Path, **fields) -> Path:
@@ -249,6 +254,31 @@ def test_module_class_algorithm(tmp_path, monkeypatch):
         load_config(write_config(tmp_path / "c.yaml", algorithm="toy_agents:Nope"))
 
 
+def test_register_learner_takes_a_class_or_its_path():
+    register_learner("bandit-class", BanditLearner)
+    spec = learner_spec("bandit-class")
+    assert spec.config_class is BanditConfig and spec.label == "bandit-class"  # no ``label``: the name
+    register_learner("toy", "tests.plugins.toy_learner:ToyGRPO")
+    assert learner_spec("toy").label == "Toy" and learner_spec("bandit").label == "bandit"
+    assert [learner_spec(n).label for n in ("grpo", "ppo")] == ["GRPO", "PPO"]
+    assert {"bandit", "bandit-class", "grpo", "ppo", "toy"} <= set(LEARNERS)
+    with pytest.raises(ConfigError, match=r"learner 'bandit-class' is already registered .*; pass replace=True"):
+        register_learner("bandit-class", "tests.plugins.toy_learner:ToyGRPO")
+
+
+def test_an_installed_plugin_adds_a_learner_through_its_entry_point(tmp_path, monkeypatch):
+    """``pip install my-plugin`` is enough: its ``repro_env.learners`` entry point is read on first lookup."""
+    import agents.train
+    from repro_env import registry
+
+    point = EntryPoint(name="toy-plugin", value="tests.plugins.toy_learner:ToyGRPO", group=LEARNERS.group)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [point] if group == LEARNERS.group else [])
+    monkeypatch.setattr(agents.train, "LEARNERS", registry.Registry("learner", LEARNERS.group))
+    config, learner = load_config(write_config(tmp_path / "c.yaml", algorithm="toy-plugin"))
+    assert type(learner).__name__ == "GRPOConfig" and learner.lr == 0.1
+    assert learner_spec("toy-plugin").label == "Toy"
+
+
 def test_train_needs_a_config():
     with pytest.raises(ConfigError, match="give a CONFIG file, or --resume RUN_DIR"):
         main_train([])
@@ -340,11 +370,12 @@ def test_ctrl_c_in_collect_saves_last_completed_update(tmp_path, capsys):
 
 
 def test_first_ctrl_c_finishes_the_update_then_saves(tmp_path, capsys):
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs in a background job
     code, run_dir = run(tmp_path, "checkpoint_every=10", "learner.fault=sigint", "learner.fault_at=2")
     assert code == 130
     assert "stopping after this update" in capsys.readouterr().err
     assert latest_checkpoint(run_dir / "checkpoints").name == "update-000002"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
 
 
 def test_ctrl_c_inside_update_does_not_save_a_half_state(tmp_path, capsys):

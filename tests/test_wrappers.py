@@ -198,9 +198,10 @@ def test_bad_proposer_raises(make_env, tmp_path):
 def test_proposer_none_needs_a_transformers_scorer(make_env):
     inner = make_env().scorer
 
-    class ServerLikeScorer:  # the Scorer protocol without .model / .tokenizer
-        config, max_length = inner.config, inner.max_length
-        session, sessions_append, score = inner.session, inner.sessions_append, inner.score
+    class ServerLikeScorer:  # the Scorer protocol, without a transformers .model in this process
+        config, max_length, tokenizer, eos_token = inner.config, inner.max_length, inner.tokenizer, inner.eos_token
+        session, sessions_append, score, reload_weights = (inner.session, inner.sessions_append, inner.score,
+                                                           inner.reload_weights)
 
     env = ReasoningEnv("RePro-Math-v0", scorer=ServerLikeScorer(), limits={"max_steps": 4})
     with pytest.raises(ConfigError, match="proposer=None samples from the scorer's model, but the "

@@ -20,54 +20,125 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from repro_env.assets import BUNDLED_MODEL
-from repro_env.config import check
-from repro_env.errors import ContextLengthError, ScorerError
+from repro_env.config import check, describe, options_from_mapping
+from repro_env.errors import ConfigError, ContextLengthError, ScorerError
+from repro_env.registry import Registry
+from repro_env.scoring.options import HFOptions, VLLMOptions
+
+SCORERS = Registry("scorer backend", "repro_env.scorers")
+"""Backend name → scorer class (or its ``"package.module:Class"`` path); see :func:`register_scorer`."""
+_OPTIONS: dict[str, type] = {}
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a backend that has none of its own."""
+
+
+def register_scorer(name: str, target: type | str, options: type | None = None) -> None:
+    """Make ``scorer: {backend: NAME}`` build ``target(config)``.
+
+    ``target`` is a class implementing :class:`Scorer`, or its ``"package.module:Class"`` path
+    (imported only when a scorer is built). ``options`` is a frozen dataclass whose fields are the
+    backend's own settings under ``scorer.options``; without it, the class's ``options_class``
+    attribute (or :class:`NoOptions`). An installed package registers through the
+    ``repro_env.scorers`` entry-point group instead (its class then carries ``options_class``).
+    """
+    SCORERS.register(name, target)
+    if options is not None:
+        _OPTIONS[name] = options
+
+
+def backend_options_class(backend: str) -> type:
+    """The options dataclass of a backend (``NoOptions`` if it declares none)."""
+    SCORERS.check(backend, "backend")
+    options_class = _OPTIONS.get(backend) or getattr(SCORERS.get(backend, "backend"), "options_class", NoOptions)
+    check(dataclasses.is_dataclass(options_class) and isinstance(options_class, type), "backend", backend,
+          f"a scorer class whose options_class is a dataclass, got {describe(options_class)}")
+    return options_class
 
 
 @dataclass(frozen=True)
 class ScorerConfig:
-    """Which model computes J, and how."""
+    """Which model computes J, and how: settings every backend shares, plus the backend's ``options``."""
 
-    backend: Literal["hf", "vllm"] = "hf"
-    """``hf`` (transformers, CPU or CUDA) or ``vllm`` (vLLM engine; the CPU build here)."""
+    backend: str = "hf"
+    """A registered backend: ``hf`` (transformers, CPU or CUDA), ``vllm`` (vLLM engine; the CPU
+    build here), a name added by :func:`register_scorer` or a plugin, or ``"package.module:Class"``."""
     model: str = BUNDLED_MODEL
     """A local directory or hub id; ``bundled`` is the tiny math model shipped in the package."""
     device: str = "cpu"
-    """torch device for the hf backend (``cpu``, ``cuda``, ``cuda:1``)."""
+    """torch device (``cpu``, ``cuda``, ``cuda:1``)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights and activations; float32 makes CPU scoring bit-for-bit deterministic."""
     max_length: int | None = None
     """Context limit in tokens; ``None`` takes the model's ``max_position_embeddings``. A trace
-    longer than this is a ``ContextLengthError``. Up to it, batch scoring's memory grows linearly
+    longer than this is a ``ContextLengthError``. Up to it, hf batch scoring's memory grows linearly
     with the trace length L: the key/value cache (2 · layers · kv_heads · head_dim · L values) plus
-    one ``chunk_tokens`` piece's activations and its (chunk_tokens × L) attention scores."""
-    chunk_tokens: int = 1024
-    """Longest piece of a long trace fed in one forward by batch scoring (hf backend, chunked prefill)."""
+    one ``options.chunk_tokens`` piece's activations and its (chunk_tokens × L) attention scores."""
     batch_size: int = 8
     """Responses per forward pass in batch scoring."""
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    """transformers attention kernel (hf backend)."""
-    gpu_memory_utilization: float = 0.5
-    """vLLM: share of GPU memory for the engine (ignored on CPU)."""
     timeout_s: float | None = None
     """Fail a scoring call that takes longer than this with ``ScorerError`` (``None``: no limit)."""
+    options: Any = None
+    """The backend's own settings, its ``options_class``: ``hf`` → ``HFOptions``
+    (``attn_implementation``, ``chunk_tokens``), ``vllm`` → ``VLLMOptions``
+    (``gpu_memory_utilization``). A mapping is checked and converted; ``None``: the defaults.
+    Files may also write these keys flat next to the shared ones (``gpu_memory_utilization: 0.3``)."""
+
+    @classmethod
+    def normalise_mapping(cls, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Gather backend options written flat next to the shared fields into ``options``."""
+        shared = {f.name for f in dataclasses.fields(cls)}
+        flat = [key for key in data if key not in shared]
+        if not flat:
+            return data
+        try:
+            options_class = backend_options_class(data.get("backend", "hf"))
+        except ConfigError:
+            return data  # __post_init__ reports the backend
+        own = {f.name for f in dataclasses.fields(options_class)}
+        moved = {key: data[key] for key in flat if key in own}
+        if not moved:
+            return data
+        rest = {key: value for key, value in data.items() if key not in moved}
+        return {**rest, "options": {**_set_options(data.get("options"), options_class), **moved}}
 
     def __post_init__(self) -> None:
         check(isinstance(self.model, str) and self.model != "", "model", self.model,
               "a model directory, a hub id or 'bundled'")
         check(self.max_length is None or self.max_length >= 8, "max_length", self.max_length, "an int >= 8 or null")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
-        check(self.chunk_tokens >= 1, "chunk_tokens", self.chunk_tokens, "an int >= 1")
-        check(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization",
-              self.gpu_memory_utilization, "a number in (0, 1]")
         check(self.timeout_s is None or self.timeout_s > 0, "timeout_s", self.timeout_s, "a number > 0 or null")
+        options_class = backend_options_class(self.backend)
+        options = self.options
+        if not isinstance(options, options_class):
+            options = _set_options(options, options_class)
+        object.__setattr__(self, "options", options_from_mapping(options_class, options, "options"))
+
+
+def _set_options(options: Any, options_class: type) -> Any:
+    """Options as a mapping for ``options_class``. Another backend's options (the backend changed in
+    ``replace``) carry over only what was set, so that a setting the new backend lacks is an error,
+    never silently dropped."""
+    if options is None or isinstance(options, Mapping) or not dataclasses.is_dataclass(options):
+        return options or {}
+    if isinstance(options, options_class):
+        return dataclasses.asdict(options)
+    defaults = type(options)()
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
+            if getattr(options, f.name) != getattr(defaults, f.name)}
+
+
+register_scorer("hf", "repro_env.scoring.hf:HFScorer", options=HFOptions)
+register_scorer("vllm", "repro_env.scoring.vllm:VLLMScorer", options=VLLMOptions)
 
 
 @dataclass(frozen=True)
@@ -136,6 +207,15 @@ class Scorer(Protocol):
 
     config: ScorerConfig
     max_length: int
+    tokenizer: Any
+    """The model's tokenizer (a transformers tokenizer): envs and wrappers count tokens with it."""
+    eos_token: str | None
+    """End-of-text string; a segment that contains it ends the episode."""
+
+    def reload_weights(self, weights: Any) -> None:
+        """Load new weights (a state dict or a torch module) into the scoring model; learners call
+        it after every update when the scorer follows the policy. Open sessions become stale."""
+        ...
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Score many responses; about one forward pass over ``q + τ`` per response (§7)."""
@@ -178,6 +258,10 @@ class TokenScorerBase:
     tokenizer: Any
     max_length: int
 
+    @property
+    def eos_token(self) -> str | None:
+        return getattr(self.tokenizer, "eos_token", None)
+
     def answer_ids(self, answer: str) -> list[int]:
         """``a`` tokenised without special tokens (no BOS inside the answer span, §1)."""
         ids = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
@@ -212,18 +296,27 @@ class TokenScorerBase:
             )
 
 
+SCORER_MEMBERS = ("config", "max_length", "tokenizer", "eos_token", "reload_weights", "score", "session",
+                  "sessions_append")
+"""What :class:`Scorer` requires; :func:`check_scorer` names the missing ones."""
+
+
+def check_scorer(scorer: Any, where: str) -> Any:
+    """``scorer`` if it has every :class:`Scorer` member, else a ``ScorerError`` naming the missing ones."""
+    missing = [name for name in SCORER_MEMBERS if not hasattr(scorer, name)]
+    if missing:
+        raise ScorerError(f"{where}: {type(scorer).__name__} is not a Scorer: it lacks {', '.join(missing)} "
+                          "(see repro_env.scoring.base.Scorer)")
+    return scorer
+
+
 def make_scorer(config: ScorerConfig | None = None, **overrides) -> Scorer:
     """Build the scorer that ``config`` describes (the bundled model on CPU by default)."""
     config = config or ScorerConfig()
     if overrides:
         config = dataclasses.replace(config, **overrides)
-    if config.backend == "vllm":
-        from repro_env.scoring.vllm import VLLMScorer
-
-        return VLLMScorer(config)
-    from repro_env.scoring.hf import HFScorer
-
-    return HFScorer(config)
+    scorer_class = SCORERS.get(config.backend, "backend")
+    return check_scorer(scorer_class(config), f"scorer backend '{config.backend}'")
 
 
 @functools.lru_cache(maxsize=4)

@@ -122,7 +122,7 @@ class HFScorer(TokenScorerBase):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=getattr(torch, config.dtype), attn_implementation=config.attn_implementation
+                path, dtype=getattr(torch, config.dtype), attn_implementation=config.options.attn_implementation
             )
         except (OSError, ValueError) as e:
             raise ScorerError(f"could not load model '{config.model}' from {path}: {e}") from e
@@ -210,7 +210,7 @@ class HFScorer(TokenScorerBase):
         entropies: dict[int, np.ndarray] = {}
         for i, row in enumerate(rows):
             if row.length > TREE_MAX_TOKENS:
-                J, entropies[i] = score_prefill(self, prepared[i], self.config.chunk_tokens)
+                J, entropies[i] = score_prefill(self, prepared[i], self.config.options.chunk_tokens)
                 log_probs.update({(i, boundary): value for boundary, value in J.items()})
         for batch in self._batches([row for row in rows if row.length <= TREE_MAX_TOKENS]):
             self._run_tree_batch(batch, [prepared[row.request] for row in batch], log_probs, entropies)

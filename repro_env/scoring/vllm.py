@@ -162,7 +162,7 @@ class VLLMScorer(TokenScorerBase):
                 model=path, tokenizer=path, dtype=self.config.dtype, seed=0,
                 # CUDA graphs would need a capture per batch shape; eager is the only mode on CPU.
                 enforce_eager=True, max_model_len=self.max_length, enable_prefix_caching=True,
-                gpu_memory_utilization=self.config.gpu_memory_utilization,
+                gpu_memory_utilization=self.config.options.gpu_memory_utilization,
                 max_logprobs=self.vocab_size if exact else APPROX_ENTROPY_TOP_N,
             )
         except Exception as e:  # vLLM raises many types (ValueError, RuntimeError, pydantic ...)
