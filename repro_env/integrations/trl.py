@@ -1,0 +1,261 @@
+"""RePro inside TRL: a ``GRPOTrainer`` whose advantages carry the process reward per token.
+
+Needs the ``trl`` extra (``pip install 'repro-env[trl]'``). TRL's reward functions return one
+number per completion, so RePro's per-segment credit cannot pass through them; TRL 1.16 lets a
+subclass hand ``_compute_loss`` a (B, T) advantage instead of (B,). After TRL has generated the
+completions and computed their rewards, :class:`ReProGRPOTrainer`
+
+1. splits each completion into segments by the task's delimiter (characters, REPRO_SPEC §1);
+2. computes J at every segment end with one batch-scoring call (the policy's current weights by
+   default, as in the paper; or any scorer: frozen, vLLM, remote), picks the points
+   (``selection: all`` or ``topk_entropy``) and turns them into segment rewards r̃ (§3–§4);
+3. gathers what the group statistics need from every process (a group may straddle ranks) and sets
+   each token's advantage to Â = A + α·Ã (§5), A the group-normalised outcome advantage of TRL's
+   summed reward (sample std, as TRL computes it, ε = 1e-6 as the spec), Ã the return-to-go of
+   the group-normalised r̃, 0 after the reasoning.
+
+It logs ``repro/process_return`` (S_T), ``repro/J_gain`` (J_T − J_0), ``repro/tokens_per_response``
+and ``repro/backtracks_per_response`` through TRL's own metrics.
+
+    trainer = ReProGRPOTrainer(model=model, args=GRPOConfig(...), processing_class=tokenizer,
+                               reward_funcs=outcome_reward_func("RePro-Math-v0"),
+                               train_dataset=task_dataset("RePro-Math-v0", size=1000), task="RePro-Math-v0")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from trl import GRPOTrainer
+
+from repro_env import reward as rp
+from repro_env.errors import ConfigError
+from repro_env.reward import RewardConfig
+from repro_env.scoring.base import Scorer, ScorerConfig, ScoreRequest, make_scorer
+from repro_env.segments import split_segments
+from repro_env.tasks import TaskSpec, make_source, resolve_task
+from repro_env.verify import outcome_reward
+
+SEQUENCE_LOSSES = ("luspo", "vespo")
+"""TRL loss types whose loss assumes one advantage per sequence."""
+
+
+def task_dataset(task: str | TaskSpec, split: str = "train", size: int | None = None):
+    """A ``datasets.Dataset`` of a task's problems with the columns TRL expects: ``prompt`` (the
+    rendered prompt text), ``answer`` (the ground truth) and ``problem_id``."""
+    from datasets import Dataset
+
+    spec = resolve_task(task)
+    source = make_source(spec)
+    n = source.size(split) if size is None else min(size, source.size(split))
+    problems = [source.get(split, i) for i in range(n)]
+    return Dataset.from_dict({"prompt": [spec.render_prompt(p) for p in problems],
+                              "answer": [p.answer for p in problems], "problem_id": [p.id for p in problems]})
+
+
+def outcome_reward_func(task: str | TaskSpec) -> Callable[..., list[float]]:
+    """TRL reward function: R = 1 when a completion's final answer verifies against ``answer`` (§5)."""
+    spec = resolve_task(task)
+    if spec.verifier.kind == "reasoning_gym":
+        raise ConfigError(f"{spec.id}: verifier.kind 'reasoning_gym' needs the dataset entry of each problem; "
+                          "outcome_reward_func supports 'math' and 'exact'")
+    pattern = spec.final_answer_pattern if spec.final_answer_regex.groups else None
+
+    def repro_outcome(completions: Sequence[Any], answer: Sequence[str], **_: Any) -> list[float]:
+        return [outcome_reward(_text(c), str(a), verifier=spec.verifier.kind, pattern=pattern,
+                               timeout_s=spec.verifier.timeout_s) for c, a in zip(completions, answer, strict=True)]
+
+    return repro_outcome
+
+
+def _text(completion: Any) -> str:
+    """A completion as text (TRL gives strings, or message lists for conversational data)."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(message.get("content", "") for message in completion)
+
+
+@dataclass
+class _Scored:
+    """One completion's RePro quantities, gathered across processes for the group statistics."""
+
+    segment_rewards: np.ndarray
+    """(T,) r̃ spread over the segments, 0 where unscored."""
+    scored: np.ndarray
+    """(T,) bool: the scored segments."""
+    process_return: float
+    """S_T (the sum of r̃)."""
+    J_gain: float
+    """J_T − J_0."""
+    backtracks: int
+
+
+def segment_token_counts(tokenizer: Any, completion_ids: Sequence[int], segments: Sequence[str]) -> list[int]:
+    """Tokens of each segment (a token belongs to the segment in which it starts, §1); the rest of
+    ``completion_ids`` (EOS, padding-free tail) is after the reasoning.
+
+    Token k starts at character ``len(decode(ids[:k]))``; the boundaries are found by binary search
+    on that (monotone) function, ``T·log n`` decodes per completion.
+    """
+    ends = np.cumsum([len(s) for s in segments]).tolist()
+    ids = list(completion_ids)
+
+    def start(k: int) -> int:
+        return len(tokenizer.decode(ids[:k], skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    cuts, lo = [], 0
+    for end in ends:
+        hi = len(ids)
+        while lo < hi:  # the first token that starts at or after ``end``
+            mid = (lo + hi) // 2
+            if start(mid) >= end:
+                hi = mid
+            else:
+                lo = mid + 1
+        cuts.append(lo)
+    return np.diff([0, *cuts]).astype(int).tolist()
+
+
+class ReProGRPOTrainer(GRPOTrainer):
+    """TRL's ``GRPOTrainer`` with RePro step-wise advantages (module docstring).
+
+    Arguments besides ``GRPOTrainer``'s: ``task`` (id, YAML or ``TaskSpec``: delimiter, answer
+    template, backtrack patterns, reward defaults), ``reward`` (a ``RewardConfig`` replacing the
+    task's: α, w, selection, k, β), ``scorer`` (``None``: the policy being trained, its current
+    weights; a ``ScorerConfig`` or a ``Scorer``: that model, e.g. a frozen reference or a vLLM
+    scorer). With ZeRO-3 or FSDP the policy's weights are sharded: pass a scorer.
+    """
+
+    def __init__(self, *args: Any, task: str | TaskSpec = "RePro-Math-v0", reward: RewardConfig | None = None,
+                 scorer: Scorer | ScorerConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.repro_task = resolve_task(task)
+        self.repro_reward = reward or self.repro_task.reward
+        check_trl_args(self.args)
+        self._repro_scorer = make_scorer(scorer) if isinstance(scorer, ScorerConfig) else scorer
+
+    def repro_scorer(self) -> Scorer:
+        """The scorer of J: the one given, or the policy as it is now (a view, no copy)."""
+        if self._repro_scorer is not None:
+            return self._repro_scorer
+        from repro_env.scoring.hf import HFScorer
+
+        model = self.accelerator.unwrap_model(self.model)
+        config = ScorerConfig(model="<policy>", device=str(next(model.parameters()).device))
+        return HFScorer.from_model(model, self.processing_class, config)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._repro_rewards_per_func = rewards_per_func  # (N_all, F): gathered over every process
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        group = self.num_generations if mode == "train" else self.num_generations_eval
+        weights = self.reward_weights.to(self._repro_rewards_per_func.device)
+        R = (self._repro_rewards_per_func * weights[None]).nansum(dim=1)  # (N_all,)
+        R[torch.isnan(self._repro_rewards_per_func).all(dim=1)] = torch.nan
+        advantages, metrics = self.repro_advantages(
+            [self._prompt_text(x["prompt"]) for x in inputs], [str(x["answer"]) for x in inputs],
+            output["completion_ids"], output["completion_mask"], R.cpu().numpy(), group)
+        output["advantages"] = advantages.to(output["completion_ids"].device)
+        for name, value in metrics.items():
+            self._metrics[mode][f"repro/{name}"].append(value)
+        return output
+
+    def _prompt_text(self, prompt: Any) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self.processing_class.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    @torch.no_grad()
+    def repro_advantages(self, prompts: Sequence[str], answers: Sequence[str], completion_ids: torch.Tensor,
+                         completion_mask: torch.Tensor, R: np.ndarray, group: int
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
+        """(B, T) token advantages Â of this process's completions, and the batch's RePro metrics.
+
+        ``R``: (N_all,) summed rewards of every process's completions in TRL's global order (NaN:
+        unscorable, advantage 0); this process holds rows ``rank·B .. rank·B + B − 1``.
+        """
+        from accelerate.utils import gather_object
+
+        spec, tokenizer = self.repro_task, self.processing_class
+        lengths = completion_mask.sum(dim=1).tolist()  # (B,)
+        texts = [tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(completion_ids.tolist(),
+                                                                                         lengths, strict=True)]
+        segments = [split_segments(text, spec.delimiter) for text in texts]
+        local = self._score(prompts, answers, segments)
+        scored: list[_Scored] = gather_object(local)  # every process's completions, global order
+        rank, B = self.accelerator.process_index, len(prompts)
+        A_all = np.zeros(len(scored))
+        process_all: list[np.ndarray] = [np.zeros(s.segment_rewards.size) for s in scored]
+        for start in range(0, len(scored), group):
+            rows = [i for i in range(start, start + group) if np.isfinite(R[i])]
+            if not rows:
+                continue
+            A_all[rows] = rp.grpo_outcome_advantages(R[rows])
+            process = rp.grpo_process_advantages([scored[i].segment_rewards for i in rows],
+                                                 [scored[i].scored for i in rows])
+            for i, p in zip(rows, process, strict=True):
+                process_all[i] = p
+        alpha = self.repro_reward.alpha
+        advantages = torch.zeros(completion_ids.shape, dtype=torch.float32)  # (B, T)
+        for b in range(B):
+            i = rank * B + b
+            counts = segment_token_counts(tokenizer, completion_ids[b, :lengths[b]].tolist(), segments[b])
+            tokens = rp.token_advantages(A_all[i] + alpha * process_all[i], counts, lengths[b] - sum(counts),
+                                         outcome_advantage=A_all[i])  # (L_b,)
+            advantages[b, :lengths[b]] = torch.from_numpy(tokens)
+        metrics = {
+            "process_return": float(np.mean([s.process_return for s in scored])),
+            "J_gain": float(np.mean([s.J_gain for s in scored])),
+            "tokens_per_response": float(np.mean(gather_object(lengths))),
+            "backtracks_per_response": float(np.mean([s.backtracks for s in scored])),
+        }
+        return advantages, metrics
+
+    def _score(self, prompts: Sequence[str], answers: Sequence[str], segments: Sequence[list[str]]) -> list[_Scored]:
+        """r̃ per segment of each local completion, from one batch-scoring call (§2–§4)."""
+        spec, config = self.repro_task, self.repro_reward
+        requests = [ScoreRequest(q, tuple(s), spec.answer_template.format(answer=a))
+                    for q, a, s in zip(prompts, answers, segments, strict=True) if s]
+        results = iter(self.repro_scorer().score(requests))
+        out = []
+        for s in segments:
+            T = len(s)
+            if T == 0:  # an empty completion has no reasoning to credit
+                out.append(_Scored(np.zeros(0), np.zeros(0, dtype=bool), 0.0, 0.0, 0))
+                continue
+            result = next(results)
+            points = rp.points_for(config, result.entropies)
+            J = result.J[[0, *points]]  # (1 + M,): J_0 and J at the chosen points
+            r = rp.rewards_for(config, J)  # (M,)
+            out.append(_Scored(rp.spread_rewards(points, r, T), rp.scored_mask(points, T), float(r.sum()),
+                               float(J[-1] - J[0]), sum(spec.is_backtrack(seg) for seg in s)))
+        return out
+
+
+def check_trl_args(args: Any) -> None:
+    """``ConfigError`` for TRL settings that assume one advantage per sequence or another A."""
+    problems = []
+    if args.loss_type in SEQUENCE_LOSSES:
+        problems.append(f"loss_type={args.loss_type!r} (a sequence-level loss; use 'dapo', 'grpo', 'bnpo', "
+                        "'dr_grpo', 'cispo' or 'sapo')")
+    if getattr(args, "importance_sampling_level", "token") != "token":
+        problems.append(f"importance_sampling_level={args.importance_sampling_level!r} (use 'token')")
+    if getattr(args, "off_policy_mask_threshold", None) is not None:
+        problems.append(f"off_policy_mask_threshold={args.off_policy_mask_threshold!r} (the off-policy sequence "
+                        "mask reads one advantage per sequence; use null)")
+    if args.scale_rewards != "group":
+        problems.append(f"scale_rewards={args.scale_rewards!r} (RePro normalises per group, REPRO_SPEC §5: use "
+                        "'group')")
+    if getattr(args, "multi_objective_aggregation", "sum_then_normalize") != "sum_then_normalize":
+        problems.append(f"multi_objective_aggregation={args.multi_objective_aggregation!r} (use "
+                        "'sum_then_normalize')")
+    if problems:
+        raise ConfigError("ReProGRPOTrainer cannot use GRPOConfig " + "; ".join(problems))
