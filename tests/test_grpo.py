@@ -23,6 +23,10 @@ def episode(segment: list[int], outcome: float, process: list[float], scored: li
                    outcome=outcome, correct=outcome == 1.0)
 
 
+# R = [1, 0]: mean 0.5, sample std sqrt(((1 − 0.5)² + (0 − 0.5)²)/(2 − 1)) = sqrt(0.5)
+SQRT_HALF = math.sqrt(((1 - 0.5) ** 2 + (0 - 0.5) ** 2) / (2 - 1))
+
+
 def two_rollouts() -> list[Episode]:
     # rollout 0: 2 segments of 2 and 3 tokens; rollout 1: 2 segments of 1 and 2 tokens, the first unscored
     return [episode([-1, -1, 0, 0, -1, 1, 1, 1], 1.0, [0.4, 0.2], [True, True]),
@@ -32,10 +36,10 @@ def two_rollouts() -> list[Episode]:
 def test_grpo_advantages_by_hand():
     e0, e1 = two_rollouts()
     adv = grpo_token_advantages([e0, e1], [0, 0], alpha=0.1)
-    A = 0.5 / (0.5 + 1e-6)  # R = [1, 0]: mean 0.5, std 0.5
+    A = 0.5 / (SQRT_HALF + 1e-6)  # R = [1, 0]: mean 0.5, sample std sqrt(0.5)
     mu = (0.4 + 0.2 + 0.3) / 3  # pooled over the 3 scored segments only
-    sigma = math.sqrt(((0.4 - mu) ** 2 + (0.2 - mu) ** 2 + (0.3 - mu) ** 2) / 3)
-    n = [(r - mu) / (sigma + 1e-6) for r in (0.4, 0.2, 0.3)]  # [1.2247, -1.2247, 0]
+    sigma = math.sqrt(((0.4 - mu) ** 2 + (0.2 - mu) ** 2 + (0.3 - mu) ** 2) / (3 - 1))  # 0.1
+    n = [(r - mu) / (sigma + 1e-6) for r in (0.4, 0.2, 0.3)]  # [0.99999, -0.99999, 0]
     rollout0 = [A + 0.1 * (n[0] + n[1])] * 2 + [A + 0.1 * n[1]] * 3  # return-to-go per segment
     rollout1 = [-A + 0.1 * (0.0 + n[2])] * 1 + [-A + 0.1 * n[2]] * 2  # unscored segment adds 0
     np.testing.assert_allclose(adv[0], rollout0, rtol=1e-9)
@@ -45,8 +49,8 @@ def test_grpo_advantages_by_hand():
 def test_plain_grpo_is_the_outcome_advantage_on_every_token():
     e0, e1 = two_rollouts()
     adv = grpo_token_advantages([e0, e1], [0, 0], alpha=0.0)
-    np.testing.assert_allclose(adv[0], [0.5 / (0.5 + 1e-6)] * 5)
-    np.testing.assert_allclose(adv[1], [-0.5 / (0.5 + 1e-6)] * 3)
+    np.testing.assert_allclose(adv[0], [0.5 / (SQRT_HALF + 1e-6)] * 5)  # 0.7071, not 1
+    np.testing.assert_allclose(adv[1], [-0.5 / (SQRT_HALF + 1e-6)] * 3)
 
 
 def test_groups_are_normalised_separately():
@@ -55,7 +59,31 @@ def test_groups_are_normalised_separately():
     e2.outcome = e3.outcome = 1.0  # a group that all solved: no outcome signal
     adv = grpo_token_advantages([e0, e1, e2, e3], [0, 0, 1, 1], alpha=0.0)
     np.testing.assert_allclose(adv[2], [0.0] * 5)
-    np.testing.assert_allclose(adv[0], [0.5 / (0.5 + 1e-6)] * 5)
+    np.testing.assert_allclose(adv[0], [0.5 / (SQRT_HALF + 1e-6)] * 5)
+
+
+def test_a_group_of_one_rollout_normalises_with_mean_0_std_1():
+    # groups [0, 0, 1]: the lone rollout of group 1 has A = R / (1 + 1e-6) and a pool of one scored
+    # segment, r̃' = 0.3 / (1 + 1e-6); its second segment is unscored (adds 0, stays out of the pool)
+    e0, e1 = two_rollouts()
+    lone = episode([-1, 0, 0, -1, 1], 1.0, [0.3, 0.0], [True, False])
+    adv = grpo_token_advantages([e0, e1, lone], [0, 0, 1], alpha=0.1)
+    A, n = 1 / (1 + 1e-6), 0.3 / (1 + 1e-6)
+    np.testing.assert_allclose(adv[2], [A + 0.1 * n] * 2 + [A], rtol=1e-12)
+    # group 0 keeps its own normalisation: R = [1, 0] → A = ±0.5 / (sqrt(0.5) + 1e-6) at α = 0
+    plain = grpo_token_advantages([e0, e1, lone], [0, 0, 1], alpha=0.0)
+    np.testing.assert_allclose(plain[1], [-0.5 / (SQRT_HALF + 1e-6)] * 3, rtol=1e-12)
+    np.testing.assert_allclose(grpo_token_advantages([lone], [0], alpha=0.0)[0], [A] * 3, rtol=1e-12)
+
+
+def test_a_group_of_8_uses_the_sample_std():
+    # 2 of 8 correct: mean 1/4, Σ(R − mean)² = 2·(3/4)² + 6·(1/4)² = 3/2; sample std sqrt(3/2 / 7)
+    episodes = [episode([-1, 0], 1.0 if i < 2 else 0.0, [0.0], [False]) for i in range(8)]
+    adv = grpo_token_advantages(episodes, [0] * 8, alpha=0.1)
+    std = math.sqrt((2 * (3 / 4) ** 2 + 6 * (1 / 4) ** 2) / (8 - 1)) + 1e-6
+    population = math.sqrt((2 * (3 / 4) ** 2 + 6 * (1 / 4) ** 2) / 8) + 1e-6
+    np.testing.assert_allclose(np.concatenate(adv), [(3 / 4) / std] * 2 + [-(1 / 4) / std] * 6, rtol=1e-12)
+    assert adv[0][0] != pytest.approx((3 / 4) / population, rel=0.05)  # population std: 7% larger
 
 
 def test_pack_puts_token_values_at_the_positions_that_predict_them():

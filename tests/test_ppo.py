@@ -44,8 +44,10 @@ def test_ppo_advantages_by_hand_with_zero_values():
     # outcome-to-go: [1, 1, 1], [0, 0] → mean 0.6, std sqrt(0.24)
     s = math.sqrt(0.24)
     A = [[0.4 / s] * 3, [-0.6 / s] * 2]
-    # r̃ pooled over 3 scored tokens [0.5, -0.1, 0.2]: mean 0.2, std sqrt(0.06)
-    r = [(x - 0.2) / (math.sqrt(0.06) + 1e-6) for x in (0.5, -0.1, 0.2)]
+    # r̃ pooled over 3 scored tokens [0.5, -0.1, 0.2]: mean 0.2, sample std sqrt((0.3² + 0.3² + 0²)/(3 − 1)) = 0.3
+    # (with V = 0 the whitening below undoes the pool's scale, so this check cannot tell ddof 0 from 1;
+    # tests/test_reward.py::test_ppo_advantages_compose_gae_and_whitening, with V ≠ 0, can)
+    r = [(x - 0.2) / (math.sqrt((0.3 ** 2 + 0.3 ** 2 + 0 ** 2) / (3 - 1)) + 1e-6) for x in (0.5, -0.1, 0.2)]
     to_go = [r[0] + r[1], r[0] + r[1], r[1], r[2], r[2]]  # rows concatenated: [a, a, b], [c, c]
     mu = sum(to_go) / 5
     sd = math.sqrt(sum((x - mu) ** 2 for x in to_go) / 5)

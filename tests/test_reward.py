@@ -292,21 +292,58 @@ def test_spread_rewards_rejects_bad_input(points, rewards, T, match):
 SEG_REWARDS = [[0.5, 0.0, 0.2], [0.1, 0.3], [0.4]]
 SCORED = [[True, False, True], [True, True], [True]]
 # pool of scored rewards [0.5, 0.2, 0.1, 0.3, 0.4]: μ = 1.5/5 = 0.3,
-# deviations [0.2, −0.1, −0.2, 0, 0.1], σ² = (0.04 + 0.01 + 0.04 + 0 + 0.01)/5 = 0.02
-SIGMA = math.sqrt(0.02) + 1e-6
+# deviations [0.2, −0.1, −0.2, 0, 0.1], sample σ² = (0.04 + 0.01 + 0.04 + 0 + 0.01)/(5 − 1) = 0.025
+SIGMA = math.sqrt((0.04 + 0.01 + 0.04 + 0 + 0.01) / (5 - 1)) + 1e-6
 # normalised: rollout 0 [0.2/σ, 0, −0.1/σ]; rollout 1 [−0.2/σ, 0]; rollout 2 [0.1/σ]
 # return-to-go (suffix sums):
 RTG = [[0.1 / SIGMA, -0.1 / SIGMA, -0.1 / SIGMA], [-0.2 / SIGMA, 0.0], [0.1 / SIGMA]]
 COUNTS = [[2, 1, 3], [1, 1], [4]]  # tokens per segment
 TRAILING = [2, 0, 1]  # answer-tail tokens after the reasoning
+# outcome advantages of R = [1, 0, 0]: mean 1/3, sample std sqrt(((2/3)² + 2·(1/3)²)/(3 − 1)) = sqrt(1/3)
+STD3 = math.sqrt(((2 / 3) ** 2 + 2 * (1 / 3) ** 2) / (3 - 1)) + 1e-6
+A3 = [(2 / 3) / STD3, -(1 / 3) / STD3, -(1 / 3) / STD3]
 
 
 def test_grpo_outcome_advantages_by_hand():
-    # R = [1, 0, 0]: mean 1/3, population std sqrt(((2/3)² + 2·(1/3)²)/3) = sqrt(2/9)
-    std = math.sqrt(2 / 9) + 1e-6
-    np.testing.assert_allclose(grpo_outcome_advantages([1, 0, 0]),
-                               [(2 / 3) / std, -(1 / 3) / std, -(1 / 3) / std])
+    # R = [1, 0, 0]: mean 1/3, sample std sqrt(((2/3)² + 2·(1/3)²)/(3 − 1)) = sqrt(1/3) (STD3)
+    np.testing.assert_allclose(grpo_outcome_advantages([1, 0, 0]), A3, rtol=1e-12)
+    assert grpo_outcome_advantages([1, 0, 0])[0] == pytest.approx((2 / 3) / (math.sqrt(1 / 3) + 1e-6))
+    # no spread: std 0, every deviation 0 → 0 / 1e-6 = 0
     np.testing.assert_array_equal(grpo_outcome_advantages([1, 1]), [0.0, 0.0])
+
+
+def test_grpo_outcome_advantages_use_the_sample_std_at_g_8():
+    # 3 of 8 rollouts correct: mean 3/8, Σ(R − mean)² = 3·(5/8)² + 5·(3/8)² = 15/8
+    R = [1, 1, 1, 0, 0, 0, 0, 0]
+    sample = math.sqrt((3 * (5 / 8) ** 2 + 5 * (3 / 8) ** 2) / (8 - 1)) + 1e-6  # sqrt(15/56)
+    population = math.sqrt((3 * (5 / 8) ** 2 + 5 * (3 / 8) ** 2) / 8) + 1e-6  # sqrt(15/64)
+    A = grpo_outcome_advantages(R)
+    np.testing.assert_allclose(A, [(5 / 8) / sample] * 3 + [-(3 / 8) / sample] * 5, rtol=1e-12)
+    # the population-std advantage is larger by sqrt(G/(G−1)) = sqrt(8/7) ≈ 1.069: about 7% at G = 8
+    assert A[0] == pytest.approx(math.sqrt(7 / 8) * (5 / 8) / population, rel=1e-5)
+    assert A[0] != pytest.approx((5 / 8) / population, rel=0.05)
+
+
+def test_a_group_of_one_rollout_normalises_with_mean_0_std_1():
+    # G = 1: mean 0, std 1 (as verl), so A = R / (1 + 1e-6), not (R − R)/(0 + 1e-6) = 0
+    np.testing.assert_allclose(grpo_outcome_advantages([0.7]), [0.7 / (1 + 1e-6)], rtol=1e-12)
+    np.testing.assert_allclose(grpo_outcome_advantages([1.0]), [1 / (1 + 1e-6)], rtol=1e-12)
+    np.testing.assert_array_equal(grpo_outcome_advantages([0.0]), [0.0])
+
+
+def test_a_pool_of_one_scored_segment_normalises_with_mean_0_std_1():
+    # one rollout, segment 2 of 3 scored: pool [0.4] → r̃' = 0.4 / (1 + 1e-6) → return-to-go [r̃', r̃', 0]
+    n = 0.4 / (1 + 1e-6)
+    (adv,) = grpo_process_advantages([[0.0, 0.4, 0.0]], [[False, True, False]])
+    np.testing.assert_allclose(adv, [n, n, 0.0], rtol=1e-12)
+    # two rollouts but one scored segment between them: the same pool of one
+    adv0, adv1 = grpo_process_advantages([[0.4], [0.9, -0.3]], [[True], [False, False]])
+    np.testing.assert_allclose(adv0, [n], rtol=1e-12)
+    np.testing.assert_array_equal(adv1, [0.0, 0.0])
+    # combined with a lone rollout's A = R / (1 + 1e-6): Â = A + α·Ã
+    A, (seg,) = grpo_advantages([1.0], [[0.0, 0.4, 0.0]], [[False, True, False]], alpha=0.1)
+    np.testing.assert_allclose(A, [1 / (1 + 1e-6)], rtol=1e-12)
+    np.testing.assert_allclose(seg, [1 / (1 + 1e-6) + 0.1 * n] * 2 + [1 / (1 + 1e-6)], rtol=1e-12)
 
 
 def test_grpo_process_advantages_pool_and_return_to_go_by_hand():
@@ -326,15 +363,17 @@ def test_return_to_go_is_not_the_episode_sum():
 
 
 def test_unscored_masks_default_to_all_scored():
-    # pool [1, 3]: μ = 2, σ = 1 → normalised [−1, 1] → return-to-go [0, 1]
+    # pool [1, 3]: μ = 2, sample σ = sqrt(((1 − 2)² + (3 − 2)²)/(2 − 1)) = sqrt(2)
+    # → normalised [−1/σ, 1/σ] → return-to-go [0, 1/σ]
+    sigma = math.sqrt(((1 - 2) ** 2 + (3 - 2) ** 2) / (2 - 1)) + 1e-6
     (adv,) = grpo_process_advantages([[1.0, 3.0]])
-    np.testing.assert_allclose(adv, [0.0, 1 / (1 + 1e-6)])
+    np.testing.assert_allclose(adv, [0.0, 1 / sigma], rtol=1e-12, atol=1e-12)
 
 
 def test_grpo_advantages_combine_outcome_and_process():
     A, segments = grpo_advantages([1, 0, 0], SEG_REWARDS, SCORED, alpha=0.1)
-    np.testing.assert_allclose(A, grpo_outcome_advantages([1, 0, 0]))
-    for a, got, rtg in zip(A, segments, RTG, strict=True):
+    np.testing.assert_allclose(A, A3, rtol=1e-12)
+    for a, got, rtg in zip(A3, segments, RTG, strict=True):
         np.testing.assert_allclose(got, a + 0.1 * np.asarray(rtg), rtol=1e-9)
 
 
@@ -356,7 +395,7 @@ def test_token_advantages_broadcast_and_tail():
 
 def test_grpo_token_advantages_lengths_and_values():
     tokens = grpo_token_advantages([1, 0, 0], SEG_REWARDS, SCORED, COUNTS, TRAILING, alpha=0.1)
-    A = grpo_outcome_advantages([1, 0, 0])
+    A = A3
     assert [t.size for t in tokens] == [8, 2, 5]
     assert tokens[0][0] == pytest.approx(A[0] + 0.1 * RTG[0][0])
     assert tokens[0][5] == pytest.approx(A[0] + 0.1 * RTG[0][2])
@@ -467,15 +506,37 @@ def test_ppo_advantages_compose_gae_and_whitening():
     outcome, process, pmask, values, mask = _ppo_batch()
     adv, ret = ppo_advantages(outcome, process, values, alpha=0.1, gamma=0.9, lam=0.8,
                               process_mask=pmask, mask=mask)
-    # scored pool [0.2, 0.5, 0.1, 0.3, −0.2]: μ = 0.9/5 = 0.18
+    # scored pool [0.2, 0.5, 0.1, 0.3, −0.2]: μ = 0.9/5 = 0.18,
+    # sample σ² = (0.02² + 0.32² + 0.08² + 0.12² + 0.38²)/(5 − 1) = 0.268/4 = 0.067
     pool = np.array([0.2, 0.5, 0.1, 0.3, -0.2])
+    sigma = math.sqrt((0.02 ** 2 + 0.32 ** 2 + 0.08 ** 2 + 0.12 ** 2 + 0.38 ** 2) / (5 - 1))
     norm = np.zeros_like(process)
-    norm[pmask] = (pool - 0.18) / (pool.std() + 1e-6)
+    norm[pmask] = (pool - 0.18) / (sigma + 1e-6)
     a_out = gae(outcome, values, 0.9, 0.8, mask=mask)
     a_proc = gae(norm, values, 0.9, 0.8, mask=mask)
     np.testing.assert_allclose(adv, whiten(a_out, mask) + 0.1 * whiten(a_proc, mask), rtol=1e-12)
     np.testing.assert_allclose(ret, np.where(mask, a_out + values, 0.0), rtol=1e-12)
     assert adv[1, 3] == 0.0 and ret[1, 3] == 0.0
+
+
+def test_ppo_pool_of_one_scored_segment_normalises_with_mean_0_std_1():
+    """One scored position in the batch: r̃' = r̃ / (1 + 1e-6); then GAE with V and whitening as usual."""
+    outcome = np.array([[0.0, 0.0, 1.0]])
+    process = np.array([[0.0, 0.4, 0.0]])
+    pmask = np.array([[False, True, False]])
+    values = np.array([[0.5, 0.2, 0.1]])
+    adv, _ = ppo_advantages(outcome, process, values, alpha=0.1, process_mask=pmask)
+    c = 0.4 / (1 + 1e-6)  # pool [0.4]: mean 0, std 1
+    a_out = [1 - 0.5, 1 - 0.2, 1 - 0.1]  # γ = λ = 1: reward-to-go − V
+    a_proc = [c - 0.5, c - 0.2, 0 - 0.1]  # normalised rewards [0, c, 0]: to-go [c, c, 0] − V
+
+    def white(xs):  # population std over the 3 real tokens, + 1e-8
+        mu = sum(xs) / 3
+        sd = math.sqrt(sum((x - mu) ** 2 for x in xs) / 3)
+        return [(x - mu) / (sd + 1e-8) for x in xs]
+
+    expected = [o + 0.1 * q for o, q in zip(white(a_out), white(a_proc), strict=True)]
+    np.testing.assert_allclose(adv[0], expected, rtol=1e-9)
 
 
 def test_ppo_returns_are_outcome_return_with_gamma_lambda_one():
