@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -43,9 +44,10 @@ def make_trainer(per_device: int = 8, steps: int = 2, **overrides) -> ReProGRPOT
                     logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, bf16=False,
                     gradient_checkpointing=False, use_vllm=False, dataloader_num_workers=0)
     settings.update(overrides)
-    return ReProGRPOTrainer(model=model, args=GRPOConfig(**settings), processing_class=tokenizer,
-                            reward_funcs=outcome_reward_func(TASK), train_dataset=task_dataset(TASK, size=16),
-                            task=TASK)
+    args = GRPOConfig(**settings)
+    prompts = max(16, steps * per_device // args.num_generations)
+    return ReProGRPOTrainer(model=model, args=args, processing_class=tokenizer, reward_funcs=outcome_reward_func(TASK),
+                            train_dataset=task_dataset(TASK, size=prompts), task=TASK)
 
 
 def fixed_batch(tokenizer):
@@ -166,3 +168,40 @@ def test_segment_token_counts_follow_characters():
     assert sum(counts) == len(ids) - 1  # EOS is after the reasoning
     first = tokenizer.decode(ids[:counts[0]])
     assert first.startswith("So 3 + 4 = 7.") and "answer" not in first
+
+
+def held_out_accuracy(model, tokenizer, problems: int = 48, samples: int = 2) -> float:
+    """Mean outcome reward of sampled completions (T = 1, fixed seed) on test problems 0..N−1."""
+    data = task_dataset(TASK, split="test", size=problems)
+    reward = outcome_reward_func(TASK)
+    torch.manual_seed(1234)
+    scores = []
+    with torch.no_grad():
+        for start in range(0, problems, 16):
+            rows = data[start:start + 16]
+            batch = tokenizer(rows["prompt"], return_tensors="pt", padding=True)
+            out = model.generate(**batch, do_sample=True, temperature=1.0, max_new_tokens=96,
+                                 num_return_sequences=samples, pad_token_id=tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            scores += reward(texts, [a for a in rows["answer"] for _ in range(samples)])
+    return float(np.mean(scores))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal", [True, False])
+def test_a_short_trl_run_raises_held_out_accuracy(signal):
+    """16 steps of 8 prompts x 8 completions at lr 1e-4, about 2 minutes. Measured with this seed:
+    held-out accuracy 0.531 -> 0.562 (+0.031; at 12 steps and lr 5e-5, +0.021). Null (signal=False):
+    coin-flip rewards and α = 0, updates of the same size that carry no signal; the same check must
+    fail for it."""
+    trainer = make_trainer(per_device=64, steps=16, num_generations=8, max_completion_length=96, learning_rate=1e-4)
+    if not signal:
+        coin = np.random.default_rng(0)
+        trainer.reward_funcs = [lambda completions, **_: coin.integers(0, 2, len(completions)).astype(float).tolist()]
+        trainer.repro_reward = dataclasses.replace(trainer.repro_reward, alpha=0.0)
+    model, tokenizer = trainer.model, trainer.processing_class
+    before = held_out_accuracy(model.eval(), tokenizer)
+    trainer.train()
+    after = held_out_accuracy(model.eval(), tokenizer)
+    print(f"held-out accuracy (T=1, 2 x 48): {before:.3f} -> {after:.3f} (signal={signal})")
+    assert (after >= before + 0.02) == signal
