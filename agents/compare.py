@@ -10,7 +10,7 @@ same budget for each seed, then is evaluated on the task's held-out split::
                response, process return S_T (scored by the model itself, as in training)
     table    = mean ± std over seeds (sample std, ddof = 1), the starting model's row, RePro vs baseline
 
-A learner is any name of the learner registry (``agents.train.register_learner``, or a plugin's
+A learner is any name of the learner registry (``repro_env.agents.train.register_learner``, or a plugin's
 ``repro_env.learners`` entry point) or a ``'package.module:Class'`` path. Its class's ``label``
 names its rows, its config's ``rollouts_per_update`` is its budget, and its config fields go under
 ``learners: {NAME: {...}}`` (the top-level ``grpo:`` / ``ppo:`` sections of older configs still load).
@@ -45,8 +45,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.report import REPRO, ablation_table, aggregate, comparison_table, comparisons, plot_curves, results_table
-from agents.train import LEARNERS, Trainer, apply_sets, build_learner, learner_spec, parse_config
+from repro_env.agents.report import (
+    REPRO,
+    ablation_table,
+    aggregate,
+    comparison_table,
+    comparisons,
+    plot_curves,
+    results_table,
+)
+from repro_env.agents.train import LEARNERS, Trainer, apply_sets, build_learner, learner_spec, parse_config
+
 from repro_env.config import check, from_mapping, load_yaml
 from repro_env.errors import ConfigError, ReproEnvError, ScorerError, TrainingError
 

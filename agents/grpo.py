@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from repro_env.agents.learner import LearnerConfig, LMLearner
+from repro_env.agents.losses import clipped_policy_loss, kl_k3
+from repro_env.agents.rollout import Episode, TokenBatch, pack, summarize
 
-from agents.learner import LearnerConfig, LMLearner
-from agents.losses import clipped_policy_loss, kl_k3
-from agents.rollout import Episode, TokenBatch, pack, summarize
 from repro_env import reward as rp
 from repro_env.config import check
 
@@ -83,7 +83,7 @@ def grpo_token_advantages(episodes: Sequence[Episode], groups: Sequence[int],
 
 
 class GRPO(LMLearner):
-    """RePro-GRPO learner (module docstring); implements :class:`agents.base.Learner`."""
+    """RePro-GRPO learner (module docstring); implements :class:`repro_env.agents.base.Learner`."""
 
     config_class = GRPOConfig
     label = "GRPO"

@@ -1,6 +1,6 @@
 """What GRPO and PPO share: config fields, envs, policy, optimisation loop, evaluation, checkpoints.
 
-:class:`LMLearner` implements the :class:`agents.base.Learner` protocol except ``collect`` and
+:class:`LMLearner` implements the :class:`repro_env.agents.base.Learner` protocol except ``collect`` and
 ``update``. It owns its training envs (a :class:`repro_env.vector.ReasoningVectorEnv` with
 ``autoreset_mode=DISABLED``: one episode per sub-env per collect), the :class:`LMPolicy`, an AdamW
 optimiser, an optional frozen reference copy for the KL term and, when ``scorer_follows_policy``,
@@ -21,10 +21,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
+from repro_env.agents.losses import check_finite
+from repro_env.agents.policy import LMPolicy, PolicyConfig, model_dir
+from repro_env.agents.rollout import Episode, TokenBatch, collect_episodes, rescore_topk, summarize
 
-from agents.losses import check_finite
-from agents.policy import LMPolicy, PolicyConfig, model_dir
-from agents.rollout import Episode, TokenBatch, collect_episodes, rescore_topk, summarize
 from repro_env.config import check, to_dict
 from repro_env.errors import CheckpointError, ConfigError
 from repro_env.scoring.base import BUNDLED_MODEL
@@ -104,7 +104,7 @@ def _number(x: Any) -> bool:
 
 
 class LMLearner:
-    """Base of :class:`agents.grpo.GRPO` and :class:`agents.ppo.PPO` (module docstring)."""
+    """Base of :class:`repro_env.agents.grpo.GRPO` and :class:`repro_env.agents.ppo.PPO` (module docstring)."""
 
     config_class: type[LearnerConfig] = LearnerConfig
 

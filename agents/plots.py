@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from agents.metrics import read_jsonl
+from repro_env.agents.metrics import read_jsonl
 
 # file stem → (title, y label, [(stream, key, legend label)])
 FIGURES: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {

@@ -19,7 +19,7 @@ Two generation backends behind :meth:`LMPolicy.act`:
   sub-env's episode for the whole episode; rows grow by chunks, padding columns are masked out by a
   4D **float** additive mask (a bool 4D mask is misread by eager attention, STACK_NOTES) and
   position ids count only real tokens, so each row sees exactly its own sequence.
-- ``vllm`` (:class:`agents.vllm_generator.VLLMGenerator`): a vLLM engine fed with token ids; after
+- ``vllm`` (:class:`repro_env.agents.vllm_generator.VLLMGenerator`): a vLLM engine fed with token ids; after
   each update :meth:`LMPolicy.sync_generator` pushes the trained weights into it in place.
 
 The training copy of the model is always a transformers model (``policy.model``).
@@ -183,7 +183,7 @@ class LMPolicy:
 
     def _make_generator(self, seed: int) -> Generator:
         if self.config.backend == "vllm":
-            from agents.vllm_generator import VLLMGenerator
+            from repro_env.agents.vllm_generator import VLLMGenerator
 
             return VLLMGenerator(self, seed=seed)
         return HFGenerator(self)

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from repro_env.agents.learner import LearnerConfig, LMLearner
+from repro_env.agents.losses import clipped_policy_loss, kl_k3, value_loss
+from repro_env.agents.rollout import Episode, TokenBatch, pack, summarize
 
-from agents.learner import LearnerConfig, LMLearner
-from agents.losses import clipped_policy_loss, kl_k3, value_loss
-from agents.rollout import Episode, TokenBatch, pack, summarize
 from repro_env import reward as rp
 from repro_env.config import check
 
@@ -87,7 +87,7 @@ def token_rewards(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray, 
 
 
 class PPO(LMLearner):
-    """RePro-PPO learner (module docstring); implements :class:`agents.base.Learner`."""
+    """RePro-PPO learner (module docstring); implements :class:`repro_env.agents.base.Learner`."""
 
     config_class = PPOConfig
     label = "PPO"

@@ -1,4 +1,4 @@
-"""``repro-env train`` / ``eval`` / ``plot``: drive any :class:`agents.base.Learner` from a YAML config.
+"""``repro-env train`` / ``eval`` / ``plot``: drive any :class:`repro_env.agents.base.Learner` from a YAML config.
 
 A run is ``collect → update`` repeated ``updates`` times, with held-out evaluation every
 ``eval_every`` updates (and before the first and after the last), a checkpoint every
@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from agents.checkpoint import (
+from repro_env.agents.checkpoint import (
     CHECKPOINTS,
     CONFIG,
     checkpoint_name,
@@ -47,7 +46,8 @@ from agents.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from agents.metrics import MetricsLog, summary_table
+from repro_env.agents.metrics import MetricsLog, summary_table
+
 from repro_env.config import check, describe, from_mapping, load_yaml, read_yaml_file, to_dict
 from repro_env.errors import ConfigError, ReproEnvError, ScorerError, TrainingError
 from repro_env.registry import Registry
@@ -61,8 +61,8 @@ EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 LEARNERS = Registry("learner", "repro_env.learners")
 """``algorithm:`` names → Learner classes (or their paths); plugins add theirs under the entry-point
 group ``repro_env.learners``, e.g. ``my-learner = "my_plugin.learner:MyLearner"``."""
-LEARNERS.register("grpo", "agents.grpo:GRPO")
-LEARNERS.register("ppo", "agents.ppo:PPO")
+LEARNERS.register("grpo", "repro_env.agents.grpo:GRPO")
+LEARNERS.register("ppo", "repro_env.agents.ppo:PPO")
 
 
 @dataclass(frozen=True)
@@ -456,7 +456,7 @@ class Trainer:
         """Write ``summary.md`` and the plots from whatever the run logged."""
         if not (self.run_dir / "metrics.jsonl").is_file():
             return
-        from agents.plots import plot_run
+        from repro_env.agents.plots import plot_run
 
         (self.run_dir / "summary.md").write_text(summary_table(self.run_dir), encoding="utf-8")
         if self.plots:
@@ -564,7 +564,7 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
 
 def main_plot(argv: Sequence[str] | None = None) -> int:
     """``repro-env plot RUN_DIR``: redraw ``RUN_DIR/plots/*.png`` and ``summary.md`` from the metrics."""
-    from agents.plots import plot_run
+    from repro_env.agents.plots import plot_run
 
     parser = argparse.ArgumentParser(prog="repro-env plot", description="Redraw a run's plots.")
     parser.add_argument("run_dir")

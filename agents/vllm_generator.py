@@ -1,4 +1,4 @@
-"""vLLM generation backend of :class:`agents.policy.LMPolicy` (``backend: vllm``).
+"""vLLM generation backend of :class:`repro_env.agents.policy.LMPolicy` (``backend: vllm``).
 
 Each call sends every active trace's token ids (``{"prompt_token_ids": ids}``: no re-tokenisation)
 with ``SamplingParams(stop=[delimiter], include_stop_str_in_output=True, logprobs=0)``; automatic
@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from repro_env.agents.policy import Generated, Trace, segment_done
 
-from agents.policy import Generated, Trace, segment_done
 from repro_env.scoring.base import ScorerConfig
 
 MAX_CONTINUATIONS = 4

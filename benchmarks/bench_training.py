@@ -59,7 +59,7 @@ def instrument(learner: Any, times: dict[str, float]) -> None:
 
 
 ADVANTAGE: dict[str, float] = defaultdict(float)
-"""Time in agents.grpo's advantage and packing functions (module-level, wrapped once in main)."""
+"""Time in repro_env.agents.grpo's advantage and packing functions (module-level, wrapped once in main)."""
 
 
 def split(times: dict[str, float]) -> dict[str, float]:
@@ -76,7 +76,8 @@ def split(times: dict[str, float]) -> dict[str, float]:
 
 def bench(process_reward: bool, args: argparse.Namespace) -> dict[str, float]:
     """Mean seconds per update of each phase for one learner."""
-    from agents.grpo import GRPO, GRPOConfig
+    from repro_env.agents.grpo import GRPO, GRPOConfig
+
     from repro_env.tasks import resolve_task
 
     task = resolve_task("RePro-Math-v0", {"scorer": {"model": args.model}})
@@ -111,9 +112,8 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=4, help="GRPO group size (G)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    import repro_env.agents.grpo as grpo_module
     import torch
-
-    import agents.grpo as grpo_module
 
     torch.set_num_threads(args.threads)
     for name in ("grpo_token_advantages", "pack"):

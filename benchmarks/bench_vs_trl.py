@@ -8,7 +8,7 @@ capped at the same token budget. Each row times ``--updates`` updates after one 
 
 1. TRL ``GRPOTrainer``, outcome reward only (``repro_env.integrations.trl.outcome_reward_func``);
 2. TRL with RePro (``ReProGRPOTrainer``: J at every segment end with the policy's weights);
-3. this package's ``agents.grpo.GRPO`` with RePro (the env computes J as it steps).
+3. this package's ``repro_env.agents.grpo.GRPO`` with RePro (the env computes J as it steps).
 
 Targets: (2)/(1) <= 1.25, and (3) <= (1).
 """
@@ -63,7 +63,7 @@ def trl_seconds(repro: bool, args: argparse.Namespace) -> tuple[list[float], flo
 
 
 def ours_seconds(args: argparse.Namespace) -> tuple[list[float], float]:
-    from agents.grpo import GRPO, GRPOConfig
+    from repro_env.agents.grpo import GRPO, GRPOConfig
 
     config = GRPOConfig(lr=5e-5, prompts_per_update=args.prompts, group_size=args.group, epochs=1,
                         kl_coef=0.001, micro_batch_size=args.prompts * args.group)

@@ -63,10 +63,10 @@ def _forward(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 
 FORWARDED = {
     "pretrain-tiny": ("repro_env.pretrain", "main", "train the bundled tiny math model from scratch"),
-    "train": ("agents.train", "main_train", "train a policy with GRPO or PPO (+ RePro) from a config"),
-    "eval": ("agents.train", "main_eval", "evaluate a checkpoint on a task's held-out split"),
-    "plot": ("agents.train", "main_plot", "redraw a run's PNG plots from its metrics"),
-    "compare": ("agents.compare", "main", "RePro vs outcome-only, GRPO and PPO, several seeds"),
+    "train": ("repro_env.agents.train", "main_train", "train a policy with GRPO or PPO (+ RePro) from a config"),
+    "eval": ("repro_env.agents.train", "main_eval", "evaluate a checkpoint on a task's held-out split"),
+    "plot": ("repro_env.agents.train", "main_plot", "redraw a run's PNG plots from its metrics"),
+    "compare": ("repro_env.agents.compare", "main", "RePro vs outcome-only, GRPO and PPO, several seeds"),
 }
 
 

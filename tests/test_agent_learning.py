@@ -10,10 +10,9 @@ import math
 
 import pytest
 import torch
-
-from agents.grpo import GRPO, GRPOConfig
-from agents.ppo import PPO, PPOConfig
-from agents.rollout import pack
+from repro_env.agents.grpo import GRPO, GRPOConfig
+from repro_env.agents.ppo import PPO, PPOConfig
+from repro_env.agents.rollout import pack
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
-from agents.checkpoint import (
+from repro_env.agents.checkpoint import (
     LATEST,
     MANIFEST,
     check_safetensors_header,
@@ -25,6 +23,8 @@ from agents.checkpoint import (
     verify_checkpoint,
     write_atomic,
 )
+from safetensors.torch import load_file, save_file
+
 from repro_env.errors import CheckpointError
 
 

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from agents.compare import (
+from repro_env.agents.compare import (
     CompareConfig,
     ablation_jobs,
     load_compare_config,
@@ -28,10 +27,11 @@ from agents.compare import (
     main_jobs,
     worker_learners,
 )
-from agents.policy import Trace
-from agents.report import COLUMNS, aggregate, comparisons, results_table
-from agents.rollout import Episode, rescore_topk
-from agents.train import register_learner
+from repro_env.agents.policy import Trace
+from repro_env.agents.report import COLUMNS, aggregate, comparisons, results_table
+from repro_env.agents.rollout import Episode, rescore_topk
+from repro_env.agents.train import register_learner
+
 from repro_env.config import from_mapping
 from repro_env.errors import ConfigError
 from repro_env.reward import RewardConfig
@@ -245,12 +245,13 @@ def test_a_learner_without_a_budget_or_with_a_taken_label_is_refused():
     with pytest.raises(ConfigError, match=r"compare_smoke.yaml: learner 'no-budget': NoBudgetConfig."
                                           r"rollouts_per_update must be an int >= 1 .* got None"):
         load_compare_config(SMOKE, ["algorithms=[no-budget]"])
-    with pytest.raises(ConfigError, match=r"field 'algorithms': 'grpo' and 'agents.grpo:GRPO' share the label "
-                                          r"'GRPO', so their table rows would merge"):
-        load_compare_config(SMOKE, ["algorithms=[grpo, 'agents.grpo:GRPO']"])
-    with pytest.raises(ConfigError, match=r"compare_smoke.yaml: field 'algorithms\[0\]': learner 'agents.grpo:Nope': "
-                                          r"cannot import 'Nope' from 'agents.grpo'"):
-        load_compare_config(SMOKE, ["algorithms=['agents.grpo:Nope']"])
+    with pytest.raises(ConfigError, match=r"field 'algorithms': 'grpo' and 'repro_env.agents.grpo:GRPO' share "
+                                          r"the label 'GRPO', so their table rows would merge"):
+        load_compare_config(SMOKE, ["algorithms=[grpo, 'repro_env.agents.grpo:GRPO']"])
+    with pytest.raises(ConfigError, match=r"compare_smoke.yaml: field 'algorithms\[0\]': learner "
+                                          r"'repro_env.agents.grpo:Nope': cannot import 'Nope' from "
+                                          r"'repro_env.agents.grpo'"):
+        load_compare_config(SMOKE, ["algorithms=['repro_env.agents.grpo:Nope']"])
 
 
 # -- the learners' side: top-k selection and an evaluation that leaves training alone --------------------
@@ -266,7 +267,7 @@ def fixture_task(tiny_llama_dir):
 
 
 def test_grpo_with_topk_selection_scores_at_most_k_plus_one_points(fixture_task, tiny_llama_dir):
-    from agents.grpo import GRPO, GRPOConfig
+    from repro_env.agents.grpo import GRPO, GRPOConfig
 
     learner = GRPO(GRPOConfig(model=str(tiny_llama_dir), prompts_per_update=2, group_size=2, kl_coef=0.0),
                    fixture_task, seed=0)
@@ -280,7 +281,7 @@ def test_grpo_with_topk_selection_scores_at_most_k_plus_one_points(fixture_task,
 
 
 def test_evaluate_does_not_draw_from_the_training_generator(fixture_task, tiny_llama_dir):
-    from agents.grpo import GRPO, GRPOConfig
+    from repro_env.agents.grpo import GRPO, GRPOConfig
 
     learner = GRPO(GRPOConfig(model=str(tiny_llama_dir), prompts_per_update=1, group_size=2, kl_coef=0.0),
                    fixture_task, seed=3)
@@ -341,7 +342,8 @@ def test_a_registered_learner_joins_the_grid_end_to_end(tmp_path, tiny_llama_dir
 
 
 def test_spawned_workers_get_the_learners_registered_in_this_process():
-    from agents.grpo import GRPO
+    from repro_env.agents.grpo import GRPO
+
     from tests.plugins.toy_learner import ToyGRPO
 
     register_learner("toy", "tests.plugins.toy_learner:ToyGRPO")

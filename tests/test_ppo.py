@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from repro_env.agents.losses import value_loss
+from repro_env.agents.policy import Trace
+from repro_env.agents.ppo import PPO, PPOConfig, token_rewards
+from repro_env.agents.rollout import Episode
 
-from agents.losses import value_loss
-from agents.policy import Trace
-from agents.ppo import PPO, PPOConfig, token_rewards
-from agents.rollout import Episode
 from repro_env import reward as rp
 from repro_env.errors import ConfigError
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from agents.grpo import GRPO, GRPOConfig
+from repro_env.agents.grpo import GRPO, GRPOConfig
 
 
 class ToyGRPO(GRPO):
