@@ -456,7 +456,11 @@ def gae(rewards: ArrayLike, values: ArrayLike, gamma: float = 1.0, lam: float = 
 
 
 def whiten(x: ArrayLike, mask: ArrayLike | None = None) -> np.ndarray:
-    """(x − mean) / (std + 1e-8) over the masked entries (population std); 0 at masked-out entries."""
+    """(x − mean) / (std + 1e-8) over the masked entries, 0 at masked-out entries.
+
+    std is the sample std (ddof = 1), as REPRO_SPEC §5 says of every std there and as verl's and
+    TRL's ``masked_whiten`` compute it (unbiased variance); a single entry whitens to 0.
+    """
     a = np.asarray(x, dtype=np.float64)
     m = np.ones(a.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     if m.shape != a.shape:
@@ -464,7 +468,8 @@ def whiten(x: ArrayLike, mask: ArrayLike | None = None) -> np.ndarray:
     if not m.any():
         return np.zeros_like(a)
     vals = a[m]
-    return np.where(m, (a - vals.mean()) / (vals.std() + WHITEN_EPS), 0.0)
+    std = vals.std(ddof=1) if vals.size > 1 else 0.0
+    return np.where(m, (a - vals.mean()) / (std + WHITEN_EPS), 0.0)
 
 
 def _numpy(x: Any) -> np.ndarray:

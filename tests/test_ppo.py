@@ -41,8 +41,8 @@ def test_ppo_advantages_by_hand_with_zero_values():
     outcome, process, process_mask, mask = token_rewards(toy_batch())
     advantages, returns = rp.ppo_advantages(outcome, process, np.zeros(mask.shape), 0.1,
                                             process_mask=process_mask, mask=mask)
-    # outcome-to-go: [1, 1, 1], [0, 0] → mean 0.6, std sqrt(0.24)
-    s = math.sqrt(0.24)
+    # outcome-to-go: [1, 1, 1], [0, 0] → mean 0.6, sample std sqrt((3·0.4² + 2·0.6²)/(5 − 1)) = sqrt(0.3)
+    s = math.sqrt((3 * 0.4 ** 2 + 2 * 0.6 ** 2) / (5 - 1))
     A = [[0.4 / s] * 3, [-0.6 / s] * 2]
     # r̃ pooled over 3 scored tokens [0.5, -0.1, 0.2]: mean 0.2, sample std sqrt((0.3² + 0.3² + 0²)/(3 − 1)) = 0.3
     # (with V = 0 the whitening below undoes the pool's scale, so this check cannot tell ddof 0 from 1;
@@ -50,7 +50,7 @@ def test_ppo_advantages_by_hand_with_zero_values():
     r = [(x - 0.2) / (math.sqrt((0.3 ** 2 + 0.3 ** 2 + 0 ** 2) / (3 - 1)) + 1e-6) for x in (0.5, -0.1, 0.2)]
     to_go = [r[0] + r[1], r[0] + r[1], r[1], r[2], r[2]]  # rows concatenated: [a, a, b], [c, c]
     mu = sum(to_go) / 5
-    sd = math.sqrt(sum((x - mu) ** 2 for x in to_go) / 5)
+    sd = math.sqrt(sum((x - mu) ** 2 for x in to_go) / (5 - 1))
     white = [(x - mu) / (sd + 1e-8) for x in to_go]
     expected = [A[0][0] + 0.1 * white[0], A[0][1] + 0.1 * white[1], A[0][2] + 0.1 * white[2],
                 A[1][0] + 0.1 * white[3], A[1][1] + 0.1 * white[4]]
@@ -62,7 +62,7 @@ def test_plain_ppo_ignores_process_rewards():
     outcome, process, process_mask, mask = token_rewards(toy_batch())
     plain, _ = rp.ppo_advantages(outcome, process, np.zeros(mask.shape), 0.0, process_mask=process_mask,
                                  mask=mask)
-    s = math.sqrt(0.24)
+    s = math.sqrt((3 * 0.4 ** 2 + 2 * 0.6 ** 2) / (5 - 1))  # whitening: sample std (§5)
     np.testing.assert_allclose(plain[mask], [0.4 / s] * 3 + [-0.6 / s] * 2, rtol=1e-6)
 
 

@@ -487,8 +487,12 @@ def test_whiten_mean_zero_std_one_on_the_mask():
     m = np.array([[True, True, True, False], [True, True, True, False]])
     w = whiten(x, m)
     assert w[m].mean() == pytest.approx(0.0, abs=1e-12)
-    assert w[m].std() == pytest.approx(1.0, abs=1e-6)
+    assert w[m].std(ddof=1) == pytest.approx(1.0, abs=1e-6)  # sample std (§5), not population
+    assert w[m].std() == pytest.approx(math.sqrt(5 / 6), abs=1e-6)
     assert np.all(w[~m] == 0.0)
+    # by hand on [1, 2, 3]: mean 2, sample std sqrt((1 + 0 + 1) / 2) = 1
+    np.testing.assert_allclose(whiten([1.0, 2.0, 3.0]), [-1 / (1 + 1e-8), 0.0, 1 / (1 + 1e-8)], rtol=1e-12)
+    np.testing.assert_array_equal(whiten([5.0]), [0.0])
     np.testing.assert_array_equal(whiten([1.0, 1.0], [False, False]), [0.0, 0.0])
 
 
@@ -530,9 +534,9 @@ def test_ppo_pool_of_one_scored_segment_normalises_with_mean_0_std_1():
     a_out = [1 - 0.5, 1 - 0.2, 1 - 0.1]  # γ = λ = 1: reward-to-go − V
     a_proc = [c - 0.5, c - 0.2, 0 - 0.1]  # normalised rewards [0, c, 0]: to-go [c, c, 0] − V
 
-    def white(xs):  # population std over the 3 real tokens, + 1e-8
+    def white(xs):  # sample std over the 3 real tokens, + 1e-8
         mu = sum(xs) / 3
-        sd = math.sqrt(sum((x - mu) ** 2 for x in xs) / 3)
+        sd = math.sqrt(sum((x - mu) ** 2 for x in xs) / (3 - 1))
         return [(x - mu) / (sd + 1e-8) for x in xs]
 
     expected = [o + 0.1 * q for o, q in zip(white(a_out), white(a_proc), strict=True)]
