@@ -50,6 +50,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def cmd_vllm_serve(args: argparse.Namespace) -> int:
+    import os
+    import shlex
+
+    from repro_env.scoring.server import server_command, server_environment
+
+    command = server_command(args.model, args.port, args.host, args.max_model_len, args.max_logprobs)
+    print(" ".join(shlex.quote(part) for part in command), flush=True)
+    os.execve(command[0], command, server_environment())
+
+
 def _forward(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     """A subcommand whose arguments are parsed by another module's ``main(argv)``."""
 
@@ -95,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (model policies)")
     rollout.set_defaults(run=cmd_rollout)
 
+    serve = sub.add_parser("vllm-serve", help="serve a model for the vllm-server backend (prints the command)")
+    serve.add_argument("--model", default="bundled", help="model directory, hub id or 'bundled'")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--max-model-len", type=int, default=None)
+    serve.add_argument("--max-logprobs", type=int, default=600, help="top log-probs per request (exact entropy)")
+    serve.set_defaults(run=cmd_vllm_serve)
     demo = sub.add_parser("demo", help="scoring demo: J and rewards of reference solutions vs overthinking")
     demo.add_argument("--quick", action="store_true", help="a smaller run, for smoke tests")
     demo.set_defaults(run=cmd_demo)

@@ -30,7 +30,7 @@ from repro_env.assets import BUNDLED_MODEL
 from repro_env.config import check, describe, options_from_mapping
 from repro_env.errors import ConfigError, ContextLengthError, ScorerError
 from repro_env.registry import Registry
-from repro_env.scoring.options import HFOptions, VLLMOptions
+from repro_env.scoring.options import HFOptions, ServerOptions, VLLMOptions
 
 SCORERS = Registry("scorer backend", "repro_env.scorers")
 """Backend name → scorer class (or its ``"package.module:Class"`` path); see :func:`register_scorer`."""
@@ -139,6 +139,7 @@ def _set_options(options: Any, options_class: type) -> Any:
 
 register_scorer("hf", "repro_env.scoring.hf:HFScorer", options=HFOptions)
 register_scorer("vllm", "repro_env.scoring.vllm:VLLMScorer", options=VLLMOptions)
+register_scorer("vllm-server", "repro_env.scoring.server:VLLMServerScorer", options=ServerOptions)
 
 
 @dataclass(frozen=True)

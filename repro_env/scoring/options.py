@@ -35,3 +35,34 @@ class VLLMOptions:
     def __post_init__(self) -> None:
         check(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization",
               self.gpu_memory_utilization, "a number in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """``scorer.options`` of the vllm-server backend."""
+
+    base_url: str = "http://127.0.0.1:8000"
+    """The server's address (``/v1/completions`` etc. are appended)."""
+    served_model_name: str = ""
+    """The model name the server serves; empty: the only one it lists."""
+    api_key: str = ""
+    """Sent as ``Authorization: Bearer``; empty: none."""
+    request_timeout_s: float = 60.0
+    """Time limit of one HTTP request."""
+    retries: int = 3
+    """Retries of a request after a connection error or HTTP 5xx (backoff 0.5 s, 1 s, 2 s ...)."""
+    concurrency: int = 4
+    """Requests in flight at once."""
+    batch_prompts: int = 64
+    """Prompts per request."""
+    max_logprobs: int = 20
+    """Top log-probs per entropy probe; the server's ``--max-logprobs`` must allow it."""
+    weights_dir: str = ""
+    """Where ``reload_weights`` writes the weights for the server to read; empty: a temporary directory."""
+
+    def __post_init__(self) -> None:
+        check(self.base_url.startswith(("http://", "https://")), "base_url", self.base_url, "an http(s) URL")
+        check(self.request_timeout_s > 0, "request_timeout_s", self.request_timeout_s, "a number > 0")
+        for name in ("concurrency", "batch_prompts", "max_logprobs"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "an int >= 1")
+        check(self.retries >= 0, "retries", self.retries, "an int >= 0")

