@@ -90,8 +90,9 @@ class ScorerConfig:
     options: Any = None
     """The backend's own settings, its ``options_class``: ``hf`` → ``HFOptions``
     (``attn_implementation``, ``chunk_tokens``), ``vllm`` → ``VLLMOptions``
-    (``gpu_memory_utilization``). A mapping is checked and converted; ``None``: the defaults.
-    Files may also write these keys flat next to the shared ones (``gpu_memory_utilization: 0.3``)."""
+    (``gpu_memory_utilization``), ``vllm-server`` → ``ServerOptions`` (``base_url``, retries ...).
+    A mapping is checked and converted; ``None``: the defaults. Files may also write these keys
+    flat next to the shared ones (``gpu_memory_utilization: 0.3``)."""
 
     @classmethod
     def normalise_mapping(cls, data: Mapping[str, Any]) -> Mapping[str, Any]:
