@@ -54,7 +54,7 @@ class VLLMServerScorer(VLLMScorer):
     Batch scoring, sessions and their checks are ``VLLMScorer``'s; only the engine calls differ.
     """
 
-    def __init__(self, config: ScorerConfig) -> None:  # noqa: D107 - no engine here
+    def __init__(self, config: ScorerConfig) -> None:  # no engine here: the server is one
         from transformers import AutoTokenizer
 
         self.config, self.options = config, config.options
