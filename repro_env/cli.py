@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from repro_env.errors import ReproEnvError
 
@@ -61,15 +61,11 @@ def cmd_vllm_serve(args: argparse.Namespace) -> int:
     os.execve(command[0], command, server_environment())
 
 
-def _forward(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+def _forward(module: str, function: str, argv: Sequence[str]) -> int:
     """A subcommand whose arguments are parsed by another module's ``main(argv)``."""
+    import importlib
 
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        return int(getattr(importlib.import_module(module), function)(args.rest) or 0)
-
-    return run
+    return int(getattr(importlib.import_module(module), function)(list(argv)) or 0)
 
 
 FORWARDED = {
@@ -117,16 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smaller run, for smoke tests")
     demo.set_defaults(run=cmd_demo)
 
-    for name, (module, function, help_text) in FORWARDED.items():
-        forwarded = sub.add_parser(name, help=help_text, add_help=False)
-        forwarded.add_argument("rest", nargs=argparse.REMAINDER)
-        forwarded.set_defaults(run=_forward(module, function))
+    for name, (_, _, help_text) in FORWARDED.items():  # listed in --help; main() hands them their argv
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        # A forwarded command gets every argument after its name, options first included
+        # (``train --resume DIR``, ``eval --help``): argparse's REMAINDER would refuse those.
+        if argv and argv[0] in FORWARDED:
+            module, function, _ = FORWARDED[argv[0]]
+            return _forward(module, function, argv[1:])
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except ReproEnvError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)

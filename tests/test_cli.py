@@ -59,3 +59,16 @@ def test_scoring_demo_prints_reference_and_overthinking_episodes(capsys):
     out = capsys.readouterr().out
     assert out.count("reference solution") == 2 and out.count("with overthinking") == 2
     assert "J_baseline=" in out and "correct=True" in out
+
+
+@pytest.mark.parametrize("command", ["pretrain-tiny", "train", "eval", "plot", "compare"])
+def test_forwarded_commands_take_options_first_through_the_console_script(command):
+    """As a user types it: ``repro-env train --help`` (options before any positional argument)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("repro-env")
+    result = subprocess.run([str(script), command, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: repro-env {command}")
