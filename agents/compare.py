@@ -55,7 +55,6 @@ from repro_env.agents.report import (
     results_table,
 )
 from repro_env.agents.train import LEARNERS, Trainer, apply_sets, build_learner, learner_spec, parse_config
-
 from repro_env.config import check, from_mapping, load_yaml
 from repro_env.errors import ConfigError, ReproEnvError, ScorerError, TrainingError
 

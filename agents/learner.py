@@ -21,10 +21,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
+
 from repro_env.agents.losses import check_finite
 from repro_env.agents.policy import LMPolicy, PolicyConfig, model_dir
 from repro_env.agents.rollout import Episode, TokenBatch, collect_episodes, rescore_topk, summarize
-
 from repro_env.config import check, to_dict
 from repro_env.errors import CheckpointError, ConfigError
 from repro_env.scoring.base import BUNDLED_MODEL

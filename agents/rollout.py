@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
+
 from repro_env.agents.losses import TrainingError
 from repro_env.agents.policy import LMPolicy, Trace
-
 from repro_env.errors import ConfigError, ScorerError
 from repro_env.reward import RewardConfig, process_rewards, select_points
 

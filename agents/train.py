@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from repro_env.agents.checkpoint import (
     CHECKPOINTS,
     CONFIG,
@@ -47,7 +48,6 @@ from repro_env.agents.checkpoint import (
     save_checkpoint,
 )
 from repro_env.agents.metrics import MetricsLog, summary_table
-
 from repro_env.config import check, describe, from_mapping, load_yaml, read_yaml_file, to_dict
 from repro_env.errors import ConfigError, ReproEnvError, ScorerError, TrainingError
 from repro_env.registry import Registry

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from repro_env.agents.policy import Generated, Trace, segment_done
 
+from repro_env.agents.policy import Generated, Trace, segment_done
 from repro_env.scoring.base import ScorerConfig
 
 MAX_CONTINUATIONS = 4

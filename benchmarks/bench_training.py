@@ -77,7 +77,6 @@ def split(times: dict[str, float]) -> dict[str, float]:
 def bench(process_reward: bool, args: argparse.Namespace) -> dict[str, float]:
     """Mean seconds per update of each phase for one learner."""
     from repro_env.agents.grpo import GRPO, GRPOConfig
-
     from repro_env.tasks import resolve_task
 
     task = resolve_task("RePro-Math-v0", {"scorer": {"model": args.model}})
@@ -112,8 +111,9 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=4, help="GRPO group size (G)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    import repro_env.agents.grpo as grpo_module
     import torch
+
+    import repro_env.agents.grpo as grpo_module
 
     torch.set_num_threads(args.threads)
     for name in ("grpo_token_advantages", "pack"):

@@ -16,9 +16,9 @@ import statistics
 
 import gymnasium as gym
 import torch
-from repro_env.agents.policy import LMPolicy, PolicyConfig
 
 import repro_env  # noqa: F401  (registers RePro-Math-v0)
+from repro_env.agents.policy import LMPolicy, PolicyConfig
 
 
 def run_episode(env, policy, index, greedy=False):

@@ -114,20 +114,22 @@ def _prefixed(message: str, prefix: str) -> str:
     return re.sub(r"^(field|unknown key) '", rf"\1 '{prefix}", message, count=1) if prefix else message
 
 
-def options_from_mapping(cls: type[T], data: Any, field: str) -> T:
+def options_from_mapping(cls: type[T], data: Any, field: str = "",
+                         error: type[ConfigError] = ConfigError) -> T:
     """Build a plugin's options dataclass inside a ``__post_init__`` (a backend's, a source kind's).
 
-    Errors are ``ConfigError`` messages that start with ``field 'FIELD.key'`` or ``unknown key
-    'FIELD.key'``, so that the enclosing :func:`from_mapping` prefixes the file and the outer path.
+    Errors are ``error`` messages that start with ``field 'FIELD.key'`` or ``unknown key
+    'FIELD.key'`` (just ``key`` when ``field`` is empty: options written flat), so that the
+    enclosing :func:`from_mapping` prefixes the file and the outer path.
     """
     if dataclasses.is_dataclass(data) and isinstance(data, cls):
         return data
     if data is None:
         data = {}
     try:
-        return from_mapping(cls, data, source="", prefix=f"{field}.")
+        return from_mapping(cls, data, source="", error=error, prefix=f"{field}." if field else "")
     except ConfigError as e:
-        raise ConfigError(str(e).removeprefix(": ")) from e
+        raise error(str(e).removeprefix(": ")) from e
 
 
 def replace(obj: T, overrides: Mapping[str, Any], *, source: str = "overrides",

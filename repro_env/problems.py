@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from repro_env.config import describe, suggest
+from repro_env.config import check, describe, suggest
 from repro_env.errors import TaskSpecError
 
 if TYPE_CHECKING:
@@ -181,37 +181,44 @@ def _cot_solution(entry: Mapping[str, Any], answer: str, delimiter: str) -> tupl
 
 @dataclass(frozen=True)
 class RecordFields:
-    """Which keys of a record hold what."""
+    """Which keys of a record hold what; the YAML keys of the finite source kinds (``sources.py``)."""
 
-    question: str = "question"
-    answer: str = "answer"
-    solution: str = ""
-    """Key of the reference solution (a list of segments, or one string split at the delimiter)."""
-    id: str = ""
-    """Key of a stable id; empty: ``<source>-<record number>``."""
-    split: str = ""
-    """Key whose value (``train``/``test``) assigns the record to a split; empty: seeded partition."""
+    question_field: str = "question"
+    """Record key of the question."""
+    answer_field: str = "answer"
+    """Record key of the ground-truth answer."""
+    solution_field: str = ""
+    """Record key of a reference solution (list of segments or one string); empty: none."""
+    id_field: str = ""
+    """Record key of a stable problem id; empty: ``<source>-<record number>``."""
+    split_field: str = ""
+    """Record key whose value (``train``/``test``) assigns the split; empty: seeded partition."""
+
+    def __post_init__(self) -> None:
+        check(bool(self.question_field) and bool(self.answer_field), "question_field",
+              (self.question_field, self.answer_field), "non-empty record keys", TaskSpecError)
 
 
 def record_to_problem(record: Mapping[str, Any], fields: RecordFields, where: str, default_id: str,
                       delimiter: str = DEFAULT_DELIMITER) -> Problem:
     """A :class:`Problem` from one record; ``where`` (``file:line``) locates errors."""
-    for key in (fields.question, fields.answer):
+    for key in (fields.question_field, fields.answer_field):
         if key not in record:
             raise TaskSpecError(f"{where}: record has no field '{key}'.{suggest(key, map(str, record))} "
                                 f"Fields: {', '.join(map(str, record))}; set 'source.question_field' / "
                                 "'source.answer_field' to the right keys")
-    solution = record.get(fields.solution) if fields.solution else None
+    solution = record.get(fields.solution_field) if fields.solution_field else None
     if isinstance(solution, str):
         solution = [s for s in solution.split(delimiter) if s.strip()]
     if solution is not None:
         if not isinstance(solution, list | tuple) or not all(isinstance(s, str) for s in solution):
-            raise TaskSpecError(f"{where}: field '{fields.solution}' must be a string or a list of strings, "
+            raise TaskSpecError(f"{where}: field '{fields.solution_field}' must be a string or a list of strings, "
                                 f"got {describe(solution)}")
         solution = tuple(s if s.endswith(delimiter) else s + delimiter for s in solution)
-    meta = {k: v for k, v in record.items() if k not in (fields.question, fields.answer, fields.solution)}
-    return Problem(id=str(record[fields.id]) if fields.id and fields.id in record else default_id,
-                   question=str(record[fields.question]), answer=_answer_text(record[fields.answer]),
+    used = (fields.question_field, fields.answer_field, fields.solution_field)
+    meta = {k: v for k, v in record.items() if k not in used}
+    return Problem(id=str(record[fields.id_field]) if fields.id_field and fields.id_field in record else default_id,
+                   question=str(record[fields.question_field]), answer=_answer_text(record[fields.answer_field]),
                    solution=solution, meta=meta)
 
 
@@ -271,7 +278,7 @@ def record_source(name: str, load: Callable[[], list[tuple[str, dict[str, Any]]]
                   load_test: Callable[[], list[tuple[str, dict[str, Any]]]] | None, fields: RecordFields,
                   *, test_fraction: float, partition_seed: int, train_size: int | None,
                   test_size: int | None, delimiter: str = DEFAULT_DELIMITER) -> ProblemSource:
-    """A finite source. Splits come from ``load_test`` (a separate file), the ``fields.split`` key, or
+    """A finite source. Splits come from ``load_test`` (a separate file), the ``fields.split_field`` key, or
     a seeded partition: shuffle the record numbers with ``Random(partition_seed)``, and the first
     ``round(n · test_fraction)`` go to test. ``train_size`` / ``test_size`` cap each split."""
 
@@ -284,12 +291,12 @@ def record_source(name: str, load: Callable[[], list[tuple[str, dict[str, Any]]]
             test = [record_to_problem(r, fields, where, f"{name}-test-{i}", delimiter)
                     for i, (where, r) in enumerate(load_test())]
             out = {"train": problems, "test": test}
-        elif fields.split:
+        elif fields.split_field:
             out = {"train": [], "test": []}
             for (where, record), problem in zip(records, problems, strict=True):
-                value = record.get(fields.split)
+                value = record.get(fields.split_field)
                 if value not in SPLITS:
-                    raise TaskSpecError(f"{where}: field '{fields.split}' must be 'train' or 'test', got "
+                    raise TaskSpecError(f"{where}: field '{fields.split_field}' must be 'train' or 'test', got "
                                         f"{describe(value)}")
                 out[value].append(problem)
         else:

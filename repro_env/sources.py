@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repro_env.arithmetic import ArithmeticConfig
-from repro_env.config import check, describe, from_mapping, replace, to_dict
+from repro_env.config import check, describe, from_mapping, options_from_mapping, replace, to_dict
 from repro_env.errors import ConfigError, TaskSpecError
 from repro_env.problems import (
     ProblemSource,
@@ -148,10 +148,7 @@ def _build_options(kind: SourceKind, name: str, options: Any) -> Any:
         users = [other for other in SOURCES.names() if key in _option_names(other)]
         check(not users, key, options[key], f"unset for source kind '{name}' (it applies to: "
               f"{', '.join(users)})", TaskSpecError)
-    try:  # messages start "field 'KEY'" / "unknown key 'KEY'", so the caller adds "file: source."
-        return from_mapping(kind.options, options, source="", error=TaskSpecError)
-    except ConfigError as e:
-        raise TaskSpecError(str(e).removeprefix(": ")) from e
+    return options_from_mapping(kind.options, options, error=TaskSpecError)  # the caller adds "file: source."
 
 
 def _option_names(name: str) -> set[str]:
@@ -231,31 +228,7 @@ def reasoning_gym_problems(options: ReasoningGymOptions, spec: TaskSpec) -> Prob
 
 
 @dataclass(frozen=True)
-class RecordOptions:
-    """The record keys shared by the finite kinds (``jsonl``, ``hf_dataset``, ``inline``)."""
-
-    question_field: str = "question"
-    """Record key of the question."""
-    answer_field: str = "answer"
-    """Record key of the ground-truth answer."""
-    solution_field: str = ""
-    """Record key of a reference solution (list of segments or one string); empty: none."""
-    id_field: str = ""
-    """Record key of a stable problem id; empty: the record number."""
-    split_field: str = ""
-    """Record key whose value (``train``/``test``) assigns the split; empty: seeded partition."""
-
-    def __post_init__(self) -> None:
-        check(bool(self.question_field) and bool(self.answer_field), "question_field",
-              (self.question_field, self.answer_field), "non-empty record keys", TaskSpecError)
-
-    def record_fields(self) -> RecordFields:
-        return RecordFields(question=self.question_field, answer=self.answer_field,
-                            solution=self.solution_field, id=self.id_field, split=self.split_field)
-
-
-@dataclass(frozen=True)
-class JsonlOptions(RecordOptions):
+class JsonlOptions(RecordFields):
     """``kind: jsonl``: one JSON object per line."""
 
     path: str = ""
@@ -281,7 +254,7 @@ def jsonl_problems(options: JsonlOptions, spec: TaskSpec) -> ProblemSource:
 
 
 @dataclass(frozen=True)
-class HFDatasetOptions(RecordOptions):
+class HFDatasetOptions(RecordFields):
     """``kind: hf_dataset``: a Hugging Face dataset read offline (needs the ``datasets`` extra)."""
 
     path: str = ""
@@ -307,7 +280,7 @@ def hf_dataset_problems(options: HFDatasetOptions, spec: TaskSpec) -> ProblemSou
 
 
 @dataclass(frozen=True)
-class InlineOptions(RecordOptions):
+class InlineOptions(RecordFields):
     """``kind: inline``: the problems written in the task YAML itself."""
 
     items: tuple[dict[str, Any], ...] = ()
@@ -330,9 +303,9 @@ def inline_problems(options: InlineOptions, spec: TaskSpec) -> ProblemSource:
 
 
 def _records(name: str, load: Callable[[], list], load_test: Callable[[], list] | None,
-             options: RecordOptions, spec: TaskSpec) -> ProblemSource:
+             options: RecordFields, spec: TaskSpec) -> ProblemSource:
     splits = spec.splits
-    return record_source(name, load, load_test, options.record_fields(), test_fraction=splits.test_fraction,
+    return record_source(name, load, load_test, options, test_fraction=splits.test_fraction,
                          partition_seed=splits.partition_seed, train_size=splits.train_size,
                          test_size=splits.test_size, delimiter=spec.delimiter)
 

@@ -126,3 +126,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def registries_restored():
+    """Names a test registers (scorer backends, source kinds, learners) end with the test."""
+    from repro_env.agents.train import LEARNERS
+    from repro_env.scoring import base
+    from repro_env.sources import SOURCES
+
+    saved = [(r, dict(r._targets), dict(r._loaded), r._plugins_read) for r in (base.SCORERS, SOURCES, LEARNERS)]
+    options = dict(base._OPTIONS)
+    yield
+    for registry, targets, loaded, plugins_read in saved:
+        registry._targets, registry._loaded, registry._plugins_read = targets, loaded, plugins_read
+    base._OPTIONS.clear()
+    base._OPTIONS.update(options)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from repro_env.agents.checkpoint import (
     LATEST,
     MANIFEST,
@@ -23,8 +25,6 @@ from repro_env.agents.checkpoint import (
     verify_checkpoint,
     write_atomic,
 )
-from safetensors.torch import load_file, save_file
-
 from repro_env.errors import CheckpointError
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
 from repro_env.agents.compare import (
     CompareConfig,
     ablation_jobs,
@@ -31,7 +32,6 @@ from repro_env.agents.policy import Trace
 from repro_env.agents.report import COLUMNS, aggregate, comparisons, results_table
 from repro_env.agents.rollout import Episode, rescore_topk
 from repro_env.agents.train import register_learner
-
 from repro_env.config import from_mapping
 from repro_env.errors import ConfigError
 from repro_env.reward import RewardConfig
@@ -343,7 +343,6 @@ def test_a_registered_learner_joins_the_grid_end_to_end(tmp_path, tiny_llama_dir
 
 def test_spawned_workers_get_the_learners_registered_in_this_process():
     from repro_env.agents.grpo import GRPO
-
     from tests.plugins.toy_learner import ToyGRPO
 
     register_learner("toy", "tests.plugins.toy_learner:ToyGRPO")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,8 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_wheel_installs_no_top_level_package_but_repro_env(tmp_path):
+    # Build from a copy: setuptools writes build/ and *.egg-info next to the sources, and a stale
+    # build/lib would end up in later wheels.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", ".tmp", "build", "dist", "runs",
+                                                                "*.egg-info", "__pycache__", ".*_cache"))
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                             "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+                             "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("repro_env-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from repro_env.agents.policy import LMPolicy, PolicyConfig, Trace, segment_done
 
+from repro_env.agents.policy import LMPolicy, PolicyConfig, Trace, segment_done
 from repro_env.errors import ConfigError
 
 PROMPTS = ["Question: what is 2 + 3?\n\n", "Question: what is 12 + 31 times 4?\n\n", "Question: hi\n\n"]

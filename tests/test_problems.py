@@ -78,7 +78,7 @@ def test_reasoning_gym_errors():
 
 
 def test_record_to_problem_fields_and_solution_segments():
-    fields = RecordFields(question="q", answer="a", solution="steps", id="key")
+    fields = RecordFields(question_field="q", answer_field="a", solution_field="steps", id_field="key")
     problem = record_to_problem({"q": "1+1?", "a": 2.0, "steps": "1 + 1 = 2.\n\nThe answer is \\boxed{2}.",
                                  "key": "k1", "extra": 5}, fields, "f:1", "default")
     assert problem == Problem(id="k1", question="1+1?", answer="2",
@@ -124,7 +124,7 @@ def test_record_source_seeded_partition():
 
 
 def test_record_source_split_field_file_and_caps():
-    by_field = record_source("mem", lambda: _records(8), None, RecordFields(split="part"), test_fraction=0.5,
+    by_field = record_source("mem", lambda: _records(8), None, RecordFields(split_field="part"), test_fraction=0.5,
                              partition_seed=0, train_size=4, test_size=None)
     assert [by_field.get("test", i).question for i in range(2)] == ["q0", "q4"]
     assert by_field.size("train") == 4  # 6 train records capped at 4
@@ -132,7 +132,7 @@ def test_record_source_split_field_file_and_caps():
                             test_fraction=0.5, partition_seed=0, train_size=None, test_size=None)
     assert (by_file.size("train"), by_file.size("test")) == (3, 2)
     bad = record_source("mem", lambda: [("mem:0", {"question": "q", "answer": "1", "part": "dev"})], None,
-                        RecordFields(split="part"), test_fraction=0.5, partition_seed=0, train_size=None,
+                        RecordFields(split_field="part"), test_fraction=0.5, partition_seed=0, train_size=None,
                         test_size=None)
     with pytest.raises(TaskSpecError,
                        match=r"mem:0: field 'part' must be 'train' or 'test', got 'dev' \(str\)"):

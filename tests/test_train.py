@@ -21,6 +21,8 @@ from typing import Literal
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
+
 from repro_env.agents.checkpoint import latest_checkpoint, list_checkpoints
 from repro_env.agents.metrics import read_jsonl
 from repro_env.agents.train import (
@@ -34,8 +36,6 @@ from repro_env.agents.train import (
     register_learner,
     train,
 )
-from safetensors.torch import load_file, save_file
-
 from repro_env.config import check
 from repro_env.errors import CheckpointError, ConfigError, ScorerError, TrainingError
 from repro_env.tasks import builtin_task_ids
@@ -269,7 +269,6 @@ def test_register_learner_takes_a_class_or_its_path():
 def test_an_installed_plugin_adds_a_learner_through_its_entry_point(tmp_path, monkeypatch):
     """``pip install my-plugin`` is enough: its ``repro_env.learners`` entry point is read on first lookup."""
     import repro_env.agents.train
-
     from repro_env import registry
 
     point = EntryPoint(name="toy-plugin", value="tests.plugins.toy_learner:ToyGRPO", group=LEARNERS.group)

@@ -34,11 +34,11 @@ from trl import GRPOTrainer
 
 from repro_env import reward as rp
 from repro_env.errors import ConfigError
+from repro_env.problems import Problem
 from repro_env.reward import RewardConfig
 from repro_env.scoring.base import Scorer, ScorerConfig, ScoreRequest, make_scorer
 from repro_env.segments import split_segments
 from repro_env.tasks import TaskSpec, make_source, resolve_task
-from repro_env.verify import outcome_reward
 
 SEQUENCE_LOSSES = ("luspo", "vespo")
 """TRL loss types whose loss assumes one advantage per sequence."""
@@ -63,11 +63,10 @@ def outcome_reward_func(task: str | TaskSpec) -> Callable[..., list[float]]:
     if spec.verifier.kind == "reasoning_gym":
         raise ConfigError(f"{spec.id}: verifier.kind 'reasoning_gym' needs the dataset entry of each problem; "
                           "outcome_reward_func supports 'math' and 'exact'")
-    pattern = spec.final_answer_pattern if spec.final_answer_regex.groups else None
 
     def repro_outcome(completions: Sequence[Any], answer: Sequence[str], **_: Any) -> list[float]:
-        return [outcome_reward(_text(c), str(a), verifier=spec.verifier.kind, pattern=pattern,
-                               timeout_s=spec.verifier.timeout_s) for c, a in zip(completions, answer, strict=True)]
+        return [spec.outcome_reward(_text(c), Problem(id="", question="", answer=str(a)))
+                for c, a in zip(completions, answer, strict=True)]
 
     return repro_outcome
 
@@ -92,6 +91,8 @@ class _Scored:
     J_gain: float
     """J_T − J_0."""
     backtracks: int
+    tokens: int
+    """Completion tokens."""
 
 
 def segment_token_counts(tokenizer: Any, completion_ids: Sequence[int], segments: Sequence[str]) -> list[int]:
@@ -189,7 +190,7 @@ class ReProGRPOTrainer(GRPOTrainer):
         texts = [tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(completion_ids.tolist(),
                                                                                          lengths, strict=True)]
         segments = [split_segments(text, spec.delimiter) for text in texts]
-        local = self._score(prompts, answers, segments)
+        local = self._score(prompts, answers, segments, lengths)
         scored: list[_Scored] = gather_object(local)  # every process's completions, global order
         rank, B = self.accelerator.process_index, len(prompts)
         A_all = np.zeros(len(scored))
@@ -214,29 +215,30 @@ class ReProGRPOTrainer(GRPOTrainer):
         metrics = {
             "process_return": float(np.mean([s.process_return for s in scored])),
             "J_gain": float(np.mean([s.J_gain for s in scored])),
-            "tokens_per_response": float(np.mean(gather_object(lengths))),
+            "tokens_per_response": float(np.mean([s.tokens for s in scored])),
             "backtracks_per_response": float(np.mean([s.backtracks for s in scored])),
         }
         return advantages, metrics
 
-    def _score(self, prompts: Sequence[str], answers: Sequence[str], segments: Sequence[list[str]]) -> list[_Scored]:
+    def _score(self, prompts: Sequence[str], answers: Sequence[str], segments: Sequence[list[str]],
+               lengths: Sequence[int]) -> list[_Scored]:
         """r̃ per segment of each local completion, from one batch-scoring call (§2–§4)."""
         spec, config = self.repro_task, self.repro_reward
         requests = [ScoreRequest(q, tuple(s), spec.answer_template.format(answer=a))
                     for q, a, s in zip(prompts, answers, segments, strict=True) if s]
         results = iter(self.repro_scorer().score(requests))
         out = []
-        for s in segments:
+        for s, tokens in zip(segments, lengths, strict=True):
             T = len(s)
             if T == 0:  # an empty completion has no reasoning to credit
-                out.append(_Scored(np.zeros(0), np.zeros(0, dtype=bool), 0.0, 0.0, 0))
+                out.append(_Scored(np.zeros(0), np.zeros(0, dtype=bool), 0.0, 0.0, 0, tokens))
                 continue
             result = next(results)
             points = rp.points_for(config, result.entropies)
             J = result.J[[0, *points]]  # (1 + M,): J_0 and J at the chosen points
             r = rp.rewards_for(config, J)  # (M,)
             out.append(_Scored(rp.spread_rewards(points, r, T), rp.scored_mask(points, T), float(r.sum()),
-                               float(J[-1] - J[0]), sum(spec.is_backtrack(seg) for seg in s)))
+                               float(J[-1] - J[0]), sum(spec.is_backtrack(seg) for seg in s), tokens))
         return out
 
 

@@ -110,7 +110,7 @@ class ScorerConfig:
         if not moved:
             return data
         rest = {key: value for key, value in data.items() if key not in moved}
-        return {**rest, "options": {**_set_options(data.get("options"), options_class), **moved}}
+        return {**rest, "options": {**_options_mapping(data.get("options"), options_class), **moved}}
 
     def __post_init__(self) -> None:
         check(isinstance(self.model, str) and self.model != "", "model", self.model,
@@ -121,11 +121,11 @@ class ScorerConfig:
         options_class = backend_options_class(self.backend)
         options = self.options
         if not isinstance(options, options_class):
-            options = _set_options(options, options_class)
+            options = _options_mapping(options, options_class)
         object.__setattr__(self, "options", options_from_mapping(options_class, options, "options"))
 
 
-def _set_options(options: Any, options_class: type) -> Any:
+def _options_mapping(options: Any, options_class: type) -> Any:
     """Options as a mapping for ``options_class``. Another backend's options (the backend changed in
     ``replace``) carry over only what was set, so that a setting the new backend lacks is an error,
     never silently dropped."""

@@ -46,7 +46,7 @@ from repro_env.scoring.base import (
     TokenizedRequest,
     TokenScorerBase,
 )
-from repro_env.scoring.prefill import BufferLayer, next_token_entropy, score_prefill
+from repro_env.scoring.prefill import BufferLayer, buffer_layers, next_token_entropy, score_prefill
 from repro_env.segments import char_to_token_boundaries, tokenize_with_offsets
 
 TREE_MAX_TOKENS = 2048
@@ -539,8 +539,7 @@ class HFSession:
     def _reserve(self, tokens: int) -> list[BufferLayer]:
         """The cache layers, cut back to ``_valid`` tokens, with room for ``tokens``."""
         if not self._layers:
-            num_layers = self.scorer.model.config.get_text_config(decoder=True).num_hidden_layers
-            self._layers = [BufferLayer(max(tokens, 256)) for _ in range(num_layers)]
+            self._layers = buffer_layers(self.scorer.model, max(tokens, 256))
         for layer in self._layers:
             layer.truncate(self._valid)
             layer.reserve(tokens)

