@@ -14,7 +14,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,9 +25,10 @@ from gymnasium.vector import AutoresetMode
 from repro_env.agents.losses import check_finite
 from repro_env.agents.policy import LMPolicy, PolicyConfig, model_dir
 from repro_env.agents.rollout import Episode, TokenBatch, collect_episodes, rescore_topk, summarize
-from repro_env.config import check, to_dict
+from repro_env.config import check, check_device, to_dict
 from repro_env.errors import CheckpointError, ConfigError
 from repro_env.scoring.base import BUNDLED_MODEL
+from repro_env.scoring.options import ServerOptions
 
 WEIGHTS_FILE = "policy.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -40,14 +41,17 @@ class LearnerConfig:
 
     model: str = BUNDLED_MODEL
     """Initial policy: a local model directory or ``bundled`` (the tiny math model)."""
-    backend: Literal["hf", "vllm"] = "hf"
-    """Generation backend: ``hf`` (transformers) or ``vllm`` (engine, weights pushed after each update)."""
+    backend: Literal["hf", "vllm", "vllm-server"] = "hf"
+    """Generation backend: ``hf`` (transformers), ``vllm`` (in-process engine) or ``vllm-server`` (a vLLM
+    server at ``server.base_url``); vLLM backends get the weights pushed after each update."""
     device: str = "cpu"
     """torch device of the policy (``cpu``, ``cuda``)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Policy weights and activations."""
     temperature: float = 1.0
     """Sampling temperature of training rollouts (evaluation is greedy unless ``samples`` > 1)."""
+    server: ServerOptions = field(default_factory=ServerOptions)
+    """The generation server of ``backend: vllm-server`` (same fields as the scorer's options)."""
     lr: float = 1e-6
     """AdamW learning rate of the policy (the paper's 1e-6; tiny models want ~1e-4)."""
     weight_decay: float = 0.0
@@ -78,7 +82,8 @@ class LearnerConfig:
 
     def __post_init__(self) -> None:
         PolicyConfig(model=self.model, backend=self.backend, device=self.device, dtype=self.dtype,
-                     temperature=self.temperature)
+                     temperature=self.temperature, server=self.server)
+        check_device(self.device)
         check(_number(self.lr) and self.lr > 0, "lr", self.lr, "a number > 0")
         check(_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay,
               "a number >= 0")
@@ -137,7 +142,7 @@ class LMLearner:
         limits = self.spec_task.limits
         self.policy = LMPolicy(PolicyConfig(
             model=config.model, backend=config.backend, device=config.device, dtype=config.dtype,
-            temperature=config.temperature, max_segment_tokens=limits.max_segment_tokens,
+            temperature=config.temperature, server=config.server, max_segment_tokens=limits.max_segment_tokens,
             delimiter=self.spec_task.delimiter, max_segment_chars=limits.max_segment_chars), seed=seed)
         self.alpha = (self.spec_task.reward.alpha if config.alpha is None else config.alpha) \
             if config.process_reward else 0.0
@@ -229,11 +234,15 @@ class LMLearner:
         return {key: float(np.mean(values)) for key, values in totals.items()}
 
     def finish_update(self) -> None:
-        """After the optimiser steps: sync the generator (and the scorer, if it follows the policy)."""
+        """After the optimiser steps: push the weights, count the update."""
+        self.push_weights()
+        self.updates += 1
+
+    def push_weights(self) -> None:
+        """Sync the generator, and the scorer if it follows the policy, to the training weights."""
         self.policy.sync_generator()
         if self.config.scorer_follows_policy:
             self.scorer.reload_weights(self.policy.model)
-        self.updates += 1
 
     # -- evaluation -----------------------------------------------------------------------------
 
@@ -324,9 +333,7 @@ class LMLearner:
             raise CheckpointError(f"{directory}: cannot restore {type(self).__name__} from it: "
                                   f"{type(e).__name__}: {e}") from e
         self.updates = updates
-        self.policy.sync_generator()
-        if self.config.scorer_follows_policy:
-            self.scorer.reload_weights(self.policy.model)
+        self.push_weights()
 
 
 def _model_path(model: str) -> str:

@@ -21,6 +21,8 @@ Two generation backends behind :meth:`LMPolicy.act`:
   position ids count only real tokens, so each row sees exactly its own sequence.
 - ``vllm`` (:class:`repro_env.agents.vllm_generator.VLLMGenerator`): a vLLM engine fed with token ids; after
   each update :meth:`LMPolicy.sync_generator` pushes the trained weights into it in place.
+- ``vllm-server`` (:class:`repro_env.agents.vllm_generator.ServerGenerator`): the same requests to a vLLM
+  OpenAI server at ``server.base_url`` that serves ``model``; the weight push goes over HTTP.
 
 The training copy of the model is always a transformers model (``policy.model``).
 """
@@ -37,6 +39,7 @@ import torch
 from repro_env.assets import BUNDLED_MODEL, resolve_model
 from repro_env.config import check
 from repro_env.errors import ConfigError, ScorerError
+from repro_env.scoring.options import ServerOptions
 
 EOS_SEGMENT = "eos"
 STOP_REASONS = ("delimiter", "eos", "length", "context")
@@ -48,8 +51,8 @@ class PolicyConfig:
 
     model: str = BUNDLED_MODEL
     """A local model directory (config, safetensors, tokenizer) or ``bundled``."""
-    backend: Literal["hf", "vllm"] = "hf"
-    """Generation backend: ``hf`` (transformers) or ``vllm`` (engine with weight sync)."""
+    backend: Literal["hf", "vllm", "vllm-server"] = "hf"
+    """Generation backend: ``hf`` (transformers), ``vllm`` (in-process engine) or ``vllm-server``."""
     device: str = "cpu"
     """torch device of the training model and the hf generator."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -62,11 +65,14 @@ class PolicyConfig:
     """Segment delimiter (the task's)."""
     max_segment_chars: int = 200
     """Longest action text the env accepts (the task's ``limits.max_segment_chars``)."""
+    server: ServerOptions = field(default_factory=ServerOptions)
+    """The vLLM server of ``backend: vllm-server`` (the scorer's ``vllm-server`` options)."""
 
     def __post_init__(self) -> None:
         check(isinstance(self.model, str) and self.model != "", "model", self.model,
               "a model directory or 'bundled'")
-        check(self.backend in ("hf", "vllm"), "backend", self.backend, "one of 'hf', 'vllm'")
+        check(self.backend in ("hf", "vllm", "vllm-server"), "backend", self.backend,
+              "one of 'hf', 'vllm', 'vllm-server'")
         check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", self.dtype,
               "one of 'float32', 'bfloat16', 'float16'")
         check(isinstance(self.temperature, int | float) and self.temperature > 0, "temperature",
@@ -186,6 +192,10 @@ class LMPolicy:
             from repro_env.agents.vllm_generator import VLLMGenerator
 
             return VLLMGenerator(self, seed=seed)
+        if self.config.backend == "vllm-server":
+            from repro_env.agents.vllm_generator import ServerGenerator
+
+            return ServerGenerator(self)
         return HFGenerator(self)
 
     # -- acting ---------------------------------------------------------------------------------
@@ -256,7 +266,7 @@ class LMPolicy:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def sync_generator(self) -> None:
-        """Make the generation backend use the current training weights (vLLM: in-place push)."""
+        """Make the generation backend use the current training weights (vLLM, server: a push)."""
         sync = getattr(self.generator, "sync_weights", None)
         if sync is not None:
             sync(self.model)

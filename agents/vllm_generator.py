@@ -1,4 +1,6 @@
-"""vLLM generation backend of :class:`repro_env.agents.policy.LMPolicy` (``backend: vllm``).
+"""vLLM generation backends of :class:`repro_env.agents.policy.LMPolicy`: an in-process engine
+(``backend: vllm``, :class:`VLLMGenerator`) or a vLLM OpenAI server (``backend: vllm-server``,
+:class:`ServerGenerator`).
 
 Each call sends every active trace's token ids (``{"prompt_token_ids": ids}``: no re-tokenisation)
 with ``SamplingParams(stop=[delimiter], include_stop_str_in_output=True, logprobs=0)``; automatic
@@ -15,21 +17,41 @@ training model anyway), and the first-token entropy is NaN (vLLM returns top-k l
 Weights: :meth:`VLLMGenerator.sync_weights` pushes the training model in place with the vLLM
 scorer's own weight push (:meth:`repro_env.scoring.vllm.VLLMScorer.reload_weights`, through a
 scorer view of this engine), which also clears the prefix cache.
+
+The server backend sends the same requests to ``/v1/completions`` (token-id prompt, ``stop``,
+``return_token_ids``), one request per trace with its own seed, ``server.concurrency`` at a time
+(the server batches them). Its weight push writes safetensors for the server to load
+(:meth:`repro_env.scoring.server.ServerClient.push_weights`, dev mode); on a GPU cluster vLLM's
+NCCL weight transfer (``/init_weight_transfer_engine``, ``/update_weights``) replaces the disk
+round trip. The server must serve the policy's model: its name and tokenizer are checked at start.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from repro_env.agents.policy import Generated, Trace, segment_done
+from repro_env.errors import ScorerError
 from repro_env.scoring.base import ScorerConfig
 
 MAX_CONTINUATIONS = 4
 """Rounds that continue a whitespace-only segment before giving up."""
+
+
+@dataclass
+class Completion:
+    """One engine reply: the sampled ids, their log-probs and why it ended (``Generated.stop``)."""
+
+    ids: list[int]
+    log_probs: list[float]
+    stop: str
 
 
 class VLLMGenerator:
@@ -67,13 +89,13 @@ class VLLMGenerator:
         for _ in range(MAX_CONTINUATIONS):
             if not pending:
                 break
-            prompts = [{"prompt_token_ids": list(traces[b].ids) + out[b].ids} for b in pending]
-            params = [self._params(greedy, max_new[b] - len(out[b].ids)) for b in pending]
-            results = self.llm.generate(prompts, params, use_tqdm=False)
+            prompts = [list(traces[b].ids) + out[b].ids for b in pending]
+            results = self._complete(prompts, greedy, [max_new[b] - len(out[b].ids) for b in pending])
             again = []
-            for b, result in zip(pending, results, strict=True):
-                completion = result.outputs[0]
-                self._append(out[b], completion)
+            for b, completion in zip(pending, results, strict=True):
+                out[b].ids += completion.ids
+                out[b].log_probs += completion.log_probs
+                out[b].stop = completion.stop
                 room = max_new[b] - len(out[b].ids)
                 # A stop string before any content (e.g. a leading blank line): keep writing.
                 if out[b].stop == "delimiter" and room > 0 and \
@@ -82,23 +104,69 @@ class VLLMGenerator:
             pending = again
         return out
 
-    def _params(self, greedy: bool, max_tokens: int) -> Any:
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.policy.generator_rng))
-        return self._sampling_params(
-            n=1, temperature=0.0 if greedy else self.policy.config.temperature, max_tokens=max_tokens,
-            stop=[self.policy.config.delimiter], include_stop_str_in_output=True, logprobs=0, seed=seed)
+    def _seed(self) -> int:
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=self.policy.generator_rng))
 
-    def _append(self, generated: Generated, completion: Any) -> None:
-        ids = list(completion.token_ids)
+    def _complete(self, prompts: list[list[int]], greedy: bool, max_tokens: list[int]) -> list[Completion]:
+        params = [self._sampling_params(
+            n=1, temperature=0.0 if greedy else self.policy.config.temperature, max_tokens=n,
+            stop=[self.policy.config.delimiter], include_stop_str_in_output=True, logprobs=0, seed=self._seed())
+            for n in max_tokens]
+        results = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+        return [self._completion(result.outputs[0]) for result in results]
+
+    @staticmethod
+    def _completion(output: Any) -> Completion:
+        ids = list(output.token_ids)
         log_probs = []
-        for token, candidates in zip(ids, completion.logprobs or [{}] * len(ids), strict=True):
+        for token, candidates in zip(ids, output.logprobs or [{}] * len(ids), strict=True):
             entry = candidates.get(token) if candidates else None
             log_probs.append(float(entry.logprob) if entry is not None else float("nan"))
-        generated.ids += ids
-        generated.log_probs += log_probs
-        if completion.finish_reason == "length":
-            generated.stop = "length"
-        elif isinstance(completion.stop_reason, str):
-            generated.stop = "delimiter"
-        else:
-            generated.stop = "eos"
+        return Completion(ids, log_probs, stop_reason(output.finish_reason, output.stop_reason))
+
+
+def stop_reason(finish_reason: str | None, stop_reason: Any) -> str:
+    """vLLM's finish and stop reasons as a ``Generated.stop``: a stop string is the delimiter."""
+    if finish_reason == "length":
+        return "length"
+    return "delimiter" if isinstance(stop_reason, str) else "eos"
+
+
+class ServerGenerator(VLLMGenerator):
+    """Segments from a vLLM OpenAI server that serves the policy's model (module docstring)."""
+
+    def __init__(self, policy: Any) -> None:  # no engine here: the server is one
+        from repro_env.scoring.server import ServerClient
+        from repro_env.scoring.vllm import _checkpoint_keys
+
+        self.policy = policy
+        self.client = ServerClient(policy.config.server)
+        self.served = self.client.check_model(policy.tokenizer, policy.config.model)
+        self._checkpoint_keys = _checkpoint_keys(Path(policy.path))
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Have the server load ``model``'s weights and reset its prefix cache (dev mode)."""
+        self.client.push_weights(model, self._checkpoint_keys)
+
+    def _complete(self, prompts: list[list[int]], greedy: bool, max_tokens: list[int]) -> list[Completion]:
+        bodies = [{"model": self.served, "prompt": ids, "max_tokens": n, "seed": self._seed(),
+                   "temperature": 0.0 if greedy else self.policy.config.temperature,
+                   "stop": [self.policy.config.delimiter], "include_stop_str_in_output": True,
+                   "skip_special_tokens": False, "logprobs": 0, "return_token_ids": True}
+                  for ids, n in zip(prompts, max_tokens, strict=True)]
+        with ThreadPoolExecutor(max_workers=self.client.options.concurrency) as pool:
+            return list(pool.map(self._request, bodies))
+
+    def _request(self, body: dict[str, Any]) -> Completion:
+        reply = self.client.request("POST", "/v1/completions", body)
+        try:
+            choice = reply["choices"][0]
+            ids = [int(t) for t in choice["token_ids"]]
+            log_probs = [float("nan") if v is None else float(v) for v in choice["logprobs"]["token_logprobs"]]
+        except (TypeError, KeyError, IndexError, ValueError) as e:
+            raise ScorerError(f"POST {self.client.url}/v1/completions: the reply lacks the sampled token ids "
+                              f"or their log-probs ({type(e).__name__}: {e})") from e
+        if len(log_probs) != len(ids) or len(ids) > body["max_tokens"]:
+            raise ScorerError(f"POST {self.client.url}/v1/completions: {len(ids)} token ids and "
+                              f"{len(log_probs)} log-probs for max_tokens {body['max_tokens']}")
+        return Completion(ids, log_probs, stop_reason(choice.get("finish_reason"), choice.get("stop_reason")))

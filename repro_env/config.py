@@ -136,11 +136,23 @@ def replace(obj: T, overrides: Mapping[str, Any], *, source: str = "overrides",
             error: type[ConfigError] = ConfigError, prefix: str = "") -> T:
     """``dataclasses.replace`` with the checks of :func:`from_mapping`; nested mappings merge."""
     data = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
+    hints = typing.get_type_hints(type(obj))
     for key, value in overrides.items():
-        if dataclasses.is_dataclass(data.get(key)) and isinstance(value, Mapping):
-            value = replace(data[key], value, source=source, error=error, prefix=f"{prefix}{key}.")
+        old = data.get(key)
+        if dataclasses.is_dataclass(old) and isinstance(value, Mapping):
+            if dataclasses.is_dataclass(hints.get(key)):
+                value = replace(old, value, source=source, error=error, prefix=f"{prefix}{key}.")
+            else:  # e.g. a plugin's options (typed Any): its class may change with the other fields
+                value = {**set_fields(old), **value}
         data[key] = value
     return from_mapping(type(obj), data, source=source, error=error, prefix=prefix)
+
+
+def set_fields(obj: Any) -> dict[str, Any]:
+    """The fields of dataclass ``obj`` that differ from its class's defaults."""
+    defaults = type(obj)()
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+            if getattr(obj, f.name) != getattr(defaults, f.name)}
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -1,13 +1,55 @@
 """Final answers: extract them from a response and check them against the ground truth.
 
 The outcome reward of REPRO_SPEC §5 is ``R = 1`` when the final answer verifies against ``a``.
-Checking runs in three tiers, cheapest first:
 
-1. string and numeric comparison in the calling thread (``1,000`` = ``1000``,
-   ``\\frac{1}{2}`` = ``0.5``, units and trailing text dropped): decides every plain number;
-2. math-verify (``parse`` + ``verify``) for symbolic answers, in a separate worker process;
-3. a hung math-verify call (sympy can spin for ever on ``9^{9^{9^{9}}}``) is cut off after
+**Extraction** (:func:`extract_answer`), first rule that finds something wins:
+
+1. the task's ``pattern``, when it has a capture group (group ``answer``, else group 1);
+2. only the text after the last ``</think>`` is read from here on, when that text is not blank;
+3. the last ``\\boxed{...}`` / ``\\fbox{...}``, or every box joined by commas when the gold is a
+   set, tuple or list (``\\{1,2\\}``, ``(1,2)``, ``-2, 3``);
+4. "final answer ... is X" (``Final Answer: The final answer is $100$. I hope it is correct.``,
+   ``Final Answer: The largest $n$ is 34.``), then "answer is X" / "Answer: X" / "answer = X";
+   X is the LaTeX of the math spans (``$...$``, ``\\(...\\)``, ``\\[...\\]``) that open the sentence
+   after the anchor (several joined by ``,``/``and``/``or`` make a set), else the words up to the
+   end of the sentence or the first clause break (``, because``, ``since``...);
+5. the last bold ``**X**``, then ``#### X``;
+6. nothing: math-verify reads the response its own way (its last number or math span).
+
+**Checking** (:func:`verify_answer`), cheapest first:
+
+1. plain numbers in the calling thread (:func:`compare_numbers`), by math-verify's rule: exact
+   for integers and fractions, and a decimal equals an integer only exactly (``1.0000001`` ≠ ``1``);
+   a decimal and a fraction or another decimal are equal when they round to the same 6 decimals
+   (``0.333333`` = ``1/3``), so values more than 1e-6 apart differ here and closer ones that are
+   not equal go to math-verify, whose rounding (and its ties) is then the rule;
+2. equal normalised strings (:func:`normalize_answer`);
+3. math-verify (``parse`` + ``verify``) in a worker process, on the extracted answer and the gold,
+   each as LaTeX: equations stay equations (``y=-\\frac12x+\\frac34`` = ``2x+4y-3=0``; ``x = 5``
+   = ``5`` by math-verify's assignment rule), sets, tuples, intervals, relations, percentages
+   and symbolic forms are compared as math-verify compares them;
+4. a hung math-verify call (sympy can spin for ever on ``9^{9^{9^{9}}}``) is cut off after
    ``timeout_s``: the worker is killed and restarted, and the answer counts as incorrect.
+
+**Normalisation** for tiers 1 and 2 keeps the meaning: ``$``/``\\(``/``\\[`` delimiters, ``\\left``,
+``\\right``, ``\\displaystyle``, bold and a final period go; ``\\!`` and ``{,}`` join what they
+separate (``10,\\!000`` = ``10,000``); ``\\,`` ``\\;`` ``\\:`` ``~`` are spaces; thousands separators
+(``1,000``, ``10\\,000``) go; ``\\text{}``-like wrappers are unwrapped; currency signs, degree signs
+(``^\\circ``, ``°``) and unit words after a number go. Percentages are left to math-verify, whose
+rule is its own (``50\\%`` = ``50`` = ``0.5``, but ``12.5\\%`` ≠ ``12.5``). Tier 3 gets the
+answer unnormalised, so math-verify's own normalisation applies.
+
+**Deliberate differences from math-verify** (each a test in ``tests/test_verify.py``):
+
+- the last box, not all of them, unless the gold is a collection: a model that boxes an
+  intermediate value and then its answer means the last one;
+- the text after ``</think>`` first: what is inside the think block is scratch work;
+- a thin space between digit groups (``10\\,000``) is a thousands separator, not a product;
+- any word after a number is a unit (``5 eggs`` = ``5``), not only those in math-verify's list;
+  the sign ``°`` is a degree sign like ``^\\circ``;
+- the value right after "the answer is" is the answer, not a later ``= 3`` in the same sentence;
+- a comma is never a decimal point: ``3,5`` is two answers, as math-verify itself reads it in
+  ``\\boxed{3,5}`` (but not in prose, where it reads 3.5).
 
 math-verify's own timeout uses ``signal.alarm``, which works only in the main thread of the main
 interpreter; the env runs in threads and in vector-env worker processes (daemonic, so they cannot
@@ -37,31 +79,36 @@ logger = logging.getLogger(__name__)
 VerifierKind = Literal["math", "exact", "reasoning_gym"]
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_ANSWER_IS = re.compile(r"\b(?:final answer|answer)\s*(?:is|:|=)\s*:?\s*(?P<answer>[^\n]+)", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"\.(?:\s|$)")
+_FINAL_ANSWER = re.compile(r"\bfinal answer\b[^\n]{0,100}?\s(?:is|are)\b\s*:?", re.IGNORECASE)
+_ANSWER = re.compile(r"\banswer\b\s*(?:is\b|[:=])\s*:?", re.IGNORECASE)
 _BOLD = re.compile(r"\*\*(?P<answer>[^*\n]+?)\*\*")
 _HASHES = re.compile(r"^####\s*(?P<answer>.+?)\s*$", re.MULTILINE)
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$((?:\\\$|[^$])+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_SPAN_JOINER = re.compile(r"\s*(?:,?\s*(?:and|or)\b|,)\s*")
+_SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
+_CLAUSE_BREAK = re.compile(r",\s|;|\s(?:because|since|as|which|so|when|where|if|given)\b")
 
 _NUMBER = re.compile(
     r"^(?P<sign>[-+]?)\s*(?:"
     r"\\frac\{(?P<fnum>\d+)\}\{(?P<fden>\d+)\}"
     r"|(?P<num>\d+)/(?P<den>\d+)(?![\d.])"
-    r"|(?P<dec>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
+    r"|(?P<dec>\d*\.\d+|\d+)"
     r")"
 )
-# What may follow a number and still leave it a plain number: nothing, a percent sign, or a space
-# and words (units, "apples", "in total").
-_UNIT_TAIL = re.compile(r"^(?:%|\s+[^\W\d_][^\d=+*/^<>()\[\]{}]*)?$")
-_LATEX_UNWRAP = re.compile(r"\\(?:text|textbf|mathrm|mathbf|operatorname|mbox)\s*\{([^{}]*)\}")
-_LATEX_SPACES = re.compile(r"\\[,;:! ]|~|\\left|\\right|\\displaystyle")
+# What may follow a number and still leave it a plain number: nothing, or a space and words
+# (units, "apples", "in total").
+_UNIT_TAIL = re.compile(r"^(?:\s+[^\W\d_][^\d=+*/^<>()\[\]{}%]*)?$")
+_THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:[, ]\d{3})+)(?![\d])")
+_LATEX_UNWRAP = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|operatorname|mbox)\s*\{([^{}]*)\}")
+_LATEX_SPACES = re.compile(r"\\[,;: ]|~")
+_LATEX_SIZING = re.compile(r"\\(?:left|right|displaystyle)\b")
+_DEGREES = re.compile(r"\^\s*\{?\\circ\}?|°")
 
 
-def extract_answer(text: str, pattern: str | None = None) -> str | None:
-    """The final answer stated in ``text``, or ``None`` when it states none.
+def extract_answer(text: str, pattern: str | None = None, *, all_boxes: bool = False) -> str | None:
+    """The final answer stated in ``text`` (see the module docstring for the order), or ``None``.
 
-    Tried in order: the task's ``pattern`` when it has a capture group (group ``answer`` or group 1
-    of its last match), the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces kept), the last
-    "the answer is X" (up to the end of the sentence), the last bold ``**X**``, and ``#### X``.
+    ``all_boxes``: join every ``\\boxed{}`` with commas instead of taking the last one.
     """
     if pattern is not None:
         compiled = _compile(pattern)
@@ -72,53 +119,89 @@ def extract_answer(text: str, pattern: str | None = None) -> str | None:
                 value = last.group("answer") if "answer" in compiled.groupindex else last.group(1)
                 if value and value.strip():
                     return value.strip()
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed.strip()
-    for regex in (_ANSWER_IS, _BOLD, _HASHES):
+    text = final_part(text)
+    boxes = [box.strip() for box in boxed_contents(text)]
+    if boxes:
+        return ", ".join(boxes) if all_boxes else boxes[-1]
+    for anchor in (_FINAL_ANSWER, _ANSWER):
+        for match in reversed(list(anchor.finditer(text))):
+            value = _value_after(text[match.end():], keep_commas=all_boxes)
+            if value:
+                return value
+    for regex in (_BOLD, _HASHES):
         matches = list(regex.finditer(text))
         if matches:
-            value = matches[-1].group("answer")
-            if regex is _ANSWER_IS:
-                end = _SENTENCE_END.search(value)
-                value = value[: end.start()] if end else value
-            value = _BOLD.sub(r"\g<answer>", value).strip().rstrip(".").strip()
+            value = _strip_math(matches[-1].group("answer")).rstrip(".").strip()
             if value:
                 return value
     return None
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` (or ``\\fbox``), braces balanced; else ``None``."""
-    for match in reversed(list(_BOXED.finditer(text))):
+def final_part(text: str) -> str:
+    """The text after the last ``</think>``, when there is any; else all of ``text``."""
+    _, closed, after = text.rpartition("</think>")
+    return after if closed and after.strip() else text
+
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every complete ``\\boxed{...}`` / ``\\fbox{...}``, braces balanced, in order."""
+    contents = []
+    for match in _BOXED.finditer(text):
         depth = 1
         for pos in range(match.end(), len(text)):
-            if text[pos] == "{":
-                depth += 1
-            elif text[pos] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[match.end():pos]
-    return None
+            depth += {"{": 1, "}": -1}.get(text[pos], 0)
+            if depth == 0:
+                contents.append(text[match.end():pos])
+                break
+    return contents
+
+
+def _value_after(text: str, keep_commas: bool) -> str:
+    """The answer stated right after an anchor: its opening math spans, else words to the clause end."""
+    text = text.replace("**", "").lstrip(" \t\n:")
+    spans, pos = [], 0
+    while (span := _MATH_SPAN.match(text, pos)) is not None:
+        spans.append(_span_content(span).strip())
+        joiner = _SPAN_JOINER.match(text, span.end())
+        pos = joiner.end() if joiner else span.end()
+    if spans:
+        return ", ".join(spans)
+    end = _SENTENCE_END.search(text)
+    sentence = text[: end.start()] if end else text
+    span = _MATH_SPAN.search(sentence)
+    if span is not None:  # "Answer: the total is $42$"
+        return _value_after(sentence[span.start():], keep_commas)
+    brk = None if keep_commas else _CLAUSE_BREAK.search(sentence)
+    return sentence[: brk.start()].strip() if brk else sentence.strip()
+
+
+def _strip_math(answer: str) -> str:
+    span = _MATH_SPAN.fullmatch(answer.strip())
+    return _span_content(span) if span else answer
+
+
+def _span_content(span: re.Match[str]) -> str:
+    return next(group for group in span.groups() if group is not None)
 
 
 def normalize_answer(answer: str) -> str:
-    """Canonical text of an answer: no ``$``, bold, LaTeX spacing, ``\\text{}`` wrappers, ``x =``."""
+    """Canonical text of an answer, meaning kept (module docstring, "Normalisation")."""
     s = answer.strip()
     s = s.replace("\\$", "").replace("$", "").replace("**", "")
     s = s.replace("\\(", "").replace("\\)", "").replace("\\[", "").replace("\\]", "")
+    s = s.replace("\\!", "").replace("{,}", ",")
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
-    s = _LATEX_SPACES.sub(" ", s)
+    s = _LATEX_SIZING.sub("", _LATEX_SPACES.sub(" ", s))
     s = _LATEX_UNWRAP.sub(r" \1", s)
-    s = s.replace("\\%", "%").replace("^\\circ", "").replace("^{\\circ}", "")
-    if s.count("=") == 1 and re.fullmatch(r"\s*[A-Za-z]\w*\s*=.*", s, flags=re.DOTALL):
-        s = s.split("=", 1)[1]  # "x = 5": the value, not the equation
-    s = " ".join(s.split()).rstrip(".").strip()
-    return s
+    s = _DEGREES.sub("", s)
+    s = _THOUSANDS.sub(lambda m: m.group(1) + re.sub(r"[, ]", "", m.group(2)), s)
+    s = s.replace("\\%", "%")
+    return " ".join(s.split()).rstrip(".").strip()
 
 
-def to_number(answer: str) -> Fraction | None:
-    """The exact value of a plain number (``-1,000.5``, ``3/4``, ``\\frac{1}{2}``, ``12 apples``)."""
+def _plain_number(answer: str) -> tuple[Fraction, bool] | None:
+    """(exact value, written as a decimal) of a plain number (``-1,000.5``, ``3/4``, ``\\frac{1}{2}``,
+    ``12 apples``); ``None`` for anything else, percentages included."""
     s = normalize_answer(answer)
     match = _NUMBER.match(s)
     if match is None or not _UNIT_TAIL.match(s[match.end():]):
@@ -128,12 +211,39 @@ def to_number(answer: str) -> Fraction | None:
     elif match.group("num") is not None:
         num, den = int(match.group("num")), int(match.group("den"))
     else:
-        value = Fraction(match.group("dec").replace(",", ""))
+        value = Fraction(match.group("dec"))
         num, den = value.numerator, value.denominator
     if den == 0:
         return None
     value = Fraction(num, den)
-    return -value if match.group("sign") == "-" else value
+    is_decimal = "." in (match.group("dec") or "")
+    return (-value if match.group("sign") == "-" else value), is_decimal
+
+
+def compare_numbers(pred: str, gold: str) -> bool | None:
+    """math-verify's verdict on two plain numbers, or ``None`` when either is not one or it is too close to call.
+
+    Exact for integers and fractions, and whenever one side is an integer written without a
+    decimal point. Otherwise math-verify rounds both to 6 decimals: values more than 1e-6 apart
+    never round alike, and closer ones that differ are left to its own rounding and tie rule.
+    """
+    parsed_pred, parsed_gold = _plain_number(pred), _plain_number(gold)
+    if parsed_pred is None or parsed_gold is None:
+        return None
+    (p, p_decimal), (g, g_decimal) = parsed_pred, parsed_gold
+    if p == g:
+        return True
+    exact = not (p_decimal or g_decimal) or any(
+        not decimal and value.denominator == 1 for value, decimal in (parsed_pred, parsed_gold)
+    )
+    if exact or abs(p - g) > Fraction(1, 10**6):
+        return False
+    return None
+
+
+def is_collection(gold: str) -> bool:
+    """Whether ``gold`` lists several values (a set, tuple, interval or list): it has a comma."""
+    return "," in normalize_answer(gold)
 
 
 def verify_answer(response: str, gold: str, *, timeout_s: float = 5.0, pattern: str | None = None) -> bool:
@@ -142,15 +252,14 @@ def verify_answer(response: str, gold: str, *, timeout_s: float = 5.0, pattern: 
     Plain numbers and identical strings are decided in this thread; anything else goes to
     math-verify in the worker process, cut off after ``timeout_s`` seconds (a timeout is incorrect).
     """
-    extracted = extract_answer(response, pattern)
-    pred = extracted if extracted is not None else response
-    if exact_match(pred, gold):
+    extracted = extract_answer(response, pattern, all_boxes=is_collection(gold))
+    pred = extracted if extracted is not None else final_part(response)
+    decided = compare_numbers(pred, gold)
+    if decided is not None:
+        return decided
+    if normalize_answer(pred) == normalize_answer(gold):
         return True
-    pred_value, gold_value = to_number(pred), to_number(gold)
-    if pred_value is not None and gold_value is not None:
-        return pred_value == gold_value
-    result = _worker().verify(normalize_answer(pred), normalize_answer(gold), timeout_s)
-    return bool(result)
+    return bool(_worker().verify(pred, gold, timeout_s, as_latex=extracted is not None))
 
 
 def exact_match(pred: str, gold: str) -> bool:
@@ -199,13 +308,16 @@ class _MathVerifyWorker:
         self._lines: queue.Queue[str] = queue.Queue()
         self._pid = os.getpid()
 
-    def verify(self, pred: str, gold: str, timeout_s: float) -> bool | None:
-        """math-verify's verdict, or ``None`` on timeout or when math-verify raised."""
+    def verify(self, pred: str, gold: str, timeout_s: float, *, as_latex: bool = True) -> bool | None:
+        """math-verify's verdict, or ``None`` on timeout or when math-verify raised.
+
+        ``as_latex``: ``pred`` is an extracted answer; else a whole response for math-verify to read.
+        """
         with self._lock:
             self._ensure_started()
             assert self._proc is not None and self._proc.stdin is not None  # set by _ensure_started
             try:
-                self._proc.stdin.write(json.dumps({"pred": pred, "gold": gold}) + "\n")
+                self._proc.stdin.write(json.dumps({"pred": pred, "gold": gold, "as_latex": as_latex}) + "\n")
                 self._proc.stdin.flush()
                 reply = json.loads(self._lines.get(timeout=timeout_s))
             except queue.Empty:
@@ -265,19 +377,26 @@ def _worker() -> _MathVerifyWorker:
 
 
 def serve_math_verify() -> None:
-    """Worker loop: read ``{"pred", "gold"}`` JSON lines on stdin, write ``{"ok": bool | null}``.
+    """Worker loop: read ``{"pred", "gold", "as_latex"}`` JSON lines on stdin, write ``{"ok": bool | null}``.
 
+    The gold, and the prediction when ``as_latex``, are read as LaTeX (inside ``\\boxed{}``); a
+    whole response is read by math-verify's own extraction, then as LaTeX if it finds nothing.
     math-verify's signal timeouts are off here: the parent enforces the time limit by killing us.
     """
     from math_verify import parse, verify
 
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
     print(json.dumps({"ready": True}), flush=True)
+
+    def as_latex(answer: str) -> list:
+        return parse("\\boxed{" + answer + "}", parsing_timeout=None)
+
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            gold = parse("\\boxed{" + request["gold"] + "}", parsing_timeout=None)
-            pred = parse("\\boxed{" + request["pred"] + "}", parsing_timeout=None)
+            gold = as_latex(request["gold"])
+            pred = as_latex(request["pred"]) if request["as_latex"] else (
+                parse(request["pred"], parsing_timeout=None) or as_latex(request["pred"]))
             ok: bool | None = bool(gold and pred and verify(gold, pred, timeout_seconds=None))
         except Exception:  # a parser crash on odd input is a wrong answer, not an env crash
             ok = None

@@ -8,7 +8,12 @@ character offsets matters (REPRO_SPEC §1).
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,6 +120,58 @@ def tiny_tokenizer(tiny_llama_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``repro-env vllm-serve`` in a child process."""
+
+    def __init__(self, model: Path, port: int) -> None:
+        self.model, self.port, self.url = model, port, f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        script = Path(sys.executable).with_name("repro-env")
+        self.process = subprocess.Popen(
+            [str(script), "vllm-serve", "--model", str(self.model), "--port", str(self.port),
+             "--max-model-len", "512", "--max-logprobs", "600"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        first = self.process.stdout.readline()  # the command the CLI prints before it execs
+        assert "vllm.entrypoints.openai.api_server" in first and f"--port {self.port}" in first
+        from repro_env.scoring.server import wait_for_server
+
+        wait_for_server(self.url, timeout_s=300, process=self.process)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_llama_dir):
+    """A real vLLM OpenAI server (CPU build) on loopback serving the fixture model, once per suite."""
+    server = Server(tiny_llama_dir, free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(vllm_server):
+    """The suite's vLLM server, started again if a fault test left it stopped."""
+    if not vllm_server.running:
+        vllm_server.start()
+    return vllm_server
 
 
 @pytest.fixture(scope="session", autouse=True)

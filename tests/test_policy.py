@@ -105,7 +105,7 @@ def test_no_room_in_the_context_ends_the_episode_with_the_eos_text(policy):
     ({"temperature": 0.0}, "field 'temperature' must be a number > 0, got 0.0 (float)"),
     ({"max_segment_tokens": 0}, "field 'max_segment_tokens' must be an int >= 1, got 0 (int)"),
     ({"delimiter": ""}, "field 'delimiter' must be a non-empty string, got '' (str)"),
-    ({"backend": "tgi"}, "field 'backend' must be one of 'hf', 'vllm', got 'tgi' (str)"),
+    ({"backend": "tgi"}, "field 'backend' must be one of 'hf', 'vllm', 'vllm-server', got 'tgi' (str)"),
     ({"max_segment_chars": 0}, "field 'max_segment_chars' must be an int >= 1, got 0 (int)"),
     ({"dtype": "int8"}, "field 'dtype' must be one of 'float32', 'bfloat16', 'float16', got 'int8' (str)"),
     ({"model": ""}, "field 'model' must be a model directory or 'bundled', got '' (str)"),

@@ -1,16 +1,11 @@
 """The vllm-server backend against a real vLLM OpenAI server (CPU build) on loopback.
 
-One server for the module, started through the console script as a user types it
-(``repro-env vllm-serve``); the fault tests stop it and start it again.
+One server for the suite (``conftest.vllm_server``), started through the console script as a user
+types it (``repro-env vllm-serve``); the fault tests stop it and start it again.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +16,8 @@ from repro_env.env import ReasoningEnv
 from repro_env.errors import ScorerError
 from repro_env.scoring import ScorerConfig, ScoreRequest, make_scorer
 from repro_env.scoring.hf import HFScorer
-from repro_env.scoring.server import VLLMServerScorer, wait_for_server
+from repro_env.scoring.server import VLLMServerScorer
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.vllm
 
@@ -31,51 +27,14 @@ REQUESTS = [ScoreRequest(QUESTION, SEGMENTS, "\\boxed{23}"),
             ScoreRequest("Question: what is 1 + 2?\n\n", ("So, 1 + 2 = 3.\n\n", "Wait, 3.\n\n"), "3", points=(2,))]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``repro-env vllm-serve`` in a child process."""
-
-    def __init__(self, model: Path, port: int) -> None:
-        self.model, self.port, self.url = model, port, f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        script = Path(sys.executable).with_name("repro-env")
-        self.process = subprocess.Popen(
-            [str(script), "vllm-serve", "--model", str(self.model), "--port", str(self.port),
-             "--max-model-len", "512", "--max-logprobs", "600"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        first = self.process.stdout.readline()  # the command the CLI prints before it execs
-        assert "vllm.entrypoints.openai.api_server" in first and f"--port {self.port}" in first
-        wait_for_server(self.url, timeout_s=300, process=self.process)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def server(tiny_llama_dir):
-    server = Server(tiny_llama_dir, free_port())
-    server.start()
-    yield server
-    server.stop()
-
-
 def server_config(model: Path, url: str, **options) -> ScorerConfig:
     return ScorerConfig(backend="vllm-server", model=str(model), max_length=192,
                         options={"base_url": url, "max_logprobs": 500, "retries": 1, **options})
 
 
 @pytest.fixture(scope="module")
-def scorer(server, tiny_llama_dir) -> VLLMServerScorer:
-    return make_scorer(server_config(tiny_llama_dir, server.url))
+def scorer(vllm_server, tiny_llama_dir) -> VLLMServerScorer:
+    return make_scorer(server_config(tiny_llama_dir, vllm_server.url))
 
 
 @pytest.fixture(scope="module")
@@ -134,20 +93,20 @@ def test_start_up_checks_name_the_server_and_the_model(server, tiny_llama_dir):
 
 def test_a_4xx_shows_the_server_message(scorer):
     with pytest.raises(ScorerError, match=r"POST .*/v1/completions: HTTP 4\d\d: .*"):
-        scorer._request("POST", "/v1/completions", {"model": "no-such-model", "prompt": [[1, 2]], "max_tokens": 1})
+        scorer.client.request("POST", "/v1/completions", {"model": "no-such-model", "prompt": [[1, 2]], "max_tokens": 1})
 
 
 def test_malformed_replies_are_errors_not_nans(scorer, monkeypatch):
     # A fake reply isolates the parsing; the real server's replies are tested above.
-    real = scorer._request
-    monkeypatch.setattr(scorer, "_request", lambda *a, **k: {"choices": [{"index": 0, "prompt_logprobs": None}]})
+    real = scorer.client.request
+    monkeypatch.setattr(scorer.client, "request", lambda *a, **k: {"choices": [{"index": 0, "prompt_logprobs": None}]})
     with pytest.raises(ScorerError, match=r"/v1/completions: expected 5 choices, got 1"):  # 5 J probes
         scorer.score(REQUESTS[:1])
     session_probe = {"choices": [{"index": 0, "prompt_logprobs": [None, None]}]}
-    monkeypatch.setattr(scorer, "_request", lambda *a, **k: session_probe)
+    monkeypatch.setattr(scorer.client, "request", lambda *a, **k: session_probe)
     with pytest.raises(ScorerError, match=r"prompt_logprobs lack the answer tokens"):
         scorer.session(QUESTION, "\\boxed{23}")
-    monkeypatch.setattr(scorer, "_request", real)
+    monkeypatch.setattr(scorer.client, "request", real)
     assert np.isfinite(scorer.score(REQUESTS[:1])[0].J).all()
 
 

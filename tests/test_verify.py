@@ -1,20 +1,158 @@
-"""Answer extraction and verification: the regression cases of the task issue."""
+"""Answer extraction and verification: the regression set of issue 11 and agreement with math-verify."""
 
+import logging
 import threading
 import time
 
 import pytest
+from math_verify import parse, verify
 
 from repro_env.verify import (
+    compare_numbers,
     exact_match,
     extract_answer,
     normalize_answer,
     outcome_reward,
-    to_number,
     verify_answer,
 )
 
 HANG = "\\boxed{9^{9^{9^{9}}}}"  # sympy evaluates the power tower: math-verify never returns
+
+R1 = "<think>\nLet me compute: 3 + 4 = 7, and n = 2 gives 9.\n</think>\n\n"  # R1-Distill / Qwen3 think block
+
+
+def math_verify_verdict(response: str, gold: str) -> bool:
+    """math-verify's own verdict, called as its README shows: the gold as LaTeX, the response as written.
+
+    A bare answer with no number or LaTeX math environment that math-verify could find (``y=2x``)
+    is read as LaTeX, as ``verify_answer`` reads a response that states no answer.
+    """
+    prediction = parse(response) or parse("\\boxed{" + response + "}")
+    return verify(parse("\\boxed{" + gold + "}"), prediction)
+
+
+# (class, response, gold, expected verdict): math-verify gives the same verdict on every row.
+CASES = [
+    # extraction: the last \boxed / \fbox
+    ("boxed", "So the area is \\boxed{12}.", "12", True),
+    ("boxed", "\\fbox{7}", "7", True),
+    ("boxed", R1 + "**Final Answer**\n\\[\n\\boxed{\\dfrac{3}{4}}\n\\]", "\\frac34", True),
+    ("boxed", R1 + "Therefore, the answer is $\\boxed{8}$.", "9", False),
+    # extraction: every \boxed when the gold is a set or tuple
+    ("boxes", "\\boxed{1},\\boxed{2},\\boxed{3}", "\\{1,2,3\\}", True),
+    ("boxes", "The roots are $\\boxed{-2}$ and $\\boxed{3}$.", "-2, 3", True),
+    ("boxes", "The roots are $\\boxed{-2}$ and $\\boxed{4}$.", "-2, 3", False),
+    # extraction: "final answer is X" inside a sentence (Minerva few-shot format)
+    ("final-answer", "Final Answer: The final answer is $100$. I hope it is correct.", "100", True),
+    ("final-answer", "Final Answer: The largest $n$ is 34.", "34", True),
+    ("final-answer", "Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "0.5", True),
+    ("final-answer", "Thus, the final answer is 72 dollars.", "72", True),
+    ("final-answer", "Final Answer: The final answer is $(3,-1)$. I hope it is correct.", "(3,-1)", True),
+    # extraction: "Answer: X", bold, ####
+    ("answer", "Answer: 5", "5", True),
+    ("answer", "**Answer:** $\\frac{7}{2}$", "3.5", True),
+    ("answer", "The answer is 5 because 3 is odd.", "5", True),
+    ("answer", "The answer is $5$, since it is odd.", "5", True),
+    ("answer", "The answer is: 3.", "3", True),
+    ("answer", "Answer: 6", "5", False),
+    ("bold", "So she pays **18** dollars.", "18", True),
+    ("gsm8k", "Natalia sold 48/2 = 24 clips in May.\n48 + 24 = 72\n#### 72", "72", True),
+    ("gsm8k", "48 + 24 = 72\n#### 70", "72", False),
+    # extraction: the answer after </think>
+    ("think", R1 + "The answer is 7.", "7", True),
+    ("think", R1 + "So the total is $\\boxed{10}$.", "10", True),
+    ("think", "<think>\nMaybe 5? No: 2 + 4 = 6.\n</think>\n\nThe total is 6.", "6", True),
+    # normalisation: \!, {,}, thousands separators
+    ("thousands", "\\boxed{10000}", "10,\\!000", True),
+    ("thousands", "\\boxed{10,\\!000}", "10000", True),
+    ("thousands", "\\boxed{1{,}234{,}567}", "1234567", True),
+    ("thousands", "\\boxed{1,000}", "1000", True),
+    ("thousands", "\\boxed{1,2}", "12", False),
+    # normalisation: \text{}, units, currency
+    ("units", "\\boxed{12\\text{ cm}}", "12", True),
+    ("units", "\\boxed{18 \\text{ eggs}}", "18", True),
+    ("units", "\\boxed{\\$18.90}", "18.90", True),
+    ("units", "The answer is 12 apples.", "12", True),
+    ("units", "\\boxed{\\text{(C)}}", "C", True),
+    ("units", "\\boxed{\\textbf{(B)}}", "\\text{(C)}", False),
+    # normalisation: degrees and percentages
+    ("degrees", "\\boxed{90^\\circ}", "90", True),
+    ("degrees", "\\boxed{45}", "45^{\\circ}", True),
+    ("percent", "\\boxed{50\\%}", "50", True),
+    ("percent", "\\boxed{5\\%}", "0.05", True),
+    ("percent", "\\boxed{12.5\\%}", "12.5", False),
+    # the fast path follows math-verify's rounding: 6 decimals, but a decimal equals an integer exactly
+    ("rounding", "\\boxed{0.333333}", "1/3", True),
+    ("rounding", "\\boxed{0.3333333}", "\\frac{1}{3}", True),
+    ("rounding", "\\boxed{0.333}", "\\frac{1}{3}", False),
+    ("rounding", "\\boxed{0.3333335}", "\\frac{1}{3}", False),
+    ("rounding", "\\boxed{2.5000001}", "\\frac52", True),
+    ("rounding", "\\boxed{1.0000001}", "1", False),
+    ("rounding", "\\boxed{2.0}", "2", True),
+    ("rounding", "\\boxed{3.141593}", "\\pi", True),
+    ("rounding", "\\boxed{3.14}", "\\pi", False),
+    # equations and relations are compared as equations
+    ("equation", "y=-\\frac12x+\\frac34", "2x+4y-3=0", True),
+    ("equation", "\\boxed{2x+4y-3=0}", "y=-\\frac12x+\\frac34", True),
+    ("equation", "\\boxed{y=2x+1}", "2x+1", True),
+    ("equation", "\\boxed{x = 5}", "5", True),
+    ("equation", "\\boxed{5}", "x=5", True),
+    ("equation", "\\boxed{y=5}", "x=5", False),
+    ("equation", "\\boxed{y=2x-1}", "y=2x+1", False),
+    ("relation", "\\boxed{x > 2}", "x>2", True),
+    ("relation", "\\boxed{x \\geq 1}", "x > 1", False),
+    # sets, tuples and intervals as math-verify compares them
+    ("set", "\\boxed{\\{3, 2, 1\\}}", "\\{1,2,3\\}", True),
+    ("set", "\\boxed{1,2}", "\\{1,2,3\\}", False),
+    ("tuple", "\\boxed{(3,2)}", "(2,3)", False),
+    ("tuple", "\\boxed{x=1, y=2}", "(1,2)", True),
+    ("interval", "\\boxed{[-2, 5)}", "[-2,5)", True),
+    ("interval", "\\boxed{(-2,5]}", "[-2,5)", False),
+    ("interval", "\\boxed{(-\\infty,3]}", "x \\le 3", True),
+    # symbolic answers
+    ("symbolic", "\\boxed{\\sqrt{8}}", "2\\sqrt{2}", True),
+    ("symbolic", "\\boxed{(x+1)^2}", "x^2+2x+1", True),
+    ("symbolic", "\\boxed{\\sqrt{8}}", "3", False),
+    ("symbolic", "\\boxed{2x}", "2", False),
+]
+
+# (why, response, gold, expected verdict): deliberate differences, math-verify says the opposite.
+DIFFERENCES = [
+    # A model that boxes an intermediate value and then its answer means the last box.
+    ("last box", "First \\boxed{3}, then the total is \\boxed{5}.", "5", True),
+    # Whatever is written inside the think block is scratch work; the answer follows it.
+    ("after think", "<think>\nIs it \\boxed{5}? No.\n</think>\n\nThe answer is 7.", "7", True),
+    # A thin space between digit groups is a thousands separator (SI style), not a product.
+    ("thin space", "\\boxed{10\\,000}", "10000", True),
+    # Words after a number are its unit, whether or not math-verify's unit list has them.
+    ("unit word", "\\boxed{5 eggs}", "5", True),
+    ("degree sign", "\\boxed{90°}", "90", True),
+    # A comma never reads as a decimal point: in "3,5" it separates two answers, as in \boxed{}.
+    # The value right after "the answer is" is the answer, not a later "= 3" in the same sentence.
+    ("answer then =", "The answer is $5$, since $x = 3$.", "5", True),
+    ("decimal comma", "The answer is 3,5.", "3.5", False),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quiet_math_verify():
+    # math-verify warns on every timeout-free call and on unparsable input; the verdicts are what count.
+    level = logging.getLogger("math_verify").level
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    yield
+    logging.getLogger("math_verify").setLevel(level)
+
+
+@pytest.mark.parametrize(("kind", "response", "gold", "expected"), CASES, ids=[row[0] for row in CASES])
+def test_regression_set_agrees_with_math_verify(kind, response, gold, expected):
+    assert math_verify_verdict(response, gold) is expected  # the table itself is math-verify's verdict
+    assert verify_answer(response, gold) is expected
+
+
+@pytest.mark.parametrize(("why", "response", "gold", "expected"), DIFFERENCES, ids=[row[0] for row in DIFFERENCES])
+def test_deliberate_differences_from_math_verify(why, response, gold, expected):
+    assert math_verify_verdict(response, gold) is not expected  # documented in verify.py's docstring
+    assert verify_answer(response, gold) is expected
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -28,10 +166,24 @@ HANG = "\\boxed{9^{9^{9^{9}}}}"  # sympy evaluates the power tower: math-verify 
     ("The answer is **42**.", "42"),
     ("so it is **17**", "17"),
     ("work\n#### 28080", "28080"),
+    ("Final Answer: The final answer is $100$. I hope it is correct.", "100"),
+    ("Final Answer: The largest $n$ is 34.", "34"),
+    ("**Answer:** $\\frac{7}{2}$", "\\frac{7}{2}"),
+    ("The answer is $\\$72$.", "\\$72"),
+    ("The answer is 5 because 3 is odd.", "5"),
+    ("Answer: the total is $42$.", "42"),
+    ("The answer is $1$ or $2$.", "1, 2"),
+    ("<think>\nmaybe \\boxed{5}\n</think>\n\nThe answer is 7.", "7"),
+    ("<think>\nso \\boxed{5}\n</think>\n\n", "5"),
     ("no answer here", None),
 ])
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+def test_extract_answer_every_box_for_a_collection():
+    assert extract_answer("\\boxed{1},\\boxed{2}", all_boxes=True) == "1, 2"
+    assert extract_answer("\\boxed{1},\\boxed{2}") == "2"
 
 
 def test_extract_answer_task_pattern_group_wins():
@@ -42,42 +194,43 @@ def test_extract_answer_task_pattern_group_wins():
 
 
 @pytest.mark.parametrize(("pred", "gold"), [
-    ("\\boxed{1,000}", "1000"),
     ("\\boxed{1000}", "1,000"),
     ("\\boxed{\\frac{1}{2}}", "0.5"),
-    ("\\boxed{0.5}", "\\frac{1}{2}"),
     ("\\boxed{\\dfrac{1}{2}}", "1/2"),
-    ("The answer is 12 apples.", "12"),
-    ("\\boxed{12\\text{ cm}}", "12"),
     ("\\boxed{\\$12}", "12"),
-    ("\\boxed{50\\%}", "50"),
     ("The answer is **42**.", "42"),
-    ("\\boxed{x = 5}", "5"),
-    ("\\boxed{-7}", "-7"),
     ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{\\sqrt{2}}{2}"),
-    ("\\boxed{\\sqrt{8}}", "2\\sqrt{2}"),  # symbolic: needs math-verify
+    ("42", "42"),  # a bare answer
 ])
 def test_verify_correct(pred, gold):
     assert verify_answer(pred, gold)
 
 
-@pytest.mark.parametrize(("pred", "gold"), [
-    ("\\boxed{3}", "4"),
-    ("\\boxed{0.33}", "\\frac{1}{3}"),
-    ("\\boxed{2x}", "2"),
-    ("\\boxed{1,2}", "12"),
-    ("\\boxed{\\sqrt{8}}", "3"),
+@pytest.mark.parametrize(("pred", "gold", "expected"), [
+    ("0.333333", "1/3", None),  # within 1e-6: math-verify's 6-decimal rounding decides (True)
+    ("0.33", "1/3", False),  # more than 1e-6 apart never round alike
+    ("2.0", "2", True),
+    ("2.0000001", "2", False),  # a decimal equals an integer only exactly
+    ("2.5000001", "5/2", None),
+    ("2.0000001", "2.0", None),  # within 1e-6 and not exact: math-verify's rounding decides
+    ("50%", "50", None),  # percentages are math-verify's
+    ("x = 5", "5", None),
+    ("12 apples", "12", True),
 ])
-def test_verify_incorrect(pred, gold):
-    assert not verify_answer(pred, gold)
+def test_compare_numbers(pred, gold, expected):
+    assert compare_numbers(pred, gold) is expected
 
 
-def test_to_number_and_normalize():
-    assert to_number("-1,000.5") == -1000.5
-    assert to_number("\\frac{3}{4}") == 0.75
-    assert to_number("12 apples") == 12
-    assert to_number("2 + 3") is None
+def test_plain_numbers_and_normalize():
+    assert compare_numbers("-1,000.5", "-1000.5")
+    assert compare_numbers("\\frac{3}{4}", "0.75")
+    assert compare_numbers("2 + 3", "5") is None
     assert normalize_answer("$\\text{5 dollars}$.") == "5 dollars"
+    assert normalize_answer("10,\\!000") == normalize_answer("10\\,000") == "10000"
+    assert normalize_answer("1{,}234{,}567") == "1234567"
+    assert normalize_answer("\\left(1, 2\\right)") == "(1, 2)"  # a comma and a space is a list
+    assert normalize_answer("45^{\\circ}") == normalize_answer("45°") == "45"
+    assert normalize_answer("x = 5") == "x = 5"  # an equation stays one
     assert exact_match("Paris", "\\text{paris}")
 
 

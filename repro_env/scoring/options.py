@@ -46,7 +46,8 @@ class ServerOptions:
     served_model_name: str = ""
     """The model name the server serves; empty: the only one it lists."""
     api_key: str = ""
-    """Sent as ``Authorization: Bearer``; empty: none."""
+    """Sent as ``Authorization: Bearer``; empty: the ``VLLM_API_KEY`` variable (the server's own), if set.
+    Prefer the variable: run directories keep a copy of the config."""
     request_timeout_s: float = 60.0
     """Time limit of one HTTP request."""
     retries: int = 3

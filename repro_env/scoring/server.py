@@ -50,50 +50,22 @@ from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, VLLMScorer, _checkpoint_k
 PROBE_TEXT = "Question: what is 12 + 5 times 3?\n\nSo 12 + 15 = 27. \\boxed{27}"
 
 
-class VLLMServerScorer(VLLMScorer):
-    """J (REPRO_SPEC §2) from a vLLM server; implements ``repro_env.scoring.base.Scorer``.
+class ServerClient:
+    """JSON over HTTP to one vLLM server, shared by this scorer and the agents' server generator.
 
-    Batch scoring, sessions and their checks are ``VLLMScorer``'s; only the engine calls differ.
+    ``options`` is a :class:`repro_env.scoring.options.ServerOptions`.
     """
 
-    def __init__(self, config: ScorerConfig) -> None:  # no engine here: the server is one
-        from transformers import AutoTokenizer
+    def __init__(self, options: Any) -> None:
+        self.options = options
+        self.url = options.base_url.rstrip("/")
+        self.api_key = options.api_key or os.environ.get("VLLM_API_KEY", "")
 
-        self.config, self.options = config, config.options
-        self.url = self.options.base_url.rstrip("/")
-        path = resolve_model(config.model)
-        model_config = self._load_model_config(path)
-        self.max_length: int = config.max_length or model_config.max_position_embeddings
-        self.vocab_size: int = model_config.vocab_size
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self._checkpoint_keys = _checkpoint_keys(Path(path))
-        self.entropy_top_n = min(self.options.max_logprobs, self.vocab_size)
-        self.exact_entropy = self.entropy_top_n == self.vocab_size
-        self.weights_version = 0
-        self.served = self._check_server()
-
-    def _check_server(self) -> str:
-        """The served model name, after checking it and the tokenizer against the local model."""
-        models = [m["id"] for m in self._request("GET", "/v1/models").get("data", [])]
-        name = self.options.served_model_name or (models[0] if len(models) == 1 else "")
-        if name not in models:
-            wanted = self.options.served_model_name or "exactly one model"
-            raise ScorerError(f"the server at {self.url} serves {models}, not {wanted!r}; "
-                              "set options.served_model_name")
-        theirs = self._request("POST", "/tokenize", {"model": name, "prompt": PROBE_TEXT}).get("tokens")
-        ours = list(self.tokenizer(PROBE_TEXT)["input_ids"])
-        if theirs != ours:
-            raise ScorerError(f"the server at {self.url} ({name}) tokenises differently from the local model "
-                              f"'{self.config.model}': {theirs} vs {ours} for {PROBE_TEXT!r}")
-        return name
-
-    # -- HTTP ---------------------------------------------------------------------------------
-
-    def _request(self, method: str, route: str, body: Any = None) -> Any:
+    def request(self, method: str, route: str, body: Any = None) -> Any:
         """One JSON request with bounded retries on connection errors and 5xx."""
         headers = {"Content-Type": "application/json"}
-        if self.options.api_key:
-            headers["Authorization"] = f"Bearer {self.options.api_key}"
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
         data = None if body is None else json.dumps(body).encode()
         last = ""
         for attempt in range(self.options.retries + 1):
@@ -115,6 +87,64 @@ class VLLMServerScorer(VLLMScorer):
                 raise ScorerError(f"{method} {self.url}{route}: the server's reply is not JSON: {e}") from e
         raise ScorerError(f"{method} {self.url}{route} failed after {self.options.retries + 1} attempts "
                           f"(timeout {self.options.request_timeout_s} s each): {last}")
+
+    def check_model(self, tokenizer: Any, model: str) -> str:
+        """The served model name, after checking it and the tokenizer against the local ``model``."""
+        models = [m["id"] for m in self.request("GET", "/v1/models").get("data", [])]
+        name = self.options.served_model_name or (models[0] if len(models) == 1 else "")
+        if name not in models:
+            wanted = self.options.served_model_name or "exactly one model"
+            raise ScorerError(f"the server at {self.url} serves {models}, not {wanted!r}; "
+                              "set options.served_model_name")
+        theirs = self.request("POST", "/tokenize", {"model": name, "prompt": PROBE_TEXT}).get("tokens")
+        ours = list(tokenizer(PROBE_TEXT)["input_ids"])
+        if theirs != ours:
+            raise ScorerError(f"the server at {self.url} ({name}) tokenises differently from the local model "
+                              f"'{model}': {theirs} vs {ours} for {PROBE_TEXT!r}")
+        return name
+
+    def push_weights(self, weights: Any, expected: set[str]) -> None:
+        """Write ``weights`` (a module or state dict) as safetensors, have the server load them and reset
+        its prefix cache (dev mode). ``expected``: the weight names the served model needs."""
+        import torch
+        from safetensors.torch import save_file
+
+        state = weights.state_dict() if isinstance(weights, torch.nn.Module) else dict(weights)
+        missing = sorted(expected - set(state))
+        if missing:
+            raise ScorerError(f"reload_weights: the state dict lacks {len(missing)} weights of the served "
+                              f"model, e.g. {missing[:3]}; pass the full policy state dict")
+        directory = Path(self.options.weights_dir or tempfile.mkdtemp(prefix="repro-weights-"))
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
+        save_file(tensors, str(directory / "model.safetensors"))
+        self.request("POST", "/collective_rpc", {"method": "reload_weights",
+                                                 "kwargs": {"weights_path": str(directory)}})
+        self.request("POST", "/reset_prefix_cache")
+
+
+class VLLMServerScorer(VLLMScorer):
+    """J (REPRO_SPEC §2) from a vLLM server; implements ``repro_env.scoring.base.Scorer``.
+
+    Batch scoring, sessions and their checks are ``VLLMScorer``'s; only the engine calls differ.
+    """
+
+    def __init__(self, config: ScorerConfig) -> None:  # no engine here: the server is one
+        from transformers import AutoTokenizer
+
+        self.config, self.options = config, config.options
+        self.client = ServerClient(self.options)
+        self.url = self.client.url
+        path = resolve_model(config.model)
+        model_config = self._load_model_config(path)
+        self.max_length: int = config.max_length or model_config.max_position_embeddings
+        self.vocab_size: int = model_config.vocab_size
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self._checkpoint_keys = _checkpoint_keys(Path(path))
+        self.entropy_top_n = min(self.options.max_logprobs, self.vocab_size)
+        self.exact_entropy = self.entropy_top_n == self.vocab_size
+        self.weights_version = 0
+        self.served = self.client.check_model(self.tokenizer, config.model)
 
     # -- engine calls ---------------------------------------------------------------------------
 
@@ -142,7 +172,7 @@ class VLLMServerScorer(VLLMScorer):
     def _complete(self, prompts: list[list[int]], **params: Any) -> list[dict[str, Any]]:
         body = {"model": self.served, "prompt": prompts, "max_tokens": 1, "temperature": 0.0,
                 "return_tokens_as_token_ids": True, **params}
-        choices = self._request("POST", "/v1/completions", body).get("choices")
+        choices = self.client.request("POST", "/v1/completions", body).get("choices")
         if not isinstance(choices, list) or len(choices) != len(prompts):
             raise ScorerError(f"POST {self.url}/v1/completions: expected {len(prompts)} choices, got "
                               f"{len(choices) if isinstance(choices, list) else repr(choices)[:100]}")
@@ -180,22 +210,8 @@ class VLLMServerScorer(VLLMScorer):
     # -- weight sync ----------------------------------------------------------------------------
 
     def reload_weights(self, weights: Any) -> None:
-        """Write the weights as safetensors, have the server load them, reset its prefix cache (dev mode)."""
-        import torch
-        from safetensors.torch import save_file
-
-        state = weights.state_dict() if isinstance(weights, torch.nn.Module) else dict(weights)
-        missing = sorted(self._checkpoint_keys - set(state))
-        if missing:
-            raise ScorerError(f"reload_weights: the state dict lacks {len(missing)} weights of the scorer "
-                              f"model, e.g. {missing[:3]}; pass the full policy state dict")
-        directory = Path(self.options.weights_dir or tempfile.mkdtemp(prefix="repro-weights-"))
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
-        save_file(tensors, str(directory / "model.safetensors"))
-        self._request("POST", "/collective_rpc", {"method": "reload_weights",
-                                                  "kwargs": {"weights_path": str(directory)}})
-        self._request("POST", "/reset_prefix_cache")
+        """Have the server load ``weights`` (module docstring, dev mode)."""
+        self.client.push_weights(weights, self._checkpoint_keys)
         self.weights_version += 1
 
     update_weights = reload_weights
