@@ -72,6 +72,10 @@ def test_switching_backend_keeps_what_was_set_and_refuses_what_does_not_apply():
     assert repro_env.config.replace(ScorerConfig(), {"backend": "vllm"}).options.gpu_memory_utilization == 0.5
     with pytest.raises(ConfigError, match="unknown key 'options.chunk_tokens'. Valid keys: gpu_memory_utilization"):
         repro_env.config.replace(hf, {"backend": "vllm"})
+    # the new backend's options in the same override (a task's hf scorer moved to a server)
+    server = repro_env.config.replace(ScorerConfig(), {"backend": "vllm-server", "options": {"base_url": "http://h:1"}})
+    assert server.options.base_url == "http://h:1"
+    assert repro_env.config.replace(hf, {"options": {"attn_implementation": "eager"}}).options.chunk_tokens == 64
 
 
 def test_a_scorer_missing_protocol_members_is_refused_by_name(tiny_llama_dir):
