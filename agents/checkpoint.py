@@ -13,22 +13,26 @@ and are ignored). Loading verifies the manifest and every safetensors header bef
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from repro_env.config import describe
-from repro_env.errors import CheckpointError
+from repro_env.errors import CheckpointError, ConfigError
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 LATEST = "latest"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
 _NAME = re.compile(r"^update-(\d{6,})$")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors refuses headers above 100 MB too
 
@@ -63,6 +67,36 @@ def write_atomic(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def locked_run_dir(run_dir: Path) -> Iterator[Path]:
+    """Create ``run_dir`` if needed and hold an exclusive lock on it for the ``with`` block.
+
+    The lock is ``fcntl.flock`` on ``run_dir/.lock``, which holds the holder's PID; the kernel
+    releases it when the holder exits, however it exits, so a stale file never blocks a later run.
+    A second run on the same directory gets a ``ConfigError`` naming the holder's PID: two runs
+    would interleave metrics, overwrite each other's config and checkpoints, and prune each
+    other's checkpoints in progress.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ConfigError(f"field 'out_dir' {str(run_dir)!r} cannot be used as a run directory: {e.strerror} "
+                          f"({e.filename}); choose a directory you can write to") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(f"field 'out_dir' {str(run_dir)!r} is in use by another run (PID {holder}, which "
+                              f"holds {run_dir / LOCK}); wait for it to finish, or choose another out_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield run_dir
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def save_checkpoint(learner: Any, root: Path, *, config_yaml: str) -> Path:

@@ -118,6 +118,7 @@ class LMLearner:
         from repro_env.tasks import resolve_task
         from repro_env.vector import ReasoningVectorEnv
 
+        check_device(config.device, "learner.device", present=True)  # before any model is loaded
         self.config, self.seed = config, seed
         self.spec_task = resolve_task(task)
         # top-k needs whole trajectories: the envs score every boundary, rollouts() re-selects

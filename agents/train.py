@@ -10,6 +10,10 @@ summary table and PNG curves. The run directory::
     eval.jsonl / eval.csv           one row per evaluation: greedy_* and sampled_* (avg@n) metrics
     checkpoints/update-000010/      atomic, verified (agents/checkpoint.py); ``latest`` names the newest
     plots/*.png  summary.md
+    .lock                           held by the one run using the directory (its PID inside)
+
+A second run on the same directory fails before writing anything, naming the PID that holds it. Everything that
+can reject the config (model path, device, seed) is checked before the directory is created.
 
 Faults: a NaN/inf metric stops the run without checkpointing the bad state (the last good
 checkpoint stays); Ctrl-C finishes the current update, checkpoints it and exits 130 (a second
@@ -43,6 +47,7 @@ from repro_env.agents.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
     load_checkpoint,
+    locked_run_dir,
     prune_checkpoints,
     resolve_checkpoint,
     save_checkpoint,
@@ -105,6 +110,7 @@ class TrainConfig:
         check(self.eval_samples >= 1, "eval_samples", self.eval_samples, "an int >= 1")
         check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an int >= 1")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an int >= 1")
+        check(self.seed >= 0, "seed", self.seed, "an int >= 0 (numpy and torch seeds are unsigned)")
 
 
 # -- learners ---------------------------------------------------------------------------------
@@ -369,13 +375,15 @@ class Trainer:
         return f"{what} after update {self.learner.updates}; saved {self.last_checkpoint}; " \
                f"resume with --resume {self.run_dir}"
 
-    def start(self, resume: bool) -> int:
-        """Build the learner, restore the latest checkpoint when resuming; return the first update."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def _check_fresh(self, resume: bool) -> None:
         if not resume and latest_checkpoint(self.ckpt_root) is not None:
             raise ConfigError(f"field 'out_dir' {str(self.run_dir)!r} already holds a run with checkpoints; "
                               f"pass --resume {self.run_dir} to continue it, or choose another out_dir")
-        self.learner = build_learner(self.config, self.learner_config)
+
+    def start(self, resume: bool) -> int:
+        """With the run directory locked and the learner built: restore the latest checkpoint when
+        resuming, else start the logs afresh; write the config; return the first update."""
+        self._check_fresh(resume)  # again under the lock: another run may have started here meanwhile
         self.metrics = MetricsLog(self.run_dir, "metrics")
         self.evals = MetricsLog(self.run_dir, "eval")
         if resume:
@@ -414,21 +422,26 @@ class Trainer:
 
         cfg = self.config
         with deferred_interrupt(self.interrupt):
-            first = self.start(resume)
-            bar = tqdm(total=cfg.updates, initial=first, unit="update", dynamic_ncols=True,
-                       disable=not self.progress, desc=self.run_dir.name)
-            try:
-                self._loop(first, bar)
-            except KeyboardInterrupt as e:
-                raise TrainingInterrupted(self._save_if_consistent("interrupted")) from e
-            except ScorerError as e:
-                raise ScorerError(f"{e}\n  {self._save_if_consistent('scorer failed')}") from e
-            except TrainingError as e:  # NaN/inf (ours or the learner's): never checkpoint that state
-                where = self._where()
-                raise TrainingError(f"{e}\n  stopped without checkpointing this state; {where}") from e
-            finally:
-                bar.close()
-                self.finish()
+            # Everything that can reject the config (the model, the device) comes before the run
+            # directory is created: a failed start leaves nothing behind.
+            self._check_fresh(resume)
+            self.learner = build_learner(self.config, self.learner_config)
+            with locked_run_dir(self.run_dir):
+                first = self.start(resume)
+                bar = tqdm(total=cfg.updates, initial=first, unit="update", dynamic_ncols=True,
+                           disable=not self.progress, desc=self.run_dir.name)
+                try:
+                    self._loop(first, bar)
+                except KeyboardInterrupt as e:
+                    raise TrainingInterrupted(self._save_if_consistent("interrupted")) from e
+                except ScorerError as e:
+                    raise ScorerError(f"{e}\n  {self._save_if_consistent('scorer failed')}") from e
+                except TrainingError as e:  # NaN/inf (ours or the learner's): never checkpoint that state
+                    where = self._where()
+                    raise TrainingError(f"{e}\n  stopped without checkpointing this state; {where}") from e
+                finally:
+                    bar.close()
+                    self.finish()
         return self.run_dir
 
     def _loop(self, first: int, bar: Any) -> None:

@@ -24,12 +24,30 @@ from repro_env.errors import ConfigError
 T = TypeVar("T")
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that reads ``1e-6`` as a float, as YAML 1.2 does.
+MIN_YAML_VALUES = 100_000
+"""Aliases may expand a document to at most max(this, its length in characters) values."""
+
+
+class _YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when installed
+    """A safe loader (no arbitrary objects) that reads ``1e-6`` as a float and refuses duplicate keys.
 
     PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-6``), so ``lr: 1e-6`` would load as
     the string '1e-6' and fail the type check; learning rates are almost always written that way.
+    YAML leaves a repeated key to the loader, and PyYAML keeps the last one without a word.
     """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise yaml.constructor.ConstructorError(problem=f"duplicate key {key!r} (first at line {first}); "
+                                                        "keep one", problem_mark=key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
 
 
 _YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
@@ -38,14 +56,50 @@ _YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
 
 
 def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with YAML 1.2 exponent floats; a SafeLoader, so no arbitrary objects."""
-    return yaml.load(text, Loader=_YamlLoader)
+    """One YAML document: safe, YAML 1.2 exponent floats, no duplicate keys, aliases bounded.
+
+    An alias shares its anchor's value, so a few hundred bytes of nested anchors can stand for
+    billions of values that anything walking the data (copies, dumps, checks) would expand; a
+    document whose aliases expand to more than ``max(MIN_YAML_VALUES, len(text))`` values is refused.
+    """
+    data = yaml.load(text, Loader=_YamlLoader)
+    if "&" in text:  # no anchor, no alias
+        limit = max(MIN_YAML_VALUES, len(text))
+        if _expanded_size(data, limit, {}, set()) > limit:
+            raise yaml.constructor.ConstructorError(
+                problem=f"its aliases (*name) expand it to more than {limit} values; write the repeated "
+                        "values out, or reuse fewer nested anchors (&name)")
+    return data
+
+
+def _expanded_size(value: Any, limit: int, sizes: dict[int, int], open_ids: set[int]) -> int:
+    """Values in ``value`` with each alias counted at every use; stops counting past ``limit``."""
+    if not isinstance(value, dict | list):
+        return 1
+    key = id(value)
+    if key in open_ids:
+        raise yaml.constructor.ConstructorError(problem="an alias refers to a value that contains it (a "
+                                                        "recursive anchor), which expands without end")
+    if key not in sizes:
+        open_ids.add(key)
+        children = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        total = 1
+        for child in children:
+            total += _expanded_size(child, limit, sizes, open_ids)
+            if total > limit:
+                break
+        open_ids.discard(key)
+        sizes[key] = total
+    return sizes[key]
 
 
 def read_yaml_file(path: Path, error: type[ConfigError] = ConfigError) -> Any:
-    """The YAML document in ``path``; a syntax error raises ``error`` naming the file and line."""
+    """The YAML document in ``path``; bad YAML or a file that is not UTF-8 text raises ``error``
+    naming the file (and the line, when there is one)."""
     try:
         return load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); expected a YAML file") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -61,6 +115,33 @@ def check(ok: bool, field: str, value: Any, expected: str, error: type[ConfigErr
     """Raise ``error`` "field 'F' must be EXPECTED, got VALUE (type)" unless ``ok``."""
     if not ok:
         raise error(f"field '{field}' must be {expected}, got {describe(value)}")
+
+
+def check_device(device: Any, field: str = "device", error: type[ConfigError] = ConfigError, *,
+                 present: bool = False) -> None:
+    """Raise ``error`` unless ``device`` names a torch device (``cpu``, ``cuda:1``) and, with
+    ``present``, one this machine has. Configs check the name (a GPU config still loads on a CPU
+    machine); whatever moves a model checks presence first.
+
+    torch is imported only for devices other than ``cpu``, so checking a default config stays cheap.
+    """
+    expected = "a torch device such as 'cpu', 'cuda' or 'cuda:1'"
+    check(isinstance(device, str) and device != "", field, device, expected, error)
+    if device == "cpu":
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as e:
+        raise error(f"field '{field}' must be {expected}, got {describe(device)}: {e}") from e
+    if not present or parsed.type == "cpu":
+        return
+    backend = getattr(torch, parsed.type, None)
+    count = backend.device_count() if hasattr(backend, "device_count") else 0
+    check((parsed.index or 0) < count, field, device,
+          f"a device this machine has (torch {torch.__version__} sees {count} {parsed.type} device(s); "
+          "'cpu' always works)", error)
 
 
 def suggest(name: str, choices: typing.Iterable[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 
 from repro_env import reward as rp
+from repro_env.config import describe
 from repro_env.errors import ActionError, ContextLengthError, TaskSpecError
 from repro_env.problems import Problem
 from repro_env.scoring import Scorer, ScorerConfig, ScoringSession, StepScore, check_scorer, shared_scorer
@@ -21,18 +23,44 @@ from repro_env.tasks import TaskSpec, load_task, make_source, resolve_task
 SAMPLE_CHARSET = string.ascii_letters + string.digits + " .,;:!?+-*/=()'\n"
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class ReasoningText(gym.spaces.Text):
-    """A ``Text`` space whose members are *any* string within the length bounds.
+    """A ``Text`` space whose members are unicode strings within the length bounds.
 
     Gymnasium's ``Text`` only admits characters of its charset (alphanumeric by default), but a
-    language model emits arbitrary unicode. Sampling still draws from ``SAMPLE_CHARSET``.
+    language model emits arbitrary unicode. Not members: lone surrogates (``"\\ud800"``: not text,
+    no tokenizer can encode them) and, with ``blank=False``, strings of only whitespace. Sampling
+    draws from ``SAMPLE_CHARSET``.
     """
 
-    def __init__(self, max_length: int, *, min_length: int = 0, seed: int | None = None):
+    def __init__(self, max_length: int, *, min_length: int = 0, blank: bool = True, seed: int | None = None):
         super().__init__(max_length, min_length=min_length, charset=SAMPLE_CHARSET, seed=seed)
+        self.blank = blank
+
+    def violation(self, x: Any) -> str | None:
+        """Why ``x`` is not a member (``None`` when it is)."""
+        if not isinstance(x, str):
+            return f"must be a str, got {type(x).__name__}: {x!r:.80}"
+        if not self.min_length <= len(x) <= self.max_length:
+            return f"must have {self.min_length} to {self.max_length} characters, got {len(x)}"
+        if not self.blank and not x.strip():
+            return f"must contain a non-whitespace character, got {x!r:.80}"
+        surrogate = _LONE_SURROGATE.search(x)
+        if surrogate:
+            return (f"must be valid unicode text, got a lone surrogate {surrogate.group()!r} at index "
+                    f"{surrogate.start()} (it has no UTF-8 encoding)")
+        return None
 
     def contains(self, x: Any) -> bool:
-        return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
+        return self.violation(x) is None
+
+    def sample(self, mask: Any = None, probability: Any = None) -> str:
+        text = super().sample(mask, probability)
+        while mask is None and probability is None and not self.contains(text):  # blank=False drew spaces
+            text = super().sample()
+        return text
 
     def __repr__(self) -> str:
         return f"ReasoningText({self.min_length}, {self.max_length}, charset=<any unicode>)"
@@ -79,10 +107,12 @@ class ReasoningEnv(gym.Env[str, str]):
 
     ## Action space
 
-    ``ReasoningText(min_length=1, max_length=limits.max_segment_chars)``: the next segment. The task
-    delimiter (``"\n\n"``) is appended when the segment does not end with it. A non-string, an
-    empty or whitespace-only string, or a string longer than ``max_segment_chars`` raises
-    ``ActionError``; stepping a finished episode raises ``gymnasium.error.ResetNeeded``.
+    ``ReasoningText(min_length=1, max_length=limits.max_segment_chars, blank=False)``: the next
+    segment. The task delimiter (``"\n\n"``) is appended when the segment does not end with it.
+    ``step`` raises ``ActionError`` exactly for what ``action_space.contains`` rejects: a non-string,
+    an empty or whitespace-only string, a string longer than ``max_segment_chars``, or one with a
+    lone surrogate (``"\ud800"``, which no tokenizer can encode). Stepping a finished episode, or
+    one whose ``reset`` failed, raises ``gymnasium.error.ResetNeeded``.
 
     ## Rewards
 
@@ -142,7 +172,6 @@ class ReasoningEnv(gym.Env[str, str]):
         **overrides: Any,
     ):
         self.spec_task = resolve_task(task, overrides)
-        self.scorer = _resolve_scorer(scorer, self.spec_task)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise TaskSpecError(
                 f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
@@ -154,10 +183,12 @@ class ReasoningEnv(gym.Env[str, str]):
                 "when they re-score finished rollouts)"
             )
         self.render_mode = render_mode
-        self.split = split
         self.source = make_source(self.spec_task)
+        self.source.split(split)  # an unknown split fails here, not at the first reset
+        self.split = split
+        self.scorer = _resolve_scorer(scorer, self.spec_task)  # last: loading a model is the slow part
         limits = self.spec_task.limits
-        self.action_space = ReasoningText(limits.max_segment_chars, min_length=1)
+        self.action_space = ReasoningText(limits.max_segment_chars, min_length=1, blank=False)
         self.observation_space = ReasoningText(
             self.spec_task.max_prompt_chars + limits.max_steps * (limits.max_segment_chars
                                                                   + len(self.spec_task.delimiter))
@@ -167,10 +198,14 @@ class ReasoningEnv(gym.Env[str, str]):
     # -- Gymnasium API -------------------------------------------------------------------------
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        split, index = self.check_reset_options(options)
         super().reset(seed=seed)
-        self.episode = self._new_episode(options or {})
-        return self.episode.text, {"problem_id": self.episode.problem.id,
-                                   "J_baseline": self.episode.session.J_baseline}
+        try:
+            episode = self._new_episode(split, index)
+        finally:  # the previous episode ends either way; after a failed start step raises ResetNeeded
+            self._end_episode()
+        self.episode = episode
+        return episode.text, {"problem_id": episode.problem.id, "J_baseline": episode.session.J_baseline}
 
     def step(self, action: str):
         episode = self._require_episode()
@@ -191,26 +226,32 @@ class ReasoningEnv(gym.Env[str, str]):
         return text
 
     def close(self) -> None:
-        if self.episode is not None:
-            self.episode.session.close()
-            self.episode = None
+        self._end_episode()
 
     # -- steps in pieces, so that the vector env can batch the scorer call ----------------------
 
-    def _new_episode(self, options: Mapping[str, Any]) -> Episode:
+    def check_reset_options(self, options: Mapping[str, Any] | None) -> tuple[str, int | None]:
+        """The split and problem index (``None``: draw one) that ``reset`` options ask for.
+
+        Raises ``TaskSpecError`` for anything ``reset`` would reject on its options, before
+        ``reset`` changes any state.
+        """
+        options = reset_options(options)
         unknown = set(options) - {"split", "index"}
         if unknown:
-            raise TaskSpecError(f"reset options: unknown key(s) {sorted(unknown)}; valid: 'split', 'index'")
+            raise TaskSpecError(f"reset options: unknown key(s) {sorted(unknown, key=str)}; valid: 'split', 'index'")
         split = options.get("split", self.split)
         size = self.source.size(split)
         index = options.get("index")
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int | np.integer)
+                                  or not 0 <= index < size):
+            raise TaskSpecError(f"reset options: 'index' must be an int in [0, {size}), got {describe(index)}")
+        return split, None if index is None else int(index)
+
+    def _new_episode(self, split: str, index: int | None) -> Episode:
         if index is None:
-            index = int(self.np_random.integers(size))
-        elif not isinstance(index, int | np.integer) or not 0 <= index < size:
-            raise TaskSpecError(f"reset options: 'index' must be an int in [0, {size}), got {index!r}")
-        if self.episode is not None:
-            self.episode.session.close()
-        problem = self.source.get(split, int(index))
+            index = int(self.np_random.integers(self.source.size(split)))
+        problem = self.source.get(split, index)
         prompt, answer = self.spec_task.render_prompt(problem), self.spec_task.render_answer(problem)
         if len(prompt) > self.spec_task.max_prompt_chars:
             raise TaskSpecError(f"{self.spec_task.id}: problem {problem.id} renders a prompt of {len(prompt)} "
@@ -219,22 +260,26 @@ class ReasoningEnv(gym.Env[str, str]):
         return Episode(problem=problem, prompt=prompt, answer=answer, session=session,
                        J_points=[session.J_baseline])
 
+    def _end_episode(self) -> None:
+        if self.episode is not None:
+            self.episode.session.close()
+            self.episode = None
+
     def _require_episode(self) -> Episode:
         if self.episode is None or self.episode.done:
             raise gym.error.ResetNeeded("call reset() before step(): the episode has ended or not started")
         return self.episode
 
     def prepare_segment(self, action: Any) -> str:
-        """Validate an action and return the segment to append (delimiter added when missing)."""
-        if not isinstance(action, str):
-            raise ActionError(f"action must be a str (one reasoning segment), got {type(action).__name__}: "
-                              f"{action!r:.80}")
-        if not action.strip():
-            raise ActionError(f"action must be a non-empty segment, got {action!r}")
-        limit = self.spec_task.limits.max_segment_chars
-        if len(action) > limit:
-            raise ActionError(f"action has {len(action)} characters, more than limits.max_segment_chars "
-                              f"= {limit}; split it into shorter segments or raise the limit")
+        """Validate an action and return the segment to append (delimiter added when missing).
+
+        ``ActionError`` exactly when ``action_space.contains(action)`` is false.
+        """
+        problem = self.action_space.violation(action)
+        if problem is not None:
+            raise ActionError(f"action {problem}; an action is one reasoning segment: a str of 1 to "
+                              f"{self.action_space.max_length} characters (limits.max_segment_chars), "
+                              "not only whitespace")
         delimiter = self.spec_task.delimiter
         return action if action.endswith(delimiter) else action + delimiter
 
@@ -302,6 +347,16 @@ class ReasoningEnv(gym.Env[str, str]):
             c = green if r > 0 else red if r < 0 else dim
             lines.append(f"{c}[{r:+.4f}]{end} {segment.rstrip()}")
         return "\n".join(lines) + "\n"
+
+
+def reset_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``reset``'s ``options`` as a dict; ``TaskSpecError`` unless a mapping or ``None``."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TaskSpecError(f"reset options must be a dict such as {{'split': 'test', 'index': 3}} or None, "
+                            f"got {describe(options)}")
+    return dict(options)
 
 
 def _resolve_scorer(scorer: Scorer | ScorerConfig | Mapping[str, Any] | None, task: TaskSpec) -> Scorer:

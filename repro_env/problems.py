@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -80,7 +81,7 @@ class ProblemSource:
         self.splits = {"train": train, "test": test}
 
     def split(self, split: str) -> ProblemSet:
-        if split not in self.splits:
+        if not isinstance(split, str) or split not in self.splits:
             raise TaskSpecError(f"{self.name}: split must be one of {', '.join(map(repr, SPLITS))}, "
                                 f"got {split!r}.{suggest(str(split), SPLITS)}")
         return self.splits[split]
@@ -218,21 +219,35 @@ def record_to_problem(record: Mapping[str, Any], fields: RecordFields, where: st
     used = (fields.question_field, fields.answer_field, fields.solution_field)
     meta = {k: v for k, v in record.items() if k not in used}
     return Problem(id=str(record[fields.id_field]) if fields.id_field and fields.id_field in record else default_id,
-                   question=str(record[fields.question_field]), answer=_answer_text(record[fields.answer_field]),
+                   question=_record_text(record, fields.question_field, where, numbers=False),
+                   answer=_record_text(record, fields.answer_field, where, numbers=True),
                    solution=solution, meta=meta)
 
 
-def _answer_text(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+def _record_text(record: Mapping[str, Any], key: str, where: str, *, numbers: bool) -> str:
+    """A record's question or answer as text. ``null``, ``""``, lists and mappings are errors: as
+    strings they would become questions like "None" and answers that ``\\boxed{None}`` matches."""
+    value = record[key]
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if numbers and isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else str(value)
+    if not isinstance(value, str) or not value.strip():
+        expected = "a non-empty string" + (" or a finite number" if numbers else "")
+        raise TaskSpecError(f"{where}: field '{key}' must be {expected}, got {describe(value)}")
+    return value
 
 
 def read_jsonl(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """``(file:line, record)`` for every non-blank line; a bad line is a located ``TaskSpecError``."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TaskSpecError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the "
+                                    "line); a JSONL file holds one JSON object per line") from e
             if not line.strip():
                 continue
             try:

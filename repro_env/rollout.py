@@ -6,11 +6,14 @@ import argparse
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
-from repro_env.errors import ActionError
+from repro_env.config import check, describe, suggest
+from repro_env.errors import ActionError, TaskSpecError
+from repro_env.registration import register_task, registered_ids
 
 Policy = Callable[[str, gym.Env], str]
 """Maps the observation (prompt + reasoning so far) and the env to the next segment."""
@@ -113,9 +116,8 @@ def format_summary(records: list[EpisodeRecord]) -> str:
 
 
 def rollout_main(args: argparse.Namespace) -> int:
-    import repro_env  # noqa: F401  (registers the built-in ids)
-
-    env = gym.make(args.task, **({"scorer": {"model": args.scorer}} if args.scorer else {}))
+    check(args.episodes >= 1, "--episodes", args.episodes, "an int >= 1")
+    env = gym.make(task_id(args.task), **({"scorer": {"model": args.scorer}} if args.scorer else {}))
     task = env.unwrapped.spec_task
     policy = reference_policy if args.policy == "reference" else model_policy(
         args.policy, task, temperature=args.temperature, max_new_tokens=task.limits.max_segment_tokens)
@@ -128,9 +130,19 @@ def rollout_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def task_id(task: str) -> str:
+    """The gym id of ``task``: a registered repro-env id, or a task YAML (registered now)."""
+    ids = registered_ids()
+    if task in ids:
+        return task
+    if Path(task).suffix in (".yaml", ".yml"):
+        return register_task(task)
+    raise TaskSpecError(f"task must be a registered repro-env id or a task YAML file, got {describe(task)}."
+                        f"{suggest(task, ids)} Registered: {', '.join(ids)}")
+
+
 def demo_main(args: argparse.Namespace) -> int:
     """Scoring demo: a reference solution against the same solution with overthinking inserted."""
-    import repro_env  # noqa: F401
     from repro_env.arithmetic import overthink
 
     env = gym.make("RePro-Math-v0")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from typing import Any
 
 import gymnasium as gym
@@ -9,8 +10,9 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from repro_env.env import ReasoningEnv
-from repro_env.errors import ContextLengthError, TaskSpecError
+from repro_env.config import describe
+from repro_env.env import ReasoningEnv, reset_options
+from repro_env.errors import ActionError, ContextLengthError, TaskSpecError
 from repro_env.scoring import StepScore
 
 
@@ -32,6 +34,12 @@ class ReasoningVectorEnv(VectorEnv):
     ``reset(options=...)`` takes the single env's options, where ``index`` may also be a sequence
     with one problem index per sub-env (a GRPO group: G sub-envs share one index).
     Observations are tuples of strings; infos are dicts of arrays with ``_key`` masks.
+
+    Arguments are checked whole before any sub-env changes: ``step`` takes a list or tuple of
+    exactly ``num_envs`` actions (``ActionError`` otherwise, or naming the sub-env whose action is
+    invalid); ``reset`` takes ``seed`` as None, an int >= 0 (sub-env i gets ``seed + i``) or a list
+    of ``num_envs`` of those, and ``index`` / ``reset_mask`` with one entry per sub-env
+    (``TaskSpecError`` otherwise).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["ansi"]}
@@ -45,8 +53,8 @@ class ReasoningVectorEnv(VectorEnv):
             raise TaskSpecError(f"autoreset_mode must be 'next_step' or 'disabled' (AutoresetMode.NEXT_STEP "
                                 f"or DISABLED), got {autoreset_mode!r}")
         self.metadata = {**self.metadata, "autoreset_mode": mode}
-        if num_envs < 1:
-            raise TaskSpecError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise TaskSpecError(f"num_envs must be an int >= 1, got {describe(num_envs)}")
         self.envs = [ReasoningEnv(task, **kwargs)]
         scorer = self.envs[0].scorer
         self.envs += [ReasoningEnv(self.envs[0].spec_task, scorer=scorer, split=self.envs[0].split,
@@ -62,33 +70,70 @@ class ReasoningVectorEnv(VectorEnv):
         self._autoreset = np.zeros(num_envs, dtype=bool)
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed if isinstance(seed, int) else None)
-        seeds = seed if isinstance(seed, list) else [None if seed is None else seed + i for i in range(self.num_envs)]
-        options = dict(options or {})
-        mask = np.asarray(options.pop("reset_mask", np.ones(self.num_envs, dtype=bool)), dtype=bool)
+        seeds = self._seeds(seed)
+        options = reset_options(options)
+        mask = self._reset_mask(options.pop("reset_mask", None))
         index = options.pop("index", None)
-        indices = list(index) if isinstance(index, list | tuple | np.ndarray) else [index] * self.num_envs
-        if len(indices) != self.num_envs or mask.shape != (self.num_envs,):
-            raise TaskSpecError(f"reset options: 'index' and 'reset_mask' need one entry per sub-env "
-                                f"({self.num_envs}), got {index!r} and {mask.tolist()}")
+        index = index.tolist() if isinstance(index, np.ndarray) else index
+        indices = list(index) if isinstance(index, list | tuple) else [index] * self.num_envs
+        if len(indices) != self.num_envs:
+            raise TaskSpecError(f"reset options: 'index' needs one entry per sub-env ({self.num_envs}), "
+                                f"got {describe(index)}")
+        subs = {i: options if indices[i] is None else {**options, "index": indices[i]}
+                for i in range(self.num_envs) if mask[i]}
+        for i, sub in subs.items():  # every sub-env's options are checked before any sub-env resets
+            try:
+                self.envs[i].check_reset_options(sub)
+            except TaskSpecError as e:
+                raise TaskSpecError(f"sub-env {i}: {e}") from e
+        super().reset(seed=seed if isinstance(seed, int) else None)
         infos: dict[str, Any] = {}
-        for i, env in enumerate(self.envs):
-            if mask[i]:
-                sub = options if indices[i] is None else {**options, "index": int(indices[i])}
-                _, info = env.reset(seed=seeds[i], options=sub)
-                infos = self._add_info(infos, info, i)
-                self._autoreset[i] = False
+        for i, sub in subs.items():
+            _, info = self.envs[i].reset(seed=seeds[i], options=sub)
+            infos = self._add_info(infos, info, i)
+            self._autoreset[i] = False
         return self._observations(), infos
+
+    def _seeds(self, seed: Any) -> list[int | None]:
+        """One seed per sub-env: ``seed + i`` for an int, the list itself for a list."""
+        def valid(s: Any) -> bool:
+            return s is None or (isinstance(s, int) and not isinstance(s, bool) and s >= 0)
+
+        if valid(seed):
+            return [None if seed is None else seed + i for i in range(self.num_envs)]
+        if isinstance(seed, list | tuple) and len(seed) == self.num_envs and all(map(valid, seed)):
+            return list(seed)
+        raise TaskSpecError(f"reset seed must be None, an int >= 0 (sub-env i gets seed + i) or a list of "
+                            f"{self.num_envs} ints >= 0 or None (one per sub-env), got {describe(seed)}")
+
+    def _reset_mask(self, mask: Any) -> np.ndarray:
+        if mask is None:
+            return np.ones(self.num_envs, dtype=bool)
+        array = np.asarray(mask)
+        if array.dtype != bool or array.shape != (self.num_envs,):
+            raise TaskSpecError(f"reset options: 'reset_mask' must be a bool array of shape ({self.num_envs},) "
+                                f"(one entry per sub-env), got {describe(mask)}")
+        return array
 
     def _observations(self) -> tuple[str, ...]:
         return tuple(env.episode.text if env.episode else "" for env in self.envs)
 
     def step(self, actions):
-        actions = list(actions)
+        actions = actions.tolist() if isinstance(actions, np.ndarray) else actions
+        if not isinstance(actions, list | tuple) or len(actions) != self.num_envs:
+            got = f"{type(actions).__name__} of length {len(actions)}" if isinstance(actions, Sized) \
+                else describe(actions)
+            raise ActionError(f"actions must be a list or tuple of {self.num_envs} segments (one str per "
+                              f"sub-env), got {got}")
         disabled = self.metadata["autoreset_mode"] == AutoresetMode.DISABLED
         live = [i for i, env in enumerate(self.envs) if not self._autoreset[i]
                 and not (disabled and env.episode is not None and env.episode.done)]
-        segments = {i: self.envs[i].prepare_segment(actions[i]) for i in live}
+        segments = {}
+        for i in live:  # every action is checked before any session changes
+            try:
+                segments[i] = self.envs[i].prepare_segment(actions[i])
+            except ActionError as e:
+                raise ActionError(f"actions[{i}]: {e}") from e
         scores = self._append_all(live, segments)
         rewards = np.zeros(self.num_envs)
         terminations = np.zeros(self.num_envs, dtype=bool)

@@ -47,7 +47,8 @@ def test_documented_spaces_are_the_real_ones(make_env):
     task = env.unwrapped.spec_task
     assert isinstance(env.action_space, ReasoningText)
     assert (env.action_space.min_length, env.action_space.max_length) == (1, task.limits.max_segment_chars)
-    assert "ReasoningText(min_length=1, max_length=limits.max_segment_chars)" in ReasoningEnv.__doc__
+    assert "ReasoningText(min_length=1, max_length=limits.max_segment_chars, blank=False)" in ReasoningEnv.__doc__
+    assert not env.action_space.blank and env.observation_space.blank
     assert env.observation_space.max_length == task.max_prompt_chars + task.limits.max_steps * (
         task.limits.max_segment_chars + len(task.delimiter))
     # Model output is arbitrary unicode, not Gymnasium's alphanumeric default.
@@ -162,9 +163,9 @@ def test_context_overflow_truncates_without_appending(make_env):
 
 
 @pytest.mark.parametrize("action, error, message", [
-    (3, ActionError, r"action must be a str .*got int: 3"),
-    ("   \n\n", ActionError, r"action must be a non-empty segment"),
-    ("x" * 201, ActionError, r"action has 201 characters, more than limits.max_segment_chars = 200"),
+    (3, ActionError, r"action must be a str, got int: 3"),
+    ("   \n\n", ActionError, r"action must contain a non-whitespace character"),
+    ("x" * 201, ActionError, r"action must have 1 to 200 characters, got 201; .* \(limits.max_segment_chars\)"),
 ])
 def test_bad_actions(make_env, action, error, message):
     env = make_env()

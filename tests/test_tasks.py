@@ -203,7 +203,7 @@ def test_task_spec_errors(tmp_path, data, message):
 
 def test_malformed_yaml_names_file_and_line(tmp_path):
     path = write(tmp_path, "id: X-v0\nlimits:\n  max_steps: [3\n  max_segment_chars: 10\n")
-    with pytest.raises(TaskSpecError, match=r"task.yaml:4: invalid YAML: expected ',' or '\]', but got"):
+    with pytest.raises(TaskSpecError, match=r"task.yaml:4: invalid YAML: (did not find )?expected ',' or '\]'"):
         load_task(path)
 
 

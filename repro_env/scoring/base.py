@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from repro_env.assets import BUNDLED_MODEL
-from repro_env.config import check, describe, options_from_mapping
+from repro_env.config import check, check_device, describe, options_from_mapping
 from repro_env.errors import ConfigError, ContextLengthError, ScorerError
 from repro_env.registry import Registry
 from repro_env.scoring.options import HFOptions, ServerOptions, VLLMOptions
@@ -115,6 +115,7 @@ class ScorerConfig:
     def __post_init__(self) -> None:
         check(isinstance(self.model, str) and self.model != "", "model", self.model,
               "a model directory, a hub id or 'bundled'")
+        check_device(self.device)
         check(self.max_length is None or self.max_length >= 8, "max_length", self.max_length, "an int >= 8 or null")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
         check(self.timeout_s is None or self.timeout_s > 0, "timeout_s", self.timeout_s, "a number > 0 or null")

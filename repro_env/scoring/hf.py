@@ -37,6 +37,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from repro_env.assets import resolve_model
+from repro_env.config import check_device
 from repro_env.errors import ConfigError, ScorerError
 from repro_env.scoring.base import (
     ScorerConfig,
@@ -118,6 +119,7 @@ class HFScorer(TokenScorerBase):
     def __init__(self, config: ScorerConfig) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        check_device(config.device, "scorer.device", present=True)
         path = resolve_model(config.model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
