@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import yaml
 
 from repro_env.cli import main
 
@@ -64,11 +71,125 @@ def test_scoring_demo_prints_reference_and_overthinking_episodes(capsys):
 @pytest.mark.parametrize("command", ["pretrain-tiny", "train", "eval", "plot", "compare"])
 def test_forwarded_commands_take_options_first_through_the_console_script(command):
     """As a user types it: ``repro-env train --help`` (options before any positional argument)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = Path(sys.executable).with_name("repro-env")
     result = subprocess.run([str(script), command, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: repro-env {command}")
+
+
+# -- ordinary bad input through the console script, as a user types it (issue 12) -------------
+
+ROOT = Path(__file__).resolve().parent.parent
+BOMB = """id: Bomb-v0
+source:
+  kind: inline
+  items:
+    - question: q
+      answer: a
+      meta: &l0 [x, x, x, x, x, x, x, x, x, x]
+      l1: &l1 [*l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0]
+      l2: &l2 [*l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1]
+      l3: &l3 [*l2, *l2, *l2, *l2, *l2, *l2, *l2, *l2, *l2, *l2]
+      l4: &l4 [*l3, *l3, *l3, *l3, *l3, *l3, *l3, *l3, *l3, *l3]
+      l5: &l5 [*l4, *l4, *l4, *l4, *l4, *l4, *l4, *l4, *l4, *l4]
+      l6: &l6 [*l5, *l5, *l5, *l5, *l5, *l5, *l5, *l5, *l5, *l5]
+      l7: &l7 [*l6, *l6, *l6, *l6, *l6, *l6, *l6, *l6, *l6, *l6]
+      l8: &l8 [*l7, *l7, *l7, *l7, *l7, *l7, *l7, *l7, *l7, *l7]
+"""
+
+
+def repro_env_cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """``repro-env ARGS`` from the venv's console script, in the repository root."""
+    script = Path(sys.executable).with_name("repro-env")
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def idle_config(path: Path, **fields) -> Path:
+    """A ``repro-env train`` config whose learner needs no model (tests/plugins/idle_learner.py)."""
+    data = {"algorithm": "tests.plugins.idle_learner:IdleLearner", "updates": 2, "eval_every": 0,
+            "checkpoint_every": 1} | fields
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_binary_files_are_named_not_decoded(tmp_path):
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    for command in (["tasks", "check"], ["train"]):
+        result = repro_env_cli(*command, str(binary))
+        assert result.returncode == 2, result.stderr
+        assert f"{binary}: not a UTF-8 text file (invalid start byte at byte 128); expected a YAML file" \
+            in result.stderr and "Traceback" not in result.stderr
+
+
+def test_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)
+    assert len(BOMB) < 1200
+    result = repro_env_cli("tasks", "check", str(bomb), timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert f"{bomb}: invalid YAML: its aliases (*name) expand it to more than 100000 values" in result.stderr
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    pytest.param("learner.device=cuda", r"ConfigError: field 'learner.device' must be a device this machine has "
+                 r"\(torch .* sees 0 cuda device\(s\); 'cpu' always works\), got 'cuda' \(str\)",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs no CUDA")),
+    ("learner.device=banana", r"ConfigError: configs/grpo_tiny.yaml: field 'learner.device' must be a torch "
+                              r"device such as 'cpu', 'cuda' or 'cuda:1', got 'banana' \(str\)"),
+])
+def test_bad_devices_are_config_errors(tmp_path, capsys, setting, message):
+    """In this process (the console script's ``main``): a subprocess would spend seconds importing torch."""
+    assert main(["train", "configs/grpo_tiny.yaml", "--set", setting, "--set", f"out_dir={tmp_path / 'run'}"]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_negative_seed_and_unwritable_out_dir(tmp_path):
+    config = idle_config(tmp_path / "c.yaml", out_dir=str(tmp_path / "run"))
+    result = repro_env_cli("train", str(config), "--set", "seed=-5")
+    assert result.returncode == 2
+    assert "field 'seed' must be an int >= 0 (numpy and torch seeds are unsigned), got -5 (int)" in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing created for a rejected config
+    (tmp_path / "file").write_text("")
+    result = repro_env_cli("train", str(config), "--no-progress", "--set", f"out_dir={tmp_path / 'file' / 'run'}")
+    assert result.returncode == 2
+    assert f"field 'out_dir' '{tmp_path}/file/run' cannot be used as a run directory: Not a directory" \
+        in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_runs_cannot_share_a_run_directory(tmp_path):
+    """A second, real process holds the run directory: the run names its PID and writes nothing."""
+    from repro_env.agents.checkpoint import locked_run_dir
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path\n"
+                               "from repro_env.agents.checkpoint import locked_run_dir\n"
+                               f"with locked_run_dir(Path({str(run_dir)!r})):\n"
+                               "    print('locked', flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        result = repro_env_cli("train", str(idle_config(tmp_path / "c.yaml", out_dir=str(run_dir))), "--no-progress")
+        assert result.returncode == 2
+        assert f"field 'out_dir' '{run_dir}' is in use by another run (PID {holder.pid}, which holds " \
+               f"{run_dir}/.lock); wait for it to finish, or choose another out_dir" in result.stderr
+        assert [p.name for p in run_dir.iterdir()] == [".lock"]  # the refused run wrote nothing
+    finally:
+        holder.communicate("\n", timeout=30)
+    with locked_run_dir(run_dir):  # the holder's exit released it
+        assert (run_dir / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["rollout", "RePro-Mth-v0"], r"TaskSpecError: task must be a registered repro-env id or a task YAML file, "
+                                  r"got 'RePro-Mth-v0' \(str\). Did you mean 'RePro-Math-v0'\? Registered: RePro-"),
+    (["rollout", "Nope-v0"], r"got 'Nope-v0' \(str\). Registered: RePro-"),
+    (["rollout", "RePro-Math-v0", "--episodes", "0"], r"ConfigError: field '--episodes' must be an int >= 1, got 0"),
+])
+def test_rollout_arguments(args, message):
+    result = repro_env_cli(*args)
+    assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
+    assert "Hopper" not in result.stderr and "Traceback" not in result.stderr
