@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 import repro_env  # noqa: F401
 from repro_env import reward as rp
 from repro_env.env import ReasoningEnv, ReasoningText
-from repro_env.errors import ActionError, ContextLengthError, TaskSpecError
+from repro_env.errors import ActionError, ConfigError, ContextLengthError, ScorerError, TaskSpecError
 from repro_env.scoring import ScoreRequest
 
 INFO_KEYS = {"J", "J_baseline", "magnitude", "stability", "process_score", "process_reward",
@@ -237,3 +237,102 @@ def test_prompt_longer_than_max_prompt_chars_is_a_clear_error(make_env):
     env = make_env(limits={"max_prompt_chars": 20})
     with pytest.raises(TaskSpecError, match=r"more than limits.max_prompt_chars = 20"):
         env.reset(seed=0)
+
+
+# -- hardening (issue 12) ---------------------------------------------------------------------
+
+
+def test_lone_surrogates_are_not_actions(make_env):
+    env = make_env()
+    env.reset(seed=0)
+    assert not env.action_space.contains("x\ud800y")
+    with pytest.raises(ActionError, match=r"action must be valid unicode text, got a lone surrogate '\\ud800' "
+                                          r"at index 1 \(it has no UTF-8 encoding\)"):
+        env.step("x\ud800y")
+    env.step("a valid step.")  # the episode goes on
+
+
+def random_action(rng: np.random.Generator, max_length: int):
+    """Strings of every kind (surrogates, blanks, emoji, too long) and non-strings."""
+    kind = rng.integers(8)
+    if kind == 0:
+        return [None, 3, 2.5, True, b"bytes", ["a step."], {"a": 1}, np.str_("numpy str."), ("t",)][rng.integers(9)]
+    pools = ["abc xyz.,\n", " \t\n\r", "Ünïcødé ✓ × 😀", "\ud800\udbff\udc00\udfff", "\x00\x1f"]
+    pool = "".join(pools[i] for i in rng.choice(len(pools), size=rng.integers(1, 4), replace=False))
+    length = int(rng.choice([0, 1, 2, int(rng.integers(3, 60)), max_length, max_length + 1]))
+    return "".join(pool[i] for i in rng.integers(len(pool), size=length))
+
+
+def test_fuzzed_actions_step_exactly_when_the_space_contains_them(make_env):
+    """Seeded fuzz over the action space: ``step`` raises ActionError iff ``contains`` is False, and a
+    rejected action changes nothing."""
+    env = make_env(limits={"max_segment_chars": 80, "max_steps": 50})
+    space = env.action_space
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    stepped = rejected = 0
+    for _ in range(400):
+        action = random_action(rng, space.max_length)
+        text = env.unwrapped.episode.text
+        if space.contains(action):
+            _, _, terminated, truncated, _ = env.step(action)
+            stepped += 1
+            if terminated or truncated:
+                env.reset()
+        else:
+            with pytest.raises(ActionError):
+                env.step(action)
+            assert env.unwrapped.episode.text == text
+            rejected += 1
+    assert stepped > 50 and rejected > 100
+    space.seed(0)
+    assert all(space.contains(space.sample()) for _ in range(200))
+
+
+def test_a_failed_reset_changes_nothing_or_needs_a_new_reset(make_env, monkeypatch):
+    env = make_env()
+    env.reset(seed=0)
+    env.step("First step.")
+    text = env.unwrapped.episode.text
+    with pytest.raises(TaskSpecError, match=r"'index' must be an int"):  # bad options: nothing changed
+        env.reset(options={"index": -1})
+    assert env.unwrapped.episode.text == text
+    env.step("Second step.")
+    old = env.unwrapped.episode.session
+    scorer = env.unwrapped.scorer
+
+    def overflow(question, answer):
+        raise ContextLengthError("prefix of 900 tokens exceeds max_length=512")
+
+    monkeypatch.setattr(scorer, "session", overflow)
+    with pytest.raises(ContextLengthError):
+        env.reset(seed=1)
+    with pytest.raises(gym.error.ResetNeeded, match=r"call reset\(\) before step\(\)"):
+        env.step("Third step.")
+    with pytest.raises(ScorerError, match="append on a closed session"):  # the reset call ended the old one
+        old.append("late.\n\n")
+    monkeypatch.undo()
+    env.reset(seed=1)
+    env.step("A fresh episode.")
+
+
+@pytest.mark.parametrize(("kwargs", "options", "message"), [
+    ({}, "test", r"reset options must be a dict such as \{'split': 'test', 'index': 3\} or None, got 'test' \(str\)"),
+    ({}, {"index": True}, r"'index' must be an int in \[0, 100000\), got True \(bool\)"),
+    ({}, {"index": 0.5}, r"'index' must be an int in \[0, 100000\), got 0.5 \(float\)"),
+    ({}, {"split": ["test"]}, r"split must be one of 'train', 'test', got \['test'\]"),
+    ({"split": "validation"}, None, r"split must be one of 'train', 'test', got 'validation'"),
+])
+def test_bad_reset_arguments(make_env, kwargs, options, message):
+    with pytest.raises(TaskSpecError, match=message):
+        make_env(**kwargs).reset(options=options)
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    pytest.param("cuda", r"field 'scorer.device' must be a device this machine has \(torch .* sees 0 cuda device",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs no CUDA")),
+    ("banana", r"scorer: field 'device' must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got 'banana'"),
+])
+def test_scorer_devices_are_checked_before_loading(make_env, device, message):
+    with pytest.raises(ConfigError, match=message):
+        make_env(scorer={"device": device})
