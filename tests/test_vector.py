@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import repro_env  # noqa: F401
-from repro_env.errors import TaskSpecError
+from repro_env.errors import ActionError, TaskSpecError
 
 ACTIONS = [
     ["First I count the apples.", "Hmm, let me think.", "The answer is \\boxed{3}."],
@@ -94,9 +98,95 @@ def test_group_of_envs_shares_one_problem(scorer_cfg):
 
 @pytest.mark.parametrize("kwargs, options, message", [
     ({"autoreset_mode": "same-step"}, None, r"autoreset_mode"),
-    ({}, {"index": [1, 2]}, r"one entry per sub-env \(3\)"),
+    ({}, {"index": [1, 2]}, r"'index' needs one entry per sub-env \(3\), got \[1, 2\]"),
+    ({}, {"index": 0.5}, r"sub-env 0: reset options: 'index' must be an int in \[0, 100000\), got 0.5 \(float\)"),
+    ({}, {"reset_mask": [1, 0, 1]}, r"'reset_mask' must be a bool array of shape \(3,\)"),
+    ({}, "test", r"reset options must be a dict"),
+    ({"num_envs": True}, None, r"num_envs must be an int >= 1, got True \(bool\)"),
 ])
 def test_vector_errors(scorer_cfg, kwargs, options, message):
-    with pytest.raises((TaskSpecError, ValueError), match=message):
-        envs = make_vec(scorer_cfg, 3, **kwargs)
+    with pytest.raises(TaskSpecError, match=message):
+        envs = make_vec(scorer_cfg, kwargs.pop("num_envs", 3), **kwargs)
         envs.reset(options=options)
+
+
+@pytest.mark.parametrize("seed", [[1, 2], [1, 2, 3, 4], -1, "7", [0, 1, 2.5]])
+def test_vector_seeds_need_one_int_per_sub_env(scorer_cfg, seed):
+    with pytest.raises(TaskSpecError, match=r"reset seed must be None, an int >= 0 \(sub-env i gets seed \+ i\) "
+                                            r"or a list of 3 ints >= 0 or None \(one per sub-env\), got "):
+        make_vec(scorer_cfg, 3).reset(seed=seed)
+
+
+@pytest.mark.parametrize("actions, got", [
+    ([], "list of length 0"), (None, "None (NoneType)"), (["a."] * 2, "list of length 2"),
+    (["a."] * 4, "list of length 4"), ("abc", "str of length 3"),
+])
+def test_vector_step_needs_one_action_per_sub_env(scorer_cfg, actions, got):
+    envs = make_vec(scorer_cfg, 3)
+    envs.reset(seed=0)
+    with pytest.raises(ActionError, match=rf"actions must be a list or tuple of 3 segments \(one str per sub-env\), "
+                                          rf"got {re.escape(got)}"):
+        envs.step(actions)
+
+
+def test_a_bad_index_at_one_sub_env_resets_none(scorer_cfg):
+    envs = make_vec(scorer_cfg, 3)
+    obs, infos = envs.reset(seed=0)
+    with pytest.raises(TaskSpecError, match=r"sub-env 2: reset options: 'index' must be an int in \[0, 100000\)"):
+        envs.reset(seed=1, options={"index": [1, 2, 10**9]})
+    assert envs._observations() == obs
+    assert [env.episode.problem.id for env in envs.envs] == list(infos["problem_id"])
+    with pytest.raises(ActionError, match=r"actions\[1\]: action must be a str, got int: 3"):
+        envs.step(("a step.", 3, "a step."))
+    assert envs._observations() == obs
+
+
+@pytest.fixture(scope="module")
+def shared_vec(tiny_llama_dir):
+    envs = make_vec({"model": str(tiny_llama_dir)}, 3, autoreset_mode="disabled")
+    envs.reset(seed=0)
+    return envs
+
+
+ITEMS = st.one_of(st.none(), st.integers(-2, 5), st.floats(allow_nan=False, width=16), st.booleans(),
+                  st.text(max_size=3), st.sampled_from(["a step.", "  ", "x\ud800"]))
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(actions=st.one_of(ITEMS, st.lists(ITEMS, max_size=5), st.tuples(ITEMS, ITEMS, ITEMS)))
+def test_property_step_arguments(shared_vec, actions):
+    """``step`` raises ActionError exactly when ``actions`` is not 3 members of the action space, and
+    then changes nothing."""
+    envs, space = shared_vec, shared_vec.single_action_space
+    before = envs._observations()
+    valid = isinstance(actions, list | tuple) and len(actions) == 3 and all(map(space.contains, actions))
+    if not valid:
+        with pytest.raises(ActionError):
+            envs.step(actions)
+        assert envs._observations() == before
+        return
+    envs.step(actions)
+    envs.reset(seed=0)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(seed=st.one_of(ITEMS, st.lists(ITEMS, max_size=4)), index=st.one_of(ITEMS, st.lists(ITEMS, max_size=4)))
+def test_property_reset_arguments(shared_vec, seed, index):
+    """``reset`` raises TaskSpecError exactly when the seed or the index is malformed, and then
+    changes nothing."""
+    envs = shared_vec
+    before = envs._observations()
+
+    def natural(x, limit=None):
+        return x is None or (type(x) is int and x >= 0 and (limit is None or x < limit))
+
+    seeds_ok = natural(seed) or (isinstance(seed, list) and len(seed) == 3 and all(map(natural, seed)))
+    size = envs.envs[0].source.size("train")
+    index_ok = natural(index, size) or (isinstance(index, list) and len(index) == 3
+                                        and all(natural(i, size) for i in index))
+    if not (seeds_ok and index_ok):
+        with pytest.raises(TaskSpecError):
+            envs.reset(seed=seed, options={"index": index})
+        assert envs._observations() == before
+        return
+    envs.reset(seed=seed, options={"index": index})
