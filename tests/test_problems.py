@@ -22,8 +22,11 @@ from repro_env.problems import (
 def test_arithmetic_source_is_a_pure_function_of_seed_and_index():
     a = arithmetic_source(ArithmeticConfig(), 0, 1, train_size=1000, test_size=50)
     b = arithmetic_source(ArithmeticConfig(), 0, 1, train_size=1000, test_size=50)
-    assert [a.get("train", i) for i in (0, 7, 999)] == [b.get("train", i) for i in (7 - 7, 7, 999)]
-    assert a.get("train", 7) == a.get("train", 7)
+    # b is read in the reverse order: problem i does not depend on which problems were drawn before it
+    assert [a.get("train", i) for i in (0, 7, 999)] == [b.get("train", i) for i in (999, 7, 0)][::-1]
+    shorter = arithmetic_source(ArithmeticConfig(), 0, 1, train_size=20, test_size=50)
+    assert [shorter.get("train", i) for i in range(20)] == [a.get("train", i) for i in range(20)]
+    assert a.get("train", 7).id == "arith-train-0-7" and a.get("train", 7).answer == "17"  # pinned
     other_seed = arithmetic_source(ArithmeticConfig(), 5, 1, train_size=1000, test_size=50)
     differ = sum(a.get("train", i).question != other_seed.get("train", i).question for i in range(20))
     assert differ >= 18
@@ -149,3 +152,43 @@ def test_jsonl_round_trip(tmp_path):
     records = read_jsonl(path)
     assert [w for w, _ in records] == [f"{path}:{i}" for i in range(1, 5)]
     assert records[2][1] == {"question": "q2", "answer": 2}
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"question": "q", "answer": null}', r"data.jsonl:1: field 'answer' must be a non-empty string or a finite "
+                                          r"number, got None \(NoneType\)"),
+    ('{"question": "q", "answer": ""}', r"field 'answer' must be a non-empty string or a finite number, got ''"),
+    ('{"question": ["a", "b"], "answer": "1"}', r"field 'question' must be a non-empty string, got \['a', 'b'\]"),
+    ('{"question": "q", "answer": {"x": 1}}', r"field 'answer' must be .*, got \{'x': 1\} \(dict\)"),
+])
+def test_records_need_real_questions_and_answers(tmp_path, line, message):
+    path = tmp_path / "data.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(TaskSpecError, match=message):
+        record_to_problem(read_jsonl(path)[0][1], RecordFields(), read_jsonl(path)[0][0], "p")
+
+
+def test_tasks_check_rejects_an_inline_null_answer_and_duplicate_keys(tmp_path):
+    from repro_env.tasks import check_task_file
+
+    path = tmp_path / "task.yaml"
+    path.write_text("id: Null-v0\nsource: {kind: inline, items: [{question: q, answer: 1}, "
+                    "{question: q2, answer: null}]}\n")
+    with pytest.raises(TaskSpecError, match=r"Null-v0: source.items\[1\]: field 'answer' must be a non-empty string"):
+        check_task_file(path)
+    path.write_text("id: Dup-v0\nsource: {kind: inline, items: [{question: q, answer: 1}]}\nid: Other-v0\n")
+    with pytest.raises(TaskSpecError, match=r"task.yaml:3: invalid YAML: duplicate key 'id' \(first at line 1\)"):
+        check_task_file(path)
+
+
+def test_numbers_are_answers(tmp_path):
+    record = {"question": "q", "answer": 4.0}
+    assert record_to_problem(record, RecordFields(), "here", "p").answer == "4"
+    assert record_to_problem({**record, "answer": 2.5}, RecordFields(), "here", "p").answer == "2.5"
+
+
+def test_a_binary_jsonl_line_is_named(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"question": "q", "answer": "1"}\n\xff\xfe\n')
+    with pytest.raises(TaskSpecError, match=r"data.jsonl:2: not UTF-8 text \(invalid start byte at byte 0"):
+        read_jsonl(path)

@@ -249,3 +249,24 @@ def test_hf_dataset_from_disk(tmp_path):
 def test_taskspec_direct_construction_raises_taskspecerror():
     with pytest.raises(TaskSpecError, match=r"field 'id' must be a gym id"):
         TaskSpec(id="bad id")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a: &a [*a]\n", r"an alias refers to a value that contains it"),
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"b{i}: &b{i} [{', '.join([f'*{p}'] * 10)}]\n" for i, p in enumerate(["a", "b0", "b1", "b2", "b3", "b4"])),
+     r"its aliases \(\*name\) expand it to more than 100000 values"),
+    ("a: 1\nb: 2\na: 3\n", r"duplicate key 'a' \(first at line 1\); keep one"),
+])
+def test_yaml_documents_are_bounded_and_keys_unique(text, message):
+    from repro_env.config import load_yaml
+
+    with pytest.raises(yaml.YAMLError, match=message):
+        load_yaml(text)
+
+
+def test_yaml_aliases_and_merge_keys_within_bounds_still_load():
+    from repro_env.config import load_yaml
+
+    data = load_yaml("base: &base {lr: 1e-3, epochs: 2}\nrun: {<<: *base, epochs: 3}\nagain: *base\n")
+    assert data["run"] == {"lr": 0.001, "epochs": 3} and data["again"] == {"lr": 0.001, "epochs": 2}
