@@ -61,6 +61,12 @@ def cmd_vllm_serve(args: argparse.Namespace) -> int:
     os.execve(command[0], command, server_environment())
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from repro_env.diagnostics import score_main
+
+    return score_main(args)
+
+
 def _forward(module: str, function: str, argv: Sequence[str]) -> int:
     """A subcommand whose arguments are parsed by another module's ``main(argv)``."""
     import importlib
@@ -112,6 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="scoring demo: J and rewards of reference solutions vs overthinking")
     demo.add_argument("--quick", action="store_true", help="a smaller run, for smoke tests")
     demo.set_defaults(run=cmd_demo)
+
+    score = sub.add_parser("score", help="RePro diagnostics of existing reasoning traces: J curves, r~, backtracks")
+    score.add_argument("traces", help="JSONL file: one {question, response, answer} object per line")
+    score.add_argument("--model", default="bundled", help="scorer model: a directory, hub id or 'bundled'")
+    score.add_argument("--backend", default="hf", help="scorer backend: hf, vllm or vllm-server")
+    score.add_argument("--base-url", default=None, help="vllm-server: the server's address")
+    score.add_argument("--task", default="RePro-Math-v0", help="task id or YAML: prompt/answer templates, delimiter")
+    score.add_argument("--out", default=None, help="output directory (default: TRACES_STEM_scores)")
+    score.add_argument("--question-field", default="question")
+    score.add_argument("--response-field", default=None,
+                       help="default: the first of response, reasoning, solution, completion, output")
+    score.add_argument("--answer-field", default="answer")
+    score.add_argument("--id-field", default="id")
+    score.add_argument("--no-template", action="store_true", help="the question field is the whole prompt")
+    score.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of stopping")
+    score.add_argument("--batch-size", type=int, default=8, help="traces per forward pass")
+    score.add_argument("--report-limit", type=int, default=50, help="traces in the report (lowest return first)")
+    score.add_argument("--no-plots", action="store_true", help="no PNGs and no HTML report")
+    score.set_defaults(run=cmd_score)
 
     for name, (_, _, help_text) in FORWARDED.items():  # listed in --help; main() hands them their argv
         sub.add_parser(name, help=help_text, add_help=False)

@@ -42,3 +42,12 @@ class CheckpointError(ReproEnvError):
 
 class TrainingError(ReproEnvError, RuntimeError):
     """A training run cannot continue: a NaN/inf loss or metric, or corrupt run files."""
+
+
+class TraceInputError(ReproEnvError, ValueError):
+    """A line of a traces file cannot be scored (``repro-env score``): it names the line and the field."""
+
+    def __init__(self, message: str, *, line: int = 0, field: str = "") -> None:
+        super().__init__(message)
+        self.line = line
+        self.field = field

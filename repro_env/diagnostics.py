@@ -1,0 +1,539 @@
+"""RePro diagnostics for reasoning traces that already exist (``repro-env score``, ``score_traces``).
+
+A traces file holds one JSON object per line: a question, the reasoning or the full response, and
+the gold answer (field names in :class:`TraceFields`). For every trace the scorer computes J at
+the baseline and after every segment in one tree-masked pass (REPRO_SPEC §2, §7), and the reward
+functions of :mod:`repro_env.reward` turn that into the per-segment S_magn, S_stab, S and r̃
+(§3–§4), exactly as the env computes them online with ``selection: all``::
+
+    J_t = (1/|a|) · Σ_i log π(a_i | q, τ≤t, a_<i)             t = 0..T
+    S_t = (1−w)·S_magn,t + w·S_stab,t,   r̃_t = S_t − S_{t−1}   (S_0 = 0)
+
+Per trace: J_T − J_0 (the J gain), the process return Σ_t r̃_t = S_T, backtracks (task patterns,
+§6), and whether the final answer verifies (``verify.outcome_reward``).
+
+How a response becomes segments:
+
+- a string is split on the task's delimiter (``segments.split_segments``); a list of strings is
+  taken as the segments. Every segment ends with the delimiter, as in ``env.step``: a list item
+  without it gets it, and so does the last segment of a string (trailing whitespace replaced), so
+  J_T is what the env would pay for the same trace;
+- a response with a ``</think>`` block (R1 style, the ``<think>`` tag optional) is split on its
+  think part, as in the paper: the text up to and including ``<think>`` joins the prompt, the
+  think part is τ, and the text after ``</think>`` is where the final answer is read. **(choice)**
+  J appends ``a`` right after ``q + τ≤t`` (§2), without a ``</think>`` tag in between.
+
+Every point is scored, whatever the task's ``reward.selection``: a diagnostic wants the whole curve.
+Input is streamed: lines are read, scored and written in chunks, so memory does not grow with the
+file (only the ``report_limit`` worst traces are kept for the report). A bad line (missing field,
+invalid JSON or UTF-8, no final answer, longer than the scorer's context) is a
+:class:`TraceInputError` naming the file, line and field, or, with ``skip_bad``, a skipped entry
+that is counted and written to ``skipped.jsonl``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import heapq
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from repro_env import reward as rp
+from repro_env.errors import ConfigError, TraceInputError
+from repro_env.segments import split_segments, tokenize_with_boundaries
+from repro_env.tasks import TaskSpec, resolve_task
+from repro_env.verify import extract_answer, final_part, outcome_reward
+
+RESPONSE_FIELDS = ("response", "reasoning", "solution", "completion", "output")
+"""Tried in this order when :attr:`TraceFields.response` is not set."""
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+CSV_COLUMNS = ("line", "id", "correct", "J_0", "J_gain", "process_return", "backtracks", "t", "J", "S_magn",
+               "S_stab", "S", "r", "backtrack", "tokens", "entropy", "text")
+
+
+@dataclass(frozen=True)
+class TraceFields:
+    """Where each part of a trace is in a line's JSON object."""
+
+    question: str = "question"
+    """The question, rendered through the task's ``prompt_template`` (unless ``template`` is off)."""
+    response: str | None = None
+    """The reasoning or the full response (a string, or a list of segments); ``None``: the first of
+    ``response``, ``reasoning``, ``solution``, ``completion``, ``output`` that the line has."""
+    answer: str = "answer"
+    """The gold answer (a string or a number), rendered through the task's ``answer_template`` for J."""
+    id: str = "id"
+    """An id for the tables and the report (optional; default ``line-N``)."""
+    template: bool = True
+    """Render the question through the task's prompt template; off: the field is the whole prompt."""
+
+    def __post_init__(self) -> None:
+        for name in ("question", "answer", "id"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"field '{name}' must be a non-empty field name, got {value!r}")
+        if self.response is not None and (not isinstance(self.response, str) or not self.response):
+            raise ConfigError(f"field 'response' must be a non-empty field name or None, got {self.response!r}")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One parsed line, ready to score."""
+
+    line: int
+    id: str
+    question: str
+    """The question as the file gives it."""
+    prefix: str
+    """What J conditions on before τ: the rendered prompt, plus the text up to ``<think>``."""
+    segments: tuple[str, ...]
+    gold: str
+    answer: str
+    """``a``: the gold answer through the task's answer template."""
+    response: str
+    """The whole response, for verification."""
+    think: bool
+    """The response had a ``</think>`` block and τ is its think part."""
+    response_field: str = "response"
+    """The field the response came from (named in errors)."""
+    after_reasoning: str = ""
+    """The text after ``</think>`` (empty without a think block)."""
+    tokens: tuple[int, ...] = field(default=())
+    """(T,) tokens of each segment."""
+
+
+def split_think(response: str) -> tuple[str, str, str] | None:
+    """``(head, think, tail)`` of an R1-style response, or ``None`` without ``</think>``.
+
+    ``head`` ends with ``<think>`` and the whitespace after it (empty when the tag is in the
+    prompt), ``think`` is the reasoning, ``tail`` the text after the first ``</think>``.
+    """
+    if THINK_CLOSE not in response:
+        return None
+    before, _, tail = response.partition(THINK_CLOSE)
+    at = before.find(THINK_OPEN)
+    cut = 0 if at < 0 else at + len(THINK_OPEN)
+    cut += len(before[cut:]) - len(before[cut:].lstrip())
+    return before[:cut], before[cut:], tail
+
+
+class TraceReader:
+    """Parses the lines of a traces file into :class:`Trace` (or raises :class:`TraceInputError`)."""
+
+    def __init__(self, task: TaskSpec, fields: TraceFields, where: str) -> None:
+        if task.verifier.kind == "reasoning_gym":
+            raise ConfigError(f"task {task.id}: verifier 'reasoning_gym' needs the dataset's entries; "
+                              "score traces with a task whose verifier.kind is 'math' or 'exact'")
+        self.task, self.fields, self.where = task, fields, where
+
+    def error(self, line: int, name: str, message: str) -> TraceInputError:
+        return TraceInputError(f"{self.where}:{line}: {message} (or pass --skip-bad to skip such lines)",
+                               line=line, field=name)
+
+    def parse(self, line: int, raw: bytes | str) -> Trace:
+        """One line (bytes as read from the file) → a :class:`Trace`."""
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise self.error(line, "", f"the line is not valid UTF-8 (byte {raw[e.start]:#04x} at byte "
+                                 f"{e.start}); re-encode the file as UTF-8") from e
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise self.error(line, "", f"the line is not valid JSON ({e.msg} at column {e.colno})") from e
+        if not isinstance(record, Mapping):
+            raise self.error(line, "", f"the line must be a JSON object, got {type(record).__name__}")
+        return self.from_record(line, record)
+
+    def from_record(self, line: int, record: Mapping[str, Any]) -> Trace:
+        f, task = self.fields, self.task
+        question = self._text(line, record, f.question)
+        gold = self._answer(line, record)
+        name, response = self._response(line, record)
+        prompt = task.prompt_template.format(question=question) if f.template else question
+        parts = split_think(response) if isinstance(response, str) else None
+        if parts is not None:
+            head, reasoning, tail = parts
+            segments, prefix = split_segments(reasoning, task.delimiter), prompt + head
+        elif isinstance(response, str):
+            segments, prefix, tail = split_segments(response, task.delimiter), prompt, ""
+        else:
+            segments = [s if s.endswith(task.delimiter) else s + task.delimiter for s in response]
+            prefix, tail, response = prompt, "", "".join(segments)
+        if segments and not segments[-1].endswith(task.delimiter):  # as env.step: every segment ends with it
+            segments[-1] = segments[-1].rstrip() + task.delimiter
+        if not any(s.strip() for s in segments):
+            raise self.error(line, name, f"field '{name}' has no reasoning to score (empty"
+                             f"{' think block' if parts else ''})")
+        pattern = task.final_answer_pattern if task.final_answer_regex.groups else None
+        if extract_answer(final_part(response), pattern) is None and not task.final_answer_regex.search(response):
+            raise self.error(line, name, f"field '{name}' states no final answer (no \\boxed{{...}}, "
+                             f"'answer is ...' or match of the task's final_answer_pattern "
+                             f"{task.final_answer_pattern!r}); a truncated trace cannot be verified")
+        trace_id = record.get(f.id)
+        return Trace(line=line, id=str(trace_id) if trace_id not in (None, "") else f"line-{line}",
+                     question=question, prefix=prefix, segments=tuple(segments), gold=gold,
+                     answer=task.answer_template.format(answer=gold), response=response,
+                     think=parts is not None, response_field=name, after_reasoning=tail)
+
+    def _text(self, line: int, record: Mapping[str, Any], name: str) -> str:
+        if name not in record:
+            raise self.error(line, name, f"field '{name}' is missing; the line has {_keys(record)}")
+        value = record[name]
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(line, name, f"field '{name}' must be a non-empty string, got {_short(value)}")
+        return value
+
+    def _answer(self, line: int, record: Mapping[str, Any]) -> str:
+        name = self.fields.answer
+        if name not in record:
+            raise self.error(line, name, f"field '{name}' is missing; the line has {_keys(record)} "
+                             "(pass --answer-field NAME)")
+        value = record[name]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(line, name, f"field '{name}' must be a non-empty string or a number, got "
+                             f"{_short(value)}")
+        return value.strip()
+
+    def _response(self, line: int, record: Mapping[str, Any]) -> tuple[str, str | list[str]]:
+        names = (self.fields.response,) if self.fields.response else RESPONSE_FIELDS
+        name = next((n for n in names if n in record), None)
+        if name is None:
+            tried = f"'{names[0]}'" if len(names) == 1 else "any of " + ", ".join(f"'{n}'" for n in names)
+            raise self.error(line, names[0], f"field {tried} is missing; the line has {_keys(record)} "
+                             "(pass --response-field NAME)")
+        value = record[name]
+        if isinstance(value, list) and value and all(isinstance(s, str) for s in value):
+            return name, list(value)
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(line, name, f"field '{name}' must be a non-empty string or a list of strings, "
+                             f"got {_short(value)}")
+        return name, value
+
+
+def _keys(record: Mapping[str, Any]) -> str:
+    return ", ".join(f"'{k}'" for k in list(record)[:12]) or "no keys"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return f"{text[:60]}... ({type(value).__name__})" if len(text) > 60 else f"{text} ({type(value).__name__})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+def trace_row(trace: Trace, J: np.ndarray, entropies: np.ndarray, task: TaskSpec) -> dict[str, Any]:
+    """The plain-data row of one scored trace. ``J``: (T+1,) = [J_0, J_1..J_T]; ``entropies``: (T,)."""
+    cfg = task.reward
+    magnitude = rp.magnitude_scores(J, cfg.eps)  # (T,)
+    stability = rp.stability_scores(J, cfg.ema)  # (T,)
+    score = rp.process_scores(J, cfg.stability_weight, cfg.ema, cfg.eps)  # (T,)
+    rewards = rp.rewards_for(cfg, J)  # (T,)
+    backtracks = [task.is_backtrack(s) for s in trace.segments]
+    pattern = task.final_answer_pattern if task.final_answer_regex.groups else None
+    correct = outcome_reward(trace.response, trace.gold, verifier=task.verifier.kind, pattern=pattern,
+                             timeout_s=task.verifier.timeout_s) >= 1.0
+    segments = [{"t": t, "text": text, "J": float(J[t]), "S_magn": float(magnitude[t - 1]),
+                 "S_stab": float(stability[t - 1]), "S": float(score[t - 1]), "r": float(rewards[t - 1]),
+                 "backtrack": bt, "tokens": int(n), "entropy": float(entropies[t - 1])}
+                for t, (text, bt, n) in enumerate(zip(trace.segments, backtracks, trace.tokens, strict=True), 1)]
+    return {
+        "line": trace.line, "id": trace.id, "question": trace.question, "answer": trace.gold,
+        "predicted": extract_answer(final_part(trace.response), pattern), "correct": bool(correct),
+        "think": trace.think, "num_segments": len(segments), "num_tokens": int(sum(trace.tokens)),
+        "J_0": float(J[0]), "J_T": float(J[-1]), "J_gain": float(J[-1] - J[0]),
+        "process_return": float(rewards.sum()), "backtracks": int(sum(backtracks)),
+        "negative_rewards": int((rewards < 0).sum()), "segments": segments,
+    }
+
+
+class TraceScorer:
+    """Scores parsed traces in chunks: one ``scorer.score`` call (tree rows) per chunk."""
+
+    def __init__(self, scorer: Any, task: TaskSpec, reader: TraceReader) -> None:
+        self.scorer, self.task, self.reader = scorer, task, reader
+
+    def tokenize(self, trace: Trace) -> Trace:
+        """Token counts per segment, and the context check (an over-long trace is bad input)."""
+        tokenizer = self.scorer.tokenizer
+        ids, boundaries = tokenize_with_boundaries(tokenizer, trace.prefix, trace.segments)
+        answer = len(tokenizer(trace.answer, add_special_tokens=False)["input_ids"])
+        total = len(ids) + answer
+        if total > self.scorer.max_length:
+            raise self.reader.error(
+                trace.line, trace.response_field,
+                f"the trace is too long: prompt + reasoning + answer = {total} tokens, more than the "
+                f"scorer's context of {self.scorer.max_length} tokens; shorten it or score with a model "
+                "of a longer context")
+        return dataclasses.replace(trace, tokens=tuple(int(n) for n in np.diff(boundaries)))
+
+    def score(self, traces: list[Trace]) -> list[dict[str, Any]]:
+        from repro_env.scoring import ScoreRequest
+
+        requests = [ScoreRequest(t.prefix, t.segments, t.answer) for t in traces]
+        results = self.scorer.score(requests)
+        return [trace_row(t, r.J, r.entropies, self.task) for t, r in zip(traces, results, strict=True)]
+
+    def rows(self, lines: Iterable[tuple[int, bytes | str | Mapping[str, Any]]], *, skip_bad: bool = False,
+             chunk: int = 32) -> Iterator[dict[str, Any]]:
+        """Rows in input order; a skipped line (``skip_bad``) is ``{"line", "field", "error", "skipped": True}``.
+
+        At most ``chunk`` lines are held at once: the input is consumed as the rows are taken.
+        """
+        pending: list[Trace | dict[str, Any]] = []
+        for line, raw in lines:
+            try:
+                trace = self.reader.from_record(line, raw) if isinstance(raw, Mapping) else self.reader.parse(line, raw)
+                pending.append(self.tokenize(trace))
+            except TraceInputError as e:
+                if not skip_bad:
+                    raise
+                pending.append({"line": e.line, "field": e.field, "error": str(e), "skipped": True})
+            if len(pending) >= chunk:
+                yield from self._flush(pending)
+                pending = []
+        yield from self._flush(pending)
+
+    def _flush(self, pending: list[Trace | dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        scored = iter(self.score([p for p in pending if isinstance(p, Trace)]))
+        for p in pending:
+            yield next(scored) if isinstance(p, Trace) else p
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, bytes) of each non-blank line, read lazily."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if raw.strip():
+                yield number, raw
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary and outputs
+
+
+@dataclass
+class Summary:
+    """Running totals over the scored traces (nothing per trace is kept)."""
+
+    traces: int = 0
+    skipped: int = 0
+    segments: int = 0
+    negative_segments: int = 0
+    backtracks: int = 0
+    correct: int = 0
+    J_gain: float = 0.0
+    process_return: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self.traces += 1
+        self.segments += row["num_segments"]
+        self.negative_segments += row["negative_rewards"]
+        self.backtracks += row["backtracks"]
+        self.correct += row["correct"]
+        self.J_gain += row["J_gain"]
+        self.process_return += row["process_return"]
+
+    def as_dict(self) -> dict[str, Any]:
+        n = max(self.traces, 1)
+        return {"traces": self.traces, "skipped": self.skipped, "seconds": round(self.seconds, 3),
+                "traces_per_s": self.traces / self.seconds if self.seconds > 0 else None,
+                "mean_J_gain": self.J_gain / n, "mean_process_return": self.process_return / n,
+                "backtracks_per_trace": self.backtracks / n, "accuracy": self.correct / n,
+                "segments_per_trace": self.segments / n,
+                "negative_reward_share": self.negative_segments / max(self.segments, 1)}
+
+
+def csv_rows(row: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """One CSV row per segment, the trace's columns repeated."""
+    head = {k: row[k] for k in ("line", "id", "correct", "J_0", "J_gain", "process_return", "backtracks")}
+    for segment in row["segments"]:
+        yield {**head, **{k: segment[k] for k in CSV_COLUMNS if k in segment}}
+
+
+def format_summary(summary: Mapping[str, Any], worst: list[Mapping[str, Any]], limit: int = 10) -> str:
+    """The terminal table: the means, then the worst traces by process return."""
+    rate = summary["traces_per_s"]
+    lines = [f"scored {summary['traces']} traces ({summary['skipped']} skipped) in {summary['seconds']:.1f} s"
+             + (f": {rate:.1f} traces/s" if rate else ""),
+             f"  mean J gain (J_T - J_0)        {summary['mean_J_gain']:+.4f}",
+             f"  mean process return (S_T)      {summary['mean_process_return']:+.4f}",
+             f"  backtracks per trace           {summary['backtracks_per_trace']:.2f}",
+             f"  segments with negative r~      {100 * summary['negative_reward_share']:.1f}%",
+             f"  accuracy (answer verifies)     {100 * summary['accuracy']:.1f}%"]
+    if worst:
+        lines += ["", f"  worst {min(limit, len(worst))} by process return:",
+                  f"  {'line':>5} {'id':<20} {'segs':>4} {'J gain':>8} {'return':>8} {'bt':>3} {'r~<0':>4} correct"]
+        for row in worst[:limit]:
+            lines.append(f"  {row['line']:>5} {str(row['id'])[:20]:<20} {row['num_segments']:>4} "
+                         f"{row['J_gain']:>+8.4f} {row['process_return']:>+8.4f} {row['backtracks']:>3} "
+                         f"{row['negative_rewards']:>4} {row['correct']}")
+    return "\n".join(lines)
+
+
+def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str = "bundled", backend: str = "hf",
+                 task: str | TaskSpec = "RePro-Math-v0", scorer: Any = None, fields: TraceFields | None = None,
+                 out: str | Path | None = None, skip_bad: bool = False, plots: bool = True,
+                 report_limit: int = 50, keep_rows: bool = True, progress: bool = False,
+                 scorer_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """RePro diagnostics of existing traces (module docstring); returns plain data.
+
+    ``traces``: a JSONL path, or an iterable of dicts (one per trace). ``scorer``: a built
+    :class:`~repro_env.scoring.Scorer`, else one is made from ``model``, ``backend`` and
+    ``scorer_overrides`` over the task's scorer config. With ``out``, writes ``scores.jsonl``,
+    ``scores.csv`` (one row per segment), ``summary.json``, ``skipped.jsonl`` (``skip_bad``) and,
+    with ``plots``, ``curves.png``, ``plots/*.png`` and ``report.html`` for the ``report_limit``
+    traces of lowest process return.
+
+    Returns ``{"summary": {...}, "traces": [row, ...] (if keep_rows), "worst": [row, ...],
+    "skipped": [{"line", "field", "error"}, ...], "files": {name: path}}``; a row is
+    :func:`trace_row`'s dict (per-segment J, S_magn, S_stab, S, r, backtrack, tokens, entropy).
+    """
+    if not isinstance(report_limit, int) or report_limit < 0:
+        raise ConfigError(f"field 'report_limit' must be an int >= 0, got {report_limit!r}")
+    spec = resolve_task(task)
+    fields = fields or TraceFields()
+    if isinstance(traces, str | Path):
+        path = Path(traces)
+        if not path.is_file():
+            raise ConfigError(f"traces file {path} does not exist (cwd: {Path.cwd()})")
+        where, lines, total = str(path), read_lines(path), sum(1 for _ in read_lines(path))
+    else:
+        where, lines, total = "traces", enumerate(traces, 1), None
+    reader = TraceReader(spec, fields, where)
+    if scorer is None:
+        scorer = _make_scorer(spec, model, backend, scorer_overrides)
+    engine = TraceScorer(scorer, spec, reader)
+    out_dir = Path(out) if out is not None else None
+    result: dict[str, Any] = {"traces": [], "worst": [], "skipped": [], "files": {}}
+    summary, worst, start = Summary(), [], time.perf_counter()
+    with _Writers(out_dir) as writers, _progress(progress, total) as bar:
+        for row in engine.rows(lines, skip_bad=skip_bad):
+            bar.update(1)
+            if row.get("skipped"):
+                summary.skipped += 1
+                result["skipped"].append({k: row[k] for k in ("line", "field", "error")})
+                writers.skipped(row)
+                continue
+            summary.add(row)
+            writers.row(row)
+            if keep_rows:
+                result["traces"].append(row)
+            if report_limit:  # a max-heap on −return keeps the report_limit lowest returns
+                heapq.heappush(worst, (-row["process_return"], -row["line"], row))
+                if len(worst) > report_limit:
+                    heapq.heappop(worst)
+        result["files"].update(writers.files)
+    summary.seconds = time.perf_counter() - start
+    result["summary"] = summary.as_dict()
+    result["worst"] = [row for *_, row in sorted(worst, key=lambda item: (-item[0], -item[1]))]
+    if out_dir is not None:
+        (out_dir / "summary.json").write_text(json.dumps(result["summary"], indent=2) + "\n")
+        result["files"]["summary"] = str(out_dir / "summary.json")
+        if plots and result["worst"]:
+            from repro_env.diagnostics_report import write_report
+
+            result["files"].update(write_report(out_dir, result["worst"], result["summary"], spec.id))
+    return result
+
+
+def _make_scorer(spec: TaskSpec, model: str, backend: str, overrides: Mapping[str, Any] | None) -> Any:
+    from repro_env.config import replace
+    from repro_env.scoring import make_scorer
+
+    config = replace(spec.scorer, {"model": model, "backend": backend, **(overrides or {})}, source="scorer")
+    return make_scorer(config)
+
+
+def _json_line(row: Mapping[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False)
+
+
+class _Writers:
+    """scores.jsonl, scores.csv and skipped.jsonl, written as rows arrive (nothing when ``out`` is None)."""
+
+    def __init__(self, out: Path | None) -> None:
+        self.out, self.files = out, {}
+        self._handles: list[Any] = []
+        self._skipped = None
+
+    def __enter__(self) -> _Writers:
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._jsonl = self._open("scores.jsonl", "jsonl")
+            self._csv_file = self._open("scores.csv", "csv", newline="")
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS)
+            self._csv.writeheader()
+        return self
+
+    def _open(self, name: str, key: str, **kwargs: Any):
+        handle = open(self.out / name, "w", encoding="utf-8", **kwargs)  # noqa: SIM115 (closed in __exit__)
+        self._handles.append(handle)
+        self.files[key] = str(self.out / name)
+        return handle
+
+    def row(self, row: Mapping[str, Any]) -> None:
+        if self.out is not None:
+            self._jsonl.write(_json_line(row) + "\n")
+            self._csv.writerows(csv_rows(row))
+
+    def skipped(self, row: Mapping[str, Any]) -> None:
+        if self.out is not None:
+            if self._skipped is None:
+                self._skipped = self._open("skipped.jsonl", "skipped")
+            self._skipped.write(_json_line({k: row[k] for k in ("line", "field", "error")}) + "\n")
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.close()
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def _progress(enabled: bool, total: int | None):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="trace", desc="scoring", dynamic_ncols=True)
+
+
+def score_main(args: Any) -> int:
+    """``repro-env score``: the argparse namespace of ``cli.py`` → files and the summary table."""
+    fields = TraceFields(question=args.question_field, response=args.response_field, answer=args.answer_field,
+                         id=args.id_field, template=not args.no_template)
+    overrides: dict[str, Any] = {"batch_size": args.batch_size}
+    if args.base_url:
+        overrides["options"] = {"base_url": args.base_url}
+    out = Path(args.out) if args.out else Path(f"{Path(args.traces).stem}_scores")
+    result = score_traces(args.traces, model=args.model, backend=args.backend, task=args.task, fields=fields,
+                          out=out, skip_bad=args.skip_bad, plots=not args.no_plots,
+                          report_limit=args.report_limit, keep_rows=False, progress=True,
+                          scorer_overrides=overrides)
+    print(format_summary(result["summary"], result["worst"]))
+    print()
+    for name, path in result["files"].items():
+        print(f"  {name:<8} {path}")
+    return 0

@@ -1,0 +1,204 @@
+"""``repro-env score`` / ``repro_env.score_traces``: RePro diagnostics of existing traces (issue 14)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import repro_env
+from repro_env.cli import main
+from repro_env.diagnostics import TraceFields, TraceReader, TraceScorer, score_traces, split_think
+from repro_env.errors import TraceInputError
+from repro_env.scoring import ScoreRequest, ScoreResult, make_scorer
+from repro_env.tasks import resolve_task
+
+TOL = 1e-5  # as tests/test_scoring_hf.py
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "traces.jsonl"
+SCRIPT = Path(sys.executable).parent / "repro-env"
+QUESTION = "Tom has 6 stamps. He collects until his stamps are 5 times as many as before. How many stamps?"
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return make_scorer()
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    with open(path, "wb") as f:
+        for record in records:
+            f.write(record if isinstance(record, bytes) else (json.dumps(record) + "\n").encode())
+    return path
+
+
+class _Report(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections, self.images, self.links = 0, [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section" and attrs.get("class") == "trace":
+            self.sections += 1
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        self.links += [v for k, v in attrs.items() if k in ("src", "href") and v and not v.startswith("data:")]
+
+
+def test_console_script_writes_rows_csv_pngs_and_a_self_contained_report(tmp_path):
+    out = tmp_path / "scores"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([str(SCRIPT), "score", str(EXAMPLE), "--out", str(out)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "scored 6 traces (0 skipped)" in done.stdout and "traces/s" in done.stdout
+    assert "segments with negative r~" in done.stdout and "worst 6 by process return" in done.stdout
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    with open(out / "scores.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == sum(r["num_segments"] for r in rows)
+    assert float(table[0]["J"]) == pytest.approx(rows[0]["segments"][0]["J"])
+    pngs = sorted((out / "plots").glob("*.png"))
+    assert len(pngs) == 6 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    page = (out / "report.html").read_text()
+    report = _Report()
+    report.feed(page)
+    assert report.sections == 6 and len(report.images) == 6
+    assert all(src.startswith("data:image/png;base64,") for src in report.images)
+    assert report.links == [] and not re.search(r"https?://", page)
+    # worst first by process return
+    returns = [r["process_return"] for r in rows]
+    first = page.index('id="trace-1"')
+    assert rows[int(np.argmin(returns))]["id"] in page[first:first + 300]
+
+
+def test_api_returns_plain_data_and_import_stays_light(bundled):
+    result = repro_env.score_traces(EXAMPLE, scorer=bundled)
+    assert json.loads(json.dumps(result)) == result  # only dicts, lists, str, numbers, bools, None
+    assert result["summary"]["traces"] == 6 and len(result["traces"]) == 6
+    row = result["traces"][2]
+    assert row["id"] == "backtrack-tom" and row["backtracks"] == 3 and row["correct"] is True
+    for segment in row["segments"]:
+        assert set(segment) == {"t", "text", "J", "S_magn", "S_stab", "S", "r", "backtrack", "tokens", "entropy"}
+    assert row["process_return"] == pytest.approx(row["segments"][-1]["S"])  # Σ r̃ telescopes to S_T
+    code = "import sys, repro_env; assert 'torch' not in sys.modules; repro_env.score_traces; " \
+           "assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_rows_equal_the_env_online_values(bundled):
+    import gymnasium as gym
+
+    from repro_env.rollout import run_episode, scripted_policy
+
+    env = gym.make("RePro-JSONLExample-v0", scorer=bundled)
+    source = env.unwrapped.source
+    problems = [source.get("train", i) for i in range(3)]
+    records = [{"id": p.id, "question": p.question, "solution": [s.rstrip("\n") for s in p.solution],
+                "answer": p.answer} for p in problems]
+    as_text = [{**r, "response": "\n\n".join(r.pop("solution"))} for r in [dict(x) for x in records]]
+    result = score_traces(records + as_text, task="RePro-JSONLExample-v0", scorer=bundled)
+    for i, problem in enumerate(problems):
+        episode = run_episode(env, scripted_policy(problem.solution), options={"split": "train", "index": i})
+        for row in (result["traces"][i], result["traces"][i + 3]):
+            assert row["num_segments"] == len(episode.infos)
+            assert row["J_0"] == pytest.approx(episode.infos[0]["J_baseline"], abs=TOL)
+            assert row["correct"] == episode.correct
+            for segment, info in zip(row["segments"], episode.infos, strict=True):
+                for ours, theirs in (("J", "J"), ("S_magn", "magnitude"), ("S_stab", "stability"),
+                                     ("S", "process_score"), ("r", "process_reward"), ("entropy", "entropy")):
+                    assert segment[ours] == pytest.approx(info[theirs], abs=TOL), (i, segment["t"], ours)
+                assert segment["backtrack"] == info["backtrack"]
+                assert segment["tokens"] == info["segment_tokens"]
+    env.close()
+
+
+def test_think_block_is_split_on_its_think_part(bundled):
+    assert split_think("no think here") is None
+    assert split_think("<think>\nA.\n\nB.\n</think>\nFinal: \\boxed{2}") == ("<think>\n", "A.\n\nB.\n",
+                                                                            "\nFinal: \\boxed{2}")
+    assert split_think("A.\n\nB.</think>done") == ("", "A.\n\nB.", "done")  # tag in the prompt
+    response = "<think>\n6 * 5 = 31.\n\nThe answer is \\boxed{31}.\n</think>\n\nSo it is \\boxed{30}."
+    row = score_traces([{"question": QUESTION, "response": response, "answer": "30"}], scorer=bundled)["traces"][0]
+    assert row["think"] is True and row["correct"] is True  # the answer after </think> is the one checked
+    assert [s["text"] for s in row["segments"]] == ["6 * 5 = 31.\n\n", "The answer is \\boxed{31}.\n\n"]
+    prompt = resolve_task("RePro-Math-v0").prompt_template.format(question=QUESTION)
+    direct = bundled.score([ScoreRequest(prompt + "<think>\n", tuple(s["text"] for s in row["segments"]),
+                                         "\\boxed{30}")])[0]
+    np.testing.assert_allclose([row["J_0"], *(s["J"] for s in row["segments"])], direct.J, rtol=0, atol=TOL)
+
+
+GOOD = {"id": "good", "question": QUESTION, "response": "6 * 5 = 30.\n\nThe answer is \\boxed{30}.", "answer": "30"}
+BAD_CASES = [
+    ({"question": QUESTION, "response": GOOD["response"]}, "field 'answer' is missing", "answer"),
+    (b'{"question": "caf\xe9", "response": "x", "answer": "1"}\n', "not valid UTF-8 (byte 0xe9", ""),
+    ({**GOOD, "response": "6 * 5 = 30.\n\n" * 200 + "The answer is \\boxed{30}."}, "the trace is too long",
+     "response"),
+    ({**GOOD, "response": "6 * 5 = 30.\n\nSo that is that."}, "states no final answer", "response"),
+    (b'{"question": "q", "response": \n', "not valid JSON", ""),
+    ({"question": QUESTION, "answer": "30"}, "field any of 'response', 'reasoning'", "response"),
+]
+
+
+@pytest.mark.parametrize(("record", "message", "field"), BAD_CASES)
+def test_bad_line_names_the_line_and_field(tmp_path, bundled, record, message, field):
+    path = write_jsonl(tmp_path / "t.jsonl", [GOOD, record])
+    with pytest.raises(TraceInputError, match=re.escape(f"{path}:2: ") + ".*" + re.escape(message)) as info:
+        score_traces(path, scorer=bundled)
+    assert info.value.line == 2 and info.value.field == field and "--skip-bad" in str(info.value)
+
+
+def test_skip_bad_counts_every_skipped_line_and_keeps_the_good_ones(tmp_path, bundled, capsys):
+    path = write_jsonl(tmp_path / "t.jsonl", [GOOD] + [r for r, _, _ in BAD_CASES] + [GOOD])
+    result = score_traces(path, scorer=bundled, skip_bad=True, out=tmp_path / "out", plots=False)
+    assert result["summary"]["traces"] == 2 and result["summary"]["skipped"] == len(BAD_CASES)
+    assert [s["line"] for s in result["skipped"]] == list(range(2, 2 + len(BAD_CASES)))
+    assert [r["line"] for r in result["traces"]] == [1, 2 + len(BAD_CASES)]
+    assert len((tmp_path / "out" / "skipped.jsonl").read_text().splitlines()) == len(BAD_CASES)
+    # the command stops on the first bad line with exit code 2 and the message
+    assert main(["score", str(path), "--out", str(tmp_path / "cli"), "--no-plots"]) == 2
+    assert f"TraceInputError: {path}:2: field 'answer' is missing" in capsys.readouterr().err
+
+
+class _StubScorer:
+    """The bundled tokenizer with a constant J curve: for the streaming checks, no model needed."""
+
+    def __init__(self, real) -> None:
+        self.tokenizer, self.max_length = real.tokenizer, real.max_length
+        self.calls = []
+
+    def score(self, requests):
+        self.calls.append(len(requests))
+        return [ScoreResult(J=np.linspace(-3.0, -1.0, len(r.segments) + 1), points=r.resolved_points(),
+                            entropies=np.ones(len(r.segments)), num_tokens=0) for r in requests]
+
+
+def test_a_thousand_traces_are_streamed_not_loaded(tmp_path, bundled):
+    stub = _StubScorer(bundled)
+    pulled = []
+
+    def records():
+        for i in range(1000):
+            pulled.append(i)
+            yield {**GOOD, "id": f"t{i}"}
+
+    spec = resolve_task("RePro-Math-v0")
+    engine = TraceScorer(stub, spec, TraceReader(spec, TraceFields(), "traces"))
+    for taken, _row in enumerate(engine.rows(enumerate(records(), 1), chunk=32), 1):
+        assert len(pulled) - taken < 32  # never more than one chunk ahead of the consumer
+    assert taken == 1000 and max(stub.calls) == 32
+    path = write_jsonl(tmp_path / "big.jsonl", [{**GOOD, "id": f"t{i}"} for i in range(1000)])
+    result = score_traces(path, scorer=stub, out=tmp_path / "out", keep_rows=False, report_limit=5, plots=False)
+    assert result["summary"]["traces"] == 1000 and result["traces"] == [] and len(result["worst"]) == 5
+    assert sum(1 for _ in open(tmp_path / "out" / "scores.jsonl")) == 1000
