@@ -55,7 +55,7 @@ from repro_env.agents.report import (
     results_table,
 )
 from repro_env.agents.train import LEARNERS, Trainer, apply_sets, build_learner, learner_spec, parse_config
-from repro_env.config import check, from_mapping, load_yaml
+from repro_env.config import check, from_mapping, read_yaml_file
 from repro_env.errors import ConfigError, ReproEnvError, ScorerError, TrainingError
 
 ALIASES = ("grpo", "ppo")
@@ -395,7 +395,7 @@ def load_compare_config(path: str | Path, sets: Sequence[str] = ()) -> CompareCo
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    data = load_yaml(path.read_text(encoding="utf-8"))
+    data = read_yaml_file(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of CompareConfig fields, got {data!r}")
     config = from_mapping(CompareConfig, apply_sets(data, sets), source=str(path))

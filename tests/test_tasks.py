@@ -270,3 +270,10 @@ def test_yaml_aliases_and_merge_keys_within_bounds_still_load():
 
     data = load_yaml("base: &base {lr: 1e-3, epochs: 2}\nrun: {<<: *base, epochs: 3}\nagain: *base\n")
     assert data["run"] == {"lr": 0.001, "epochs": 3} and data["again"] == {"lr": 0.001, "epochs": 2}
+
+
+def test_yaml_uses_libyaml_when_installed():
+    """A 50 MB task file: PyYAML's pure-Python parser takes minutes, libyaml's a fraction of that."""
+    from repro_env.config import _YamlLoader
+
+    assert issubclass(_YamlLoader, yaml.CSafeLoader) or not yaml.__with_libyaml__
