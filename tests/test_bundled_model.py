@@ -85,13 +85,16 @@ def test_prompt_and_segments_tokenise_the_same_apart_and_joined(bundled):
 
 
 def test_greedy_answers_are_boxed_and_mostly_right(bundled):
-    path, model, tokenizer = bundled
-    problems = held_out_problems(PretrainConfig(seed=0), num_problems=5, seed=1234)
+    # The model card's held-out set (default task ArithmeticConfig(), split test, seed 1234), first 40:
+    # measured 25/40 (62.5%; 54.0% on all 200). "Mostly right" is more than half: a model at the
+    # 40% the old bound allowed scores 16/40 on average and would reach 21 with probability 0.07.
+    _, model, tokenizer = bundled
+    problems = [generate_problem(ArithmeticConfig(), 1234, i, split="test") for i in range(40)]
     prompts = [DEFAULT_PROMPT_TEMPLATE.format(question=p.question) for p in problems]
-    responses = generate_responses(model, tokenizer, prompts, sample=False, max_new_tokens=100)
+    responses = generate_responses(model, tokenizer, prompts, sample=False, max_new_tokens=160)
     answers = [extract_boxed(r) for r in responses]
     assert all(a is not None for a in answers), responses
-    assert sum(answers_match(a, p.answer) for a, p in zip(answers, problems, strict=True)) >= 2
+    assert sum(answers_match(a, p.answer) for a, p in zip(answers, problems, strict=True)) >= 21
 
 
 def test_j_rises_along_a_reference_solution(bundled):

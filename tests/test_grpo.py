@@ -124,6 +124,20 @@ def test_clipping_kicks_in_above_one_plus_clip_high():
     assert float(loss) == pytest.approx(-1.28 * 2.0) and stats["clip_frac"] == 1.0
 
 
+def test_clipping_kicks_in_below_one_minus_clip_low_for_a_negative_advantage():
+    # ratio e^-1 = 0.368 < 1 − ε_low, Â = −2: min(0.368·(−2), (1 − ε_low)·(−2)) takes the clipped term,
+    # so lowering a bad token's probability further earns nothing past 1 − ε_low.
+    new, old = torch.tensor([[-1.0, -1.0]]), torch.tensor([[0.0, 0.0]])
+    adv, mask = torch.tensor([[-2.0, 2.0]]), torch.tensor([[True, False]])
+    loss, stats = clipped_policy_loss(new, old, adv, mask, 1, clip_low=0.2, clip_high=0.28)
+    assert float(loss) == pytest.approx(0.8 * 2.0) and stats["clip_frac"] == 1.0
+    loss, _ = clipped_policy_loss(new, old, adv, mask, 1, clip_low=0.1, clip_high=0.28)
+    assert float(loss) == pytest.approx(0.9 * 2.0)  # ε_low, not ε_high, sets the bound
+    # Â > 0 at the same ratio: the unclipped term is the smaller one, no clipping
+    loss, stats = clipped_policy_loss(new, old, -adv, mask, 1, clip_low=0.2, clip_high=0.28)
+    assert float(loss) == pytest.approx(-math.exp(-1.0) * 2.0) and stats["clip_frac"] == 0.0
+
+
 def test_kl_k3_by_hand():
     # π = 0.5, π_ref = 0.25: r = log 0.5; exp(r) − r − 1 = 0.5 + ln 2 − 1
     value = kl_k3(torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)]))

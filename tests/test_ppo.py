@@ -117,3 +117,73 @@ def test_ppo_config_errors(fields, message):
     escaped = message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
     with pytest.raises(ConfigError, match=escaped):
         PPOConfig(**fields)
+
+
+def test_ppo_advantages_by_hand_with_a_real_critic_at_the_right_tokens(learner, monkeypatch):
+    """V ≠ 0 from the value head: V_k is read at the position before generated token k (it predicts
+    token k), GAE runs over the generated tokens in order, and Â lands at that same position."""
+    saved = {k: v.clone() for k, v in learner.value_head.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        learner.value_head.weight.copy_(torch.randn(learner.value_head.weight.shape, generator=gen) * 0.5)
+        learner.value_head.bias.fill_(0.3)
+    captured = {}
+    monkeypatch.setattr(learner, "optimise", lambda tokens, loss: captured.setdefault("tokens", tokens) and {})
+    monkeypatch.setattr(learner, "finish_update", lambda: None)
+    try:
+        batch = learner.collect()
+        for episode, outcome in zip(batch, [1.0, 0.0, 1.0], strict=True):
+            episode.outcome = outcome
+        learner.update(batch)
+        cfg, alpha = learner.config, learner.alpha
+        per_episode = []  # (positions, V, outcome rewards, process rewards, scored) per rollout
+        with torch.no_grad():
+            for episode in batch:
+                ids = torch.tensor([episode.trace.ids], device=learner.policy.device)
+                hidden = learner.policy.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+                seg = episode.trace.segment
+                tokens = [k for k, s in enumerate(seg) if s >= 0]  # generated token indices
+                v = [float(learner.value_head(hidden[k - 1].float())) for k in tokens]  # state before token k
+                outcome = [0.0] * len(tokens)
+                outcome[-1] = episode.outcome
+                process, scored = [0.0] * len(tokens), [False] * len(tokens)
+                for j, is_scored in enumerate(episode.scored):
+                    last = max(i for i, k in enumerate(tokens) if seg[k] == j)  # segment j's last token
+                    if is_scored:
+                        process[last] += episode.process_rewards[j]
+                        scored[last] = True
+                per_episode.append(([k - 1 for k in tokens], v, outcome, process, scored))
+        assert max(abs(x) for _, v, *_ in per_episode for x in v) > 0.05  # the critic is really not 0
+        pool = [r for *_, process, scored in per_episode for r, s in zip(process, scored, strict=True) if s]
+        mu = sum(pool) / len(pool)
+        sigma = math.sqrt(sum((r - mu) ** 2 for r in pool) / (len(pool) - 1))
+
+        def gae(rewards, values):
+            adv, next_adv, next_v = [0.0] * len(rewards), 0.0, 0.0  # V after the last token: 0 (terminal)
+            for t in reversed(range(len(rewards))):
+                next_adv = rewards[t] + cfg.gamma * next_v - values[t] + cfg.gamma * cfg.lam * next_adv
+                adv[t], next_v = next_adv, values[t]
+            return adv
+
+        outcome_adv, process_adv, returns = [], [], []
+        for _, v, outcome, process, scored in per_episode:
+            normalised = [(r - mu) / (sigma + 1e-6) if s else 0.0 for r, s in zip(process, scored, strict=True)]
+            a = gae(outcome, v)
+            outcome_adv += a
+            process_adv += gae(normalised, v)
+            returns += [x + y for x, y in zip(a, v, strict=True)]
+
+        def white(x):
+            m = sum(x) / len(x)
+            return [(y - m) / (math.sqrt(sum((z - m) ** 2 for z in x) / (len(x) - 1)) + 1e-8) for y in x]
+
+        expected = [a + alpha * p for a, p in zip(white(outcome_adv), white(process_adv), strict=True)]
+        got_adv, got_ret = captured["tokens"].values["advantages"], captured["tokens"].values["returns"]
+        mask = captured["tokens"].response_mask
+        positions = [(b, p) for b, (pos, *_) in enumerate(per_episode) for p in pos]
+        assert int(mask.sum()) == len(positions) and all(bool(mask[b, p]) for b, p in positions)
+        np.testing.assert_allclose([float(got_adv[b, p]) for b, p in positions], expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose([float(got_ret[b, p]) for b, p in positions], returns, rtol=1e-4, atol=1e-5)
+        assert float(got_adv[~mask].abs().sum()) == 0.0
+    finally:
+        learner.value_head.load_state_dict(saved)

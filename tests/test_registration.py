@@ -63,15 +63,19 @@ def test_register_task_from_a_file_outside_the_package(tmp_path, tiny_llama_dir)
     assert repro_env.register_task(path) == "Mine-v0"
     env = gym.make("Mine-v0", scorer={"model": str(tiny_llama_dir)})
     obs, _ = env.reset(seed=0)
-    assert "What is" in obs
+    assert obs == "Question: What is 4 * 2?\n\n"  # test_fraction 0.5: the other problem is the test split
+    *_, terminated, _, info = env.step("The answer is \\boxed{8}.")
+    assert terminated and info["correct"] is True
+    env.reset(seed=0)
     *_, terminated, _, info = env.step("The answer is \\boxed{5}.")
-    assert terminated and isinstance(info["correct"], bool)
+    assert terminated and info["correct"] is False
 
 
 def test_register_task_rejects_bad_yaml(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("id: Bad-v0\nsource: {kind: inline, items: []}\n")
-    with pytest.raises(TaskSpecError, match=r"bad.yaml"):
+    with pytest.raises(TaskSpecError, match=r"bad\.yaml: field 'source\.items' must be a non-empty list of "
+                                            r"\{question, answer\} mappings for source kind 'inline', got \(\)"):
         repro_env.register_task(path)
 
 

@@ -186,10 +186,13 @@ def test_rewards_for_uses_the_config():
     np.testing.assert_allclose(rewards_for(c, J4), process_rewards(J4, 0.3, 0.5))
 
 
+# Derandomised: every run (CI and local) tries the same examples, so a failure reproduces anywhere
+# and a pass means the same thing on every machine; no example database is written.
+PROPERTY = settings(derandomize=True, database=None, deadline=None)
 negative_J = st.lists(st.floats(min_value=-20.0, max_value=0.0, allow_nan=False), min_size=2, max_size=60)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(PROPERTY, max_examples=60)
 @given(J=negative_J, w=st.floats(0.0, 1.0), beta=st.floats(0.001, 1.0))
 def test_rewards_telescope_to_the_last_score(J, w, beta):
     r = process_rewards(J, w, beta)
@@ -198,7 +201,7 @@ def test_rewards_telescope_to_the_last_score(J, w, beta):
     assert np.all((S >= 0.0) & (S <= 1.0))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(PROPERTY, max_examples=30)
 @given(J=negative_J)
 def test_rewards_are_causal(J):
     # r̃_j depends on J_0..J_j only: an online env scoring the prefix gets the same rewards
