@@ -376,9 +376,9 @@ def format_summary(summary: Mapping[str, Any], worst: list[Mapping[str, Any]], l
              f"  accuracy (answer verifies)     {100 * summary['accuracy']:.1f}%"]
     if worst:
         lines += ["", f"  worst {min(limit, len(worst))} by process return:",
-                  f"  {'line':>5} {'id':<20} {'segs':>4} {'J gain':>8} {'return':>8} {'bt':>3} {'r~<0':>4} correct"]
+                  f"  {'line':>5} {'id':<28} {'segs':>4} {'J gain':>8} {'return':>8} {'bt':>3} {'r~<0':>4} correct"]
         for row in worst[:limit]:
-            lines.append(f"  {row['line']:>5} {str(row['id'])[:20]:<20} {row['num_segments']:>4} "
+            lines.append(f"  {row['line']:>5} {str(row['id'])[-28:]:<28} {row['num_segments']:>4} "
                          f"{row['J_gain']:>+8.4f} {row['process_return']:>+8.4f} {row['backtracks']:>3} "
                          f"{row['negative_rewards']:>4} {row['correct']}")
     return "\n".join(lines)
