@@ -10,10 +10,14 @@ of every segment, minus a leave-one-out baseline (the mean return of the group's
     b^g  = mean_{g' ≠ g} G_0^{g'}                                           N = generated tokens
 
 The log-probs are recomputed at the sampling temperature (PolicyConfig.temperature), so they are
-those of the sampled segments. With a baseline that does not depend on the episode itself, an
-all-correct or all-wrong group pushes almost nothing; a small Adam step keeps the policy close to
-where it started without a KL term. Run: ``python examples/custom_agent.py`` (about 40 s on a
-CPU); ``--model DIR`` uses another local model for both the policy and the scorer.
+those of the sampled segments. The baseline does not depend on the episode it is subtracted from
+(so the gradient stays unbiased) and removes how easy the problem is: in an all-correct or
+all-wrong group only the small process rewards differ. A small Adam step keeps the policy near the
+pretrained model without a KL term (at 3e-4, one episode per update, it lost a third of its
+held-out return in 16 episodes and nearly all of it in 48: issue 17).
+
+Run: ``python examples/custom_agent.py`` (about 20 s on a 2-core CPU); ``--model DIR`` uses another
+local model for both the policy and the scorer.
 """
 
 import argparse
