@@ -247,12 +247,14 @@ class LMLearner:
 
     # -- evaluation -----------------------------------------------------------------------------
 
-    def evaluate(self, *, num_problems: int, greedy: bool = True, samples: int = 1) -> dict[str, float]:
+    def evaluate(self, *, num_problems: int, greedy: bool = True, samples: int = 1,
+                 sample_seed: int | None = None) -> dict[str, float]:
         """Held-out metrics over test problems 0..num_problems−1 (``samples`` episodes each).
 
         ``accuracy`` with ``samples`` > 1 (sampled at the policy's temperature) is avg@samples.
-        Sampling draws from a generator seeded by (seed, updates), never from the training one, so
-        evaluating (or not) leaves the training run unchanged.
+        Sampling draws from a generator seeded by ``sample_seed`` (default: (seed, updates)), never
+        from the training one, so evaluating (or not) leaves the training run unchanged; pass the
+        same ``sample_seed`` before and after training for a paired comparison.
         """
         from repro_env.vector import ReasoningVectorEnv
 
@@ -265,8 +267,9 @@ class LMLearner:
         episodes = []
         t0 = time.perf_counter()
         training_rng = self.policy.generator_rng
-        self.policy.generator_rng = torch.Generator(device="cpu").manual_seed(
-            int(np.random.SeedSequence([self.seed, self.updates]).generate_state(1)[0]))
+        if sample_seed is None:
+            sample_seed = int(np.random.SeedSequence([self.seed, self.updates]).generate_state(1)[0])
+        self.policy.generator_rng = torch.Generator(device="cpu").manual_seed(sample_seed)
         try:
             for start in range(0, len(indices), self.config.eval_batch_size):
                 chunk = indices[start:start + self.config.eval_batch_size]

@@ -1,7 +1,7 @@
 """Learning signals: an update moves probability towards rewarded rollouts; a tiny GRPO run improves.
 
 The first tests use the random fixture model (it never answers right, so outcomes are assigned);
-the last runs GRPO + RePro on the bundled tiny math model.
+the last runs GRPO + RePro on the bundled tiny math model and checks held-out accuracy, paired.
 """
 
 from __future__ import annotations
@@ -55,23 +55,29 @@ def test_an_update_raises_the_rewarded_rollouts_and_lowers_the_others(algorithm,
     assert change[1] < -0.5 and change[3] < -0.5  # measured: about -2.9 to -4.3
 
 
-def test_tiny_grpo_run_improves_held_out_return():
+def test_tiny_grpo_run_improves_held_out_accuracy():
     """Fixed seed, RePro-GRPO on the bundled model, about two minutes on the 2-core CPU.
 
-    Small batches at the pretraining learning rate only add noise to this 1.9M-parameter model (at
-    lr 2e-4 with 16 episodes per update held-out accuracy fell): the signal needs groups of 8 over 8
-    problems and a small step. Measured with this seed: held-out mean return 0.500 -> 0.586 and
-    sampled accuracy 0.445 -> 0.531 after 10 updates; greedy accuracy stays at 0.64.
+    Before and after are evaluated with the same sampling seed (paired), on outcome accuracy, which
+    the trained model cannot score for itself. 10 updates of 8 problems x 8 rollouts, lr 5e-5.
+    Measured held-out accuracy (T = 1, 2 samples x 64 problems, start 0.508):
+
+    - this learner: +0.031 at seed 0 (the test's), +0.015 at seed 1;
+    - a null learner with no signal (coin-flip outcomes, no process reward, same settings):
+      -0.031, -0.070 and -0.094 at seeds 0, 1, 2; its updates move the weights but not towards
+      right answers.
+
+    So the bar is a gain above 0, above every null seed, and below every real seed.
     """
     config = GRPOConfig(lr=5e-5, prompts_per_update=8, group_size=8, epochs=2, kl_coef=0.001,
                         micro_batch_size=16)
     learner = GRPO(config, "RePro-Math-v0", seed=0)
-    before = learner.evaluate(num_problems=64, greedy=False, samples=2)
+    before = learner.evaluate(num_problems=64, greedy=False, samples=2, sample_seed=1234)
     for _ in range(10):
         metrics = learner.update(learner.collect())
         assert all(math.isfinite(v) for v in metrics.values())
-    after = learner.evaluate(num_problems=64, greedy=False, samples=2)
-    print(f"held-out (T=1, 2 samples x 64 problems): accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}; "
-          f"mean return {before['mean_return']:.3f} -> {after['mean_return']:.3f}; tokens/response "
-          f"{before['tokens_per_response']:.1f} -> {after['tokens_per_response']:.1f}")
-    assert after["mean_return"] >= before["mean_return"] + 0.04
+    after = learner.evaluate(num_problems=64, greedy=False, samples=2, sample_seed=1234)
+    print(f"held-out (T=1, 2 samples x 64 problems, paired): accuracy {before['accuracy']:.3f} -> "
+          f"{after['accuracy']:.3f}; tokens/response {before['tokens_per_response']:.1f} -> "
+          f"{after['tokens_per_response']:.1f}")
+    assert after["accuracy"] > before["accuracy"]
