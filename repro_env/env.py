@@ -7,7 +7,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -64,6 +64,14 @@ class ReasoningText(gym.spaces.Text):
 
     def __repr__(self) -> str:
         return f"ReasoningText({self.min_length}, {self.max_length}, charset=<any unicode>)"
+
+
+class Drawn(NamedTuple):
+    """A problem chosen for the next episode, with its rendered prompt and answer."""
+
+    problem: Problem
+    prompt: str
+    answer: str
 
 
 @dataclass
@@ -201,11 +209,11 @@ class ReasoningEnv(gym.Env[str, str]):
         split, index = self.check_reset_options(options)
         super().reset(seed=seed)
         try:
-            episode = self._new_episode(split, index)
+            drawn = self.draw_problem(split, index)
+            session = self.scorer.session(drawn.prompt, drawn.answer)
         finally:  # the previous episode ends either way; after a failed start step raises ResetNeeded
             self._end_episode()
-        self.episode = episode
-        return episode.text, {"problem_id": episode.problem.id, "J_baseline": episode.session.J_baseline}
+        return self.start_episode(drawn, session)
 
     def step(self, action: str):
         episode = self._require_episode()
@@ -248,7 +256,8 @@ class ReasoningEnv(gym.Env[str, str]):
             raise TaskSpecError(f"reset options: 'index' must be an int in [0, {size}), got {describe(index)}")
         return split, None if index is None else int(index)
 
-    def _new_episode(self, split: str, index: int | None) -> Episode:
+    def draw_problem(self, split: str, index: int | None) -> Drawn:
+        """The problem of the next episode (``index``, or one drawn with ``np_random``), rendered."""
         if index is None:
             index = int(self.np_random.integers(self.source.size(split)))
         problem = self.source.get(split, index)
@@ -256,9 +265,13 @@ class ReasoningEnv(gym.Env[str, str]):
         if len(prompt) > self.spec_task.max_prompt_chars:
             raise TaskSpecError(f"{self.spec_task.id}: problem {problem.id} renders a prompt of {len(prompt)} "
                                 f"characters, more than limits.max_prompt_chars = {self.spec_task.max_prompt_chars}")
-        session = self.scorer.session(prompt, answer)
-        return Episode(problem=problem, prompt=prompt, answer=answer, session=session,
-                       J_points=[session.J_baseline])
+        return Drawn(problem, prompt, answer)
+
+    def start_episode(self, drawn: Drawn, session: ScoringSession) -> tuple[str, dict[str, Any]]:
+        """Make ``drawn`` the current episode, scored by ``session``; ``reset``'s return value."""
+        self.episode = Episode(problem=drawn.problem, prompt=drawn.prompt, answer=drawn.answer,
+                               session=session, J_points=[session.J_baseline])
+        return self.episode.text, {"problem_id": drawn.problem.id, "J_baseline": session.J_baseline}
 
     def _end_episode(self) -> None:
         if self.episode is not None:

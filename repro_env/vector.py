@@ -13,7 +13,7 @@ from gymnasium.vector.utils import batch_space
 from repro_env.config import describe
 from repro_env.env import ReasoningEnv, reset_options
 from repro_env.errors import ActionError, ContextLengthError, TaskSpecError
-from repro_env.scoring import StepScore
+from repro_env.scoring import StepScore, start_sessions
 
 
 class ReasoningVectorEnv(VectorEnv):
@@ -87,12 +87,33 @@ class ReasoningVectorEnv(VectorEnv):
             except TaskSpecError as e:
                 raise TaskSpecError(f"sub-env {i}: {e}") from e
         super().reset(seed=seed if isinstance(seed, int) else None)
-        infos: dict[str, Any] = {}
-        for i, sub in subs.items():
-            _, info = self.envs[i].reset(seed=seeds[i], options=sub)
-            infos = self._add_info(infos, info, i)
-            self._autoreset[i] = False
+        infos = self._start({i: (seeds[i], sub) for i, sub in subs.items()})
         return self._observations(), infos
+
+    def _start(self, subs: dict[int, tuple[int | None, dict[str, Any]]]) -> dict[str, Any]:
+        """Reset the given sub-envs (seed, checked options) with one batched session start; their infos.
+
+        As in the single env, the old episodes end either way: after a failure, each of these
+        sub-envs needs a new reset.
+        """
+        if not subs:
+            return {}
+        drawn = {}
+        try:
+            for i, (seed, options) in subs.items():
+                env = self.envs[i]
+                split, index = env.check_reset_options(options)
+                gym.Env.reset(env, seed=seed)
+                drawn[i] = env.draw_problem(split, index)
+            sessions = start_sessions(self.scorer, [(d.prompt, d.answer) for d in drawn.values()])
+        finally:
+            for i in subs:
+                self.envs[i]._end_episode()
+        infos: dict[str, Any] = {}
+        for (i, d), session in zip(drawn.items(), sessions, strict=True):
+            infos = self._add_info(infos, self.envs[i].start_episode(d, session)[1], i)
+            self._autoreset[i] = False
+        return infos
 
     def _seeds(self, seed: Any) -> list[int | None]:
         """One seed per sub-env: ``seed + i`` for an int, the list itself for a list."""
@@ -138,15 +159,10 @@ class ReasoningVectorEnv(VectorEnv):
         rewards = np.zeros(self.num_envs)
         terminations = np.zeros(self.num_envs, dtype=bool)
         truncations = np.zeros(self.num_envs, dtype=bool)
-        infos: dict[str, Any] = {}
-        for i, env in enumerate(self.envs):
-            if i in segments:
-                _, rewards[i], terminations[i], truncations[i], info = env.finish_step(
-                    env.episode, segments[i], scores[i])
-            elif self._autoreset[i]:
-                _, info = env.reset()
-            else:
-                continue
+        infos = self._start({i: (None, {}) for i in range(self.num_envs) if self._autoreset[i]})
+        for i in segments:
+            env = self.envs[i]
+            _, rewards[i], terminations[i], truncations[i], info = env.finish_step(env.episode, segments[i], scores[i])
             infos = self._add_info(infos, info, i)
         self._autoreset = (terminations | truncations) & (not disabled)
         return self._observations(), rewards, terminations, truncations, infos

@@ -398,7 +398,7 @@ def test_bad_requests(sdpa_scorer):
 
 
 def test_missing_model_directory(tmp_path):
-    with pytest.raises(ScorerError, match="could not load model"):
+    with pytest.raises(ConfigError, match="field 'model' must be a model directory .*: there is no directory"):
         HFScorer(ScorerConfig(model=str(tmp_path / "nowhere")))
 
 

@@ -170,7 +170,7 @@ def test_config_errors_before_the_engine(model_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"'max_length' must be <= the model's max_position_embeddings "
                                           r"\(512\), got 1024"):
         VLLMScorer(ScorerConfig(backend="vllm", model=str(model_dir), max_length=1024))
-    with pytest.raises(ScorerError, match="could not load the model config of"):
+    with pytest.raises(ConfigError, match="field 'model' must be a model directory .*: there is no directory"):
         VLLMScorer(ScorerConfig(backend="vllm", model=str(tmp_path / "missing")))
     config = json.loads((model_dir / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "head_dim": 16}))

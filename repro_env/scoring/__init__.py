@@ -13,6 +13,7 @@ from repro_env.scoring.base import (
     make_scorer,
     register_scorer,
     shared_scorer,
+    start_sessions,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "make_scorer",
     "register_scorer",
     "shared_scorer",
+    "start_sessions",
 ]

@@ -232,6 +232,9 @@ class Scorer(Protocol):
                         score: Sequence[bool] | None = None) -> list[StepScore]:
         """Append one segment to each of several sessions in one batched call (vector env).
 
+        A scorer may also have ``sessions(pairs)``: start one session per ``(question, answer)`` in
+        one batched call (:func:`start_sessions` falls back to ``session`` one by one).
+
         Equal to calling ``append`` on each. If any session would overflow the context, raise
         ``ContextLengthError`` *before* changing any session, so the caller can retry one by one.
         """
@@ -311,6 +314,23 @@ def check_scorer(scorer: Any, where: str) -> Any:
         raise ScorerError(f"{where}: {type(scorer).__name__} is not a Scorer: it lacks {', '.join(missing)} "
                           "(see repro_env.scoring.base.Scorer)")
     return scorer
+
+
+def start_sessions(scorer: Scorer, pairs: Sequence[tuple[str, str]]) -> list[ScoringSession]:
+    """One session per ``(question, answer)``: in one batched call when the scorer has ``sessions``,
+    else one ``session`` at a time (closing those already started if one fails)."""
+    batched = getattr(scorer, "sessions", None)
+    if batched is not None:
+        return batched(pairs)
+    sessions: list[ScoringSession] = []
+    try:
+        for question, answer in pairs:
+            sessions.append(scorer.session(question, answer))
+    except BaseException:
+        for session in sessions:
+            session.close()
+        raise
+    return sessions
 
 
 def make_scorer(config: ScorerConfig | None = None, **overrides) -> Scorer:

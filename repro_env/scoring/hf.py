@@ -291,7 +291,16 @@ class HFScorer(TokenScorerBase):
 
     def session(self, question: str, answer: str) -> HFSession:
         """Start an episode: caches ``q`` and computes J_0 at once."""
-        return HFSession(self, question, answer)
+        return self.sessions([(question, answer)])[0]
+
+    def sessions(self, pairs: Sequence[tuple[str, str]]) -> list[HFSession]:
+        """Start one session per ``(question, answer)``, their J_0 in one batched forward (vector env)."""
+        sessions = [HFSession(self, question, answer) for question, answer in pairs]
+        steps = [session._opening() for session in sessions]
+        for session, step, (J, _, new_kv) in zip(sessions, steps, self._run_steps(steps), strict=True):
+            session._commit(step, new_kv)
+            session.J_baseline = J
+        return sessions
 
     def sessions_append(self, sessions: Sequence[HFSession], segments: Sequence[str],
                         score: Sequence[bool] | None = None) -> list[StepScore]:
@@ -504,15 +513,18 @@ class HFSession:
         self._layers: list[BufferLayer] | None = []
         self._valid = 0
         """Cached tokens that hold ``q + τ≤t`` (a failed in-place step may have overwritten the rest)."""
-        ids, _ = tokenize_with_offsets(scorer.tokenizer, question)
+        self.J_baseline = float("nan")
+        """J_0, set by ``HFScorer.sessions`` once the question's step has run."""
+
+    def _opening(self) -> _SessionStep:
+        """The first step: ``q`` itself, scored (J_0)."""
+        question = self.question
+        ids, _ = tokenize_with_offsets(self.scorer.tokenizer, question)
         if not ids:
             raise ScorerError("the question tokenises to no tokens and the tokenizer adds no BOS: "
                               "J_0 needs at least one token before the answer")
-        scorer.check_length(len(ids), len(self._answer), question)
-        step = _SessionStep(self, question, ids, 0, None, True, ids + self._answer[:-1])
-        (J, _, new_kv), = scorer._run_steps([step])
-        self._commit(step, new_kv)
-        self.J_baseline: float = J
+        self.scorer.check_length(len(ids), len(self._answer), question)
+        return _SessionStep(self, question, ids, 0, None, True, ids + self._answer[:-1])
 
     def append(self, segment: str, score: bool = True) -> StepScore:
         """Add ``segment`` to the prefix; J against ``q + τ≤t`` (if ``score``) and its first-token entropy.

@@ -331,7 +331,15 @@ class VLLMScorer(TokenScorerBase):
 
     def session(self, question: str, answer: str) -> VLLMSession:
         """Start an episode: computes J_0 at once."""
-        return VLLMSession(self, question, answer)
+        return self.sessions([(question, answer)])[0]
+
+    def sessions(self, pairs: Sequence[tuple[str, str]]) -> list[VLLMSession]:
+        """Start one session per ``(question, answer)``, their J_0 in one engine call (vector env)."""
+        sessions = [VLLMSession(self, question, answer) for question, answer in pairs]
+        values = self._evaluate([session.opening for session in sessions])
+        for session in sessions:
+            session.J_baseline = values[session.opening]
+        return sessions
 
     def sessions_append(self, sessions: Sequence[VLLMSession], segments: Sequence[str],
                         score: Sequence[bool] | None = None) -> list[StepScore]:
@@ -371,8 +379,9 @@ class VLLMSession:
             raise ScorerError("the question tokenises to no tokens and the tokenizer adds no BOS: "
                               "J_0 needs at least one token before the answer")
         scorer.check_length(len(ids), len(self._answer), question)
-        probe = _Probe(tuple(ids), self._answer)
-        self.J_baseline: float = scorer._evaluate([probe])[probe]
+        self.opening = _Probe(tuple(ids), self._answer)
+        """The J_0 probe; ``VLLMScorer.sessions`` evaluates it."""
+        self.J_baseline = float("nan")
         self.total_tokens: int = len(ids)
 
     def append(self, segment: str, score: bool = True) -> StepScore:
