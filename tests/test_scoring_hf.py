@@ -273,9 +273,12 @@ def test_the_merge_episode_really_crops(sdpa_scorer):
 
 def test_sessions_append_equals_single_appends(wide_scorer):
     single = [wide_scorer.session(q, ANSWER) for q, _ in EPISODES]
-    batched = [wide_scorer.session(q, ANSWER) for q, _ in EPISODES]
     counter = ForwardCounter(wide_scorer)
     try:
+        batched = wide_scorer.sessions([(q, ANSWER) for q, _ in EPISODES])
+        assert counter.calls == 1  # the four questions' J_0 in one forward
+        for b, s in zip(batched, single, strict=True):
+            assert abs(b.J_baseline - s.J_baseline) <= 1e-5 and b.total_tokens == s.total_tokens
         for step in range(4):
             flags = [f[step] for f in FLAGS]
             segments = [segs[step] for _, segs in EPISODES]
