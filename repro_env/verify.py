@@ -376,6 +376,11 @@ def _worker() -> _MathVerifyWorker:
         return _WORKER
 
 
+# (gold, response) pairs touching the LaTeX grammar, radicals, fractions, polynomials and constants
+_WARM_UP = (("2\\sqrt{2}", "so it is \\boxed{\\sqrt{8}}"), ("0.5", "\\boxed{\\frac{3}{6}}"),
+            ("1+x^2", "\\boxed{x^2+1}"), ("\\frac{\\pi}{2}", "\\boxed{\\pi/2}"))
+
+
 def serve_math_verify() -> None:
     """Worker loop: read ``{"pred", "gold", "as_latex"}`` JSON lines on stdin, write ``{"ok": bool | null}``.
 
@@ -386,10 +391,19 @@ def serve_math_verify() -> None:
     from math_verify import parse, verify
 
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
-    print(json.dumps({"ready": True}), flush=True)
 
     def as_latex(answer: str) -> list:
         return parse("\\boxed{" + answer + "}", parsing_timeout=None)
+
+    # Warm up before "ready": the first parse and verify load the LaTeX grammar and sympy's
+    # simplifiers (10x a warm call), which would otherwise come out of the first answer's timeout_s
+    # and turn a correct symbolic answer into a wrong one. The parent's startup timeout covers this.
+    for gold, pred in _WARM_UP:
+        try:
+            verify(as_latex(gold), parse(pred, parsing_timeout=None), timeout_seconds=None)
+        except Exception:  # a warm-up that fails only leaves the worker cold, never dead
+            pass
+    print(json.dumps({"ready": True}), flush=True)
 
     for line in sys.stdin:
         request = json.loads(line)
