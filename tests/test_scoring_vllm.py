@@ -120,6 +120,21 @@ def test_sessions_append_equals_append_one_by_one(scorer):
         scorer.sessions_append(pair, [SEGMENTS[1]])
 
 
+def test_sessions_append_refuses_a_repeated_or_foreign_session_and_changes_nothing(scorer, model_dir):
+    sessions = scorer.sessions([(QUESTION, "\\boxed{23}"), (QUESTION, "23")])
+    before = [(s.total_tokens, s._text) for s in sessions]
+    with pytest.raises(ScorerError, match="sessions_append got the same session twice; append to each "
+                                          "session at most once per call"):
+        scorer.sessions_append([sessions[0], sessions[0]], [SEGMENTS[0], SEGMENTS[1]])
+    other = VLLMScorer(ScorerConfig(backend="vllm", model=str(model_dir), max_length=MAX_LENGTH),
+                       engine=scorer.llm)  # a second scorer on the same engine: no new engine
+    with pytest.raises(ScorerError, match="sessions_append got a session started by another scorer; "
+                                          "use that scorer's sessions_append"):
+        other.sessions_append(sessions, [SEGMENTS[0], SEGMENTS[0]])
+    assert [(s.total_tokens, s._text) for s in sessions] == before
+    assert scorer.sessions_append(sessions, [SEGMENTS[0], SEGMENTS[0]])[0].segment_tokens > 0
+
+
 def test_cached_blocks_reaching_into_the_answer_are_recomputed(scorer, hf, monkeypatch):
     # vLLM caches whole 128-token blocks. With a 126-token question, the J_0 prompt (question +
     # a[:-1]) fills block 0 with answer tokens; scoring it again reads that block from the cache,
