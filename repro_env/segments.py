@@ -100,6 +100,38 @@ def tokenize_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tu
     return list(encoding["input_ids"]), [tuple(o) for o in encoding["offset_mapping"]]
 
 
+RETOKENISED_CHARS = 256
+"""How far before the old end :func:`extend_tokens` starts re-tokenising."""
+
+
+def extend_tokens(tokenizer: Any, old_text: str, old_ids: Sequence[int], old_offsets: Sequence[tuple[int, int]],
+                  text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """``tokenize_with_offsets(tokenizer, text)`` for a ``text`` that extends ``old_text`` (tokenised as
+    ``old_ids``, ``old_offsets``), re-tokenising only its tail: O(segment) per step, not O(trace).
+
+    The tail starts at ``c``, the start of a token about ``RETOKENISED_CHARS`` before the old end.
+    It is used only where it is exact: ``old_text[c:]`` alone must give exactly ``old_ids`` from
+    ``c`` on, so the tokenizer splits there; text appended far after ``c`` cannot move that split
+    (a merge across the old end only rewrites the tokens after ``c``). Otherwise (a short text, a
+    special token at the end, a split that does not hold) the whole text is tokenised.
+    """
+    cut = len(old_text) - RETOKENISED_CHARS
+    starts = [i for i, (a, b) in enumerate(old_offsets) if b > a and a >= cut]
+    if cut <= 0 or not starts or not old_offsets or old_offsets[-1][1] <= old_offsets[-1][0]:
+        return tokenize_with_offsets(tokenizer, text)
+    j = starts[0]
+    c = old_offsets[j][0]
+
+    def tail(part: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoding = tokenizer(part, add_special_tokens=False, return_offsets_mapping=True)
+        return list(encoding["input_ids"]), [(a + c, b + c) for a, b in encoding["offset_mapping"]]
+
+    if tail(old_text[c:]) != (list(old_ids[j:]), [tuple(o) for o in old_offsets[j:]]):
+        return tokenize_with_offsets(tokenizer, text)
+    ids, offsets = tail(text[c:])
+    return list(old_ids[:j]) + ids, [tuple(o) for o in old_offsets[:j]] + offsets
+
+
 def tokenize_with_boundaries(
     tokenizer: Any, prefix_text: str, segments: Sequence[str]
 ) -> tuple[list[int], list[int]]:

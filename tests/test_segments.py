@@ -125,3 +125,40 @@ def test_boundaries_unicode_offsets_are_characters(tiny_tokenizer):
 def test_boundaries_of_empty_reasoning(tiny_tokenizer):
     ids, boundaries = tokenize_with_boundaries(tiny_tokenizer, "Q?", [])
     assert boundaries == [len(ids)]
+
+
+@pytest.mark.parametrize("which", ["fixture", "bundled"])
+def test_extend_tokens_equals_tokenising_the_whole_text(which, tiny_tokenizer, monkeypatch):
+    """Seeded random traces, appended piece by piece: the tail re-tokenisation equals the full one at
+    every step, including pieces that merge across the old end (punctuation before a line break,
+    a word continued, whitespace runs) and words longer than the re-tokenised window."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from repro_env.assets import resolve_model
+    from repro_env.segments import RETOKENISED_CHARS, extend_tokens, tokenize_with_offsets
+
+    tokenizer = tiny_tokenizer if which == "fixture" else AutoTokenizer.from_pretrained(resolve_model("bundled"))
+    pieces = ["So 3 + 4 = 7.", "\n\n", "\n", " ", "  ", ".", "Wait", "ing", " é", "日本", "12", "345", "?!",
+              "\n\n\n", "x" * (RETOKENISED_CHARS + 40), "\\boxed{7}", "\t", "ab.\n\ncd"]
+    import repro_env.segments
+
+    full_calls = []
+    monkeypatch.setattr(repro_env.segments, "tokenize_with_offsets",
+                        lambda tok, t: full_calls.append(t) or tokenize_with_offsets(tok, t))
+    rng = random.Random(0)
+    incremental = 0
+    for _ in range(20):
+        text = "Question: what is 3 + 4?\n\n"
+        ids, offsets = tokenize_with_offsets(tokenizer, text)
+        for _ in range(40):
+            new = text + "".join(rng.choice(pieces) for _ in range(rng.randint(1, 4)))
+            expected = tokenize_with_offsets(tokenizer, new)
+            full_calls.clear()
+            got = extend_tokens(tokenizer, text, ids, offsets, new)
+            assert got == expected, (text[-40:], new[len(text):])
+            incremental += len(text) > RETOKENISED_CHARS and not full_calls
+            text, (ids, offsets) = new, got
+    print(f"{which}: {incremental} of 800 steps re-tokenised only the tail")
+    assert incremental > 400  # most steps took the tail path

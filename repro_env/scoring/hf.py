@@ -48,7 +48,7 @@ from repro_env.scoring.base import (
     TokenScorerBase,
 )
 from repro_env.scoring.prefill import BufferLayer, buffer_layers, next_token_entropy, score_prefill
-from repro_env.segments import char_to_token_boundaries, tokenize_with_offsets
+from repro_env.segments import char_to_token_boundaries, extend_tokens, tokenize_with_offsets
 
 TREE_MAX_TOKENS = 2048
 """Longest tree row (``|q + τ| + M·|a'|``); longer responses are scored by chunked prefill
@@ -476,6 +476,8 @@ class _SessionStep:
     """``q + τ≤t`` after the step."""
     ids: list[int]
     """Its tokens (special tokens included)."""
+    offsets: list[tuple[int, int]]
+    """Their character offsets."""
     keep: int
     """Cached tokens kept: the common prefix with the old ids, minus the token before the segment."""
     segment_start: int | None
@@ -510,6 +512,7 @@ class HFSession:
         self._weights_version = scorer.weights_version
         self._text = question
         self._ids: list[int] = []
+        self._offsets: list[tuple[int, int]] = []
         self._layers: list[BufferLayer] | None = []
         self._valid = 0
         """Cached tokens that hold ``q + τ≤t`` (a failed in-place step may have overwritten the rest)."""
@@ -519,12 +522,12 @@ class HFSession:
     def _opening(self) -> _SessionStep:
         """The first step: ``q`` itself, scored (J_0)."""
         question = self.question
-        ids, _ = tokenize_with_offsets(self.scorer.tokenizer, question)
+        ids, offsets = tokenize_with_offsets(self.scorer.tokenizer, question)
         if not ids:
             raise ScorerError("the question tokenises to no tokens and the tokenizer adds no BOS: "
                               "J_0 needs at least one token before the answer")
         self.scorer.check_length(len(ids), len(self._answer), question)
-        return _SessionStep(self, question, ids, 0, None, True, ids + self._answer[:-1])
+        return _SessionStep(self, question, ids, offsets, 0, None, True, ids + self._answer[:-1])
 
     def append(self, segment: str, score: bool = True) -> StepScore:
         """Add ``segment`` to the prefix; J against ``q + τ≤t`` (if ``score``) and its first-token entropy.
@@ -541,14 +544,14 @@ class HFSession:
             raise ScorerError("the scorer's weights were reloaded after this session started; "
                               "its cache is stale: start a new session")
         text = self._text + segment
-        ids, offsets = tokenize_with_offsets(self.scorer.tokenizer, text)
+        ids, offsets = extend_tokens(self.scorer.tokenizer, self._text, self._ids, self._offsets, text)
         self.scorer.check_length(len(ids), len(self._answer) if score else 0, self.question)
         segment_start = char_to_token_boundaries(offsets, [len(self._text)])[0]
         # Re-tokenising may change tokens before the old end (a merge across the boundary): keep
         # only the common part, and recompute the token before the segment to read its entropy.
         keep = min(_common_prefix(self._ids, ids), len(ids) - 1, segment_start - 1, self._valid)
         inputs = ids[keep:] + (self._answer[:-1] if score else [])
-        return _SessionStep(self, text, ids, keep, segment_start, score, inputs)
+        return _SessionStep(self, text, ids, offsets, keep, segment_start, score, inputs)
 
     def _reserve(self, tokens: int) -> list[BufferLayer]:
         """The cache layers, cut back to ``_valid`` tokens, with room for ``tokens``."""
@@ -567,7 +570,7 @@ class HFSession:
         else:
             for layer, (keys, values) in zip(self._reserve(len(step.ids)), new_kv, strict=True):
                 layer.write(step.keep, keys, values)
-        self._text, self._ids, self._valid = step.text, list(step.ids), len(step.ids)
+        self._text, self._ids, self._offsets, self._valid = step.text, list(step.ids), step.offsets, len(step.ids)
         self.total_tokens: int = len(step.ids)
 
     def close(self) -> None:

@@ -53,7 +53,7 @@ from repro_env.scoring.base import (
     TokenizedRequest,
     TokenScorerBase,
 )
-from repro_env.segments import char_to_token_boundaries, tokenize_with_offsets
+from repro_env.segments import char_to_token_boundaries, extend_tokens, tokenize_with_offsets
 
 EXACT_ENTROPY_MAX_VOCAB = 4096
 """Vocabularies up to this size get exact entropies (all log-probs returned at entropy probes)."""
@@ -361,9 +361,9 @@ class VLLMScorer(TokenScorerBase):
         probes = [probe for step in steps for probe in step[2:] if probe is not None]
         values = self._evaluate(probes)
         results = []
-        for session, (text, ids, entropy_probe, j_probe) in zip(sessions, steps, strict=True):
+        for session, (text, (ids, offsets), entropy_probe, j_probe) in zip(sessions, steps, strict=True):
             J = values[j_probe] if j_probe is not None else float("nan")
-            session._text, session.total_tokens = text, len(ids)
+            session._text, session._ids, session._offsets, session.total_tokens = text, ids, offsets, len(ids)
             added = len(ids) - len(entropy_probe.prefix)
             results.append(StepScore(J=J, entropy=values[entropy_probe], segment_tokens=added,
                                      total_tokens=len(ids)))
@@ -380,7 +380,8 @@ class VLLMSession:
         self._weights_version = scorer.weights_version
         self._text = question
         self._closed = False
-        ids, _ = tokenize_with_offsets(scorer.tokenizer, question)
+        ids, offsets = tokenize_with_offsets(scorer.tokenizer, question)
+        self._ids, self._offsets = ids, offsets
         if not ids:
             raise ScorerError("the question tokenises to no tokens and the tokenizer adds no BOS: "
                               "J_0 needs at least one token before the answer")
@@ -397,19 +398,20 @@ class VLLMSession:
         """
         return self.scorer.sessions_append([self], [segment], [score])[0]
 
-    def _plan(self, segment: str, score: bool) -> tuple[str, list[int], _Probe, _Probe | None]:
-        """The new text and ids, the entropy probe and the J probe of one step; checks, no mutation."""
+    def _plan(self, segment: str, score: bool) -> tuple[str, tuple[list[int], list[tuple[int, int]]], _Probe,
+                                                        _Probe | None]:
+        """The new text, its ids and offsets, the entropy probe and the J probe of one step; checks, no mutation."""
         if self._closed:
             raise ScorerError("append on a closed session; start a new one with scorer.session(...)")
         if self._weights_version != self.scorer.weights_version:
             raise ScorerError("the scorer's weights were reloaded after this session started; "
                               "its J_0 is stale: start a new session")
         text = self._text + segment
-        ids, offsets = tokenize_with_offsets(self.scorer.tokenizer, text)
+        ids, offsets = extend_tokens(self.scorer.tokenizer, self._text, self._ids, self._offsets, text)
         self.scorer.check_length(len(ids), len(self._answer) if score else 0, self.question)
         segment_start = char_to_token_boundaries(offsets, [len(self._text)])[0]
         j_probe = _Probe(tuple(ids), self._answer) if score else None
-        return text, ids, _Probe(tuple(ids[:segment_start])), j_probe
+        return text, (ids, offsets), _Probe(tuple(ids[:segment_start])), j_probe
 
     def close(self) -> None:
         """Forget the episode (the engine's cache is shared and evicts on its own)."""
