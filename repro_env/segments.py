@@ -116,10 +116,17 @@ def extend_tokens(tokenizer: Any, old_text: str, old_ids: Sequence[int], old_off
     special token at the end, a split that does not hold) the whole text is tokenised.
     """
     cut = len(old_text) - RETOKENISED_CHARS
-    starts = [i for i, (a, b) in enumerate(old_offsets) if b > a and a >= cut]
-    if cut <= 0 or not starts or not old_offsets or old_offsets[-1][1] <= old_offsets[-1][0]:
+    if cut <= 0 or not old_offsets or old_offsets[-1][1] <= old_offsets[-1][0]:
         return tokenize_with_offsets(tokenizer, text)
-    j = starts[0]
+    j = len(old_offsets)  # the first real token that starts at or after cut, found from the end
+    for i in range(len(old_offsets) - 1, -1, -1):
+        a, b = old_offsets[i]
+        if b > a:
+            if a < cut:
+                break
+            j = i
+    if j == len(old_offsets):
+        return tokenize_with_offsets(tokenizer, text)
     c = old_offsets[j][0]
 
     def tail(part: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -129,7 +136,7 @@ def extend_tokens(tokenizer: Any, old_text: str, old_ids: Sequence[int], old_off
     if tail(old_text[c:]) != (list(old_ids[j:]), [tuple(o) for o in old_offsets[j:]]):
         return tokenize_with_offsets(tokenizer, text)
     ids, offsets = tail(text[c:])
-    return list(old_ids[:j]) + ids, [tuple(o) for o in old_offsets[:j]] + offsets
+    return list(old_ids[:j]) + ids, list(old_offsets[:j]) + offsets
 
 
 def tokenize_with_boundaries(

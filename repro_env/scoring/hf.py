@@ -455,12 +455,15 @@ def session_attention_mask(keep: torch.Tensor, lengths: torch.Tensor, P: int,
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    """Length of the longest common prefix (slice comparisons run in C: long traces stay cheap)."""
+    lo, hi = 0, min(len(a), len(b))  # a[:lo] == b[:lo]; the answer is <= hi
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 _KV = list[tuple[torch.Tensor, torch.Tensor]]
