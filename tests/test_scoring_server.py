@@ -93,7 +93,8 @@ def test_start_up_checks_name_the_server_and_the_model(server, tiny_llama_dir):
 
 def test_a_4xx_shows_the_server_message(scorer):
     with pytest.raises(ScorerError, match=r"POST .*/v1/completions: HTTP 4\d\d: .*"):
-        scorer.client.request("POST", "/v1/completions", {"model": "no-such-model", "prompt": [[1, 2]], "max_tokens": 1})
+        scorer.client.request("POST", "/v1/completions",
+                              {"model": "no-such-model", "prompt": [[1, 2]], "max_tokens": 1})
 
 
 def test_malformed_replies_are_errors_not_nans(scorer, monkeypatch):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from repro_env.agents.checkpoint import latest_checkpoint
 from repro_env.agents.grpo import GRPO, GRPOConfig
 from repro_env.agents.policy import LMPolicy, PolicyConfig
-from repro_env.agents.checkpoint import latest_checkpoint
 from repro_env.agents.train import parse_config, train
 from repro_env.errors import ScorerError
 from repro_env.scoring.options import ServerOptions

@@ -11,7 +11,8 @@ the copy can drop the answer's last token. Cost: about ``|q+τ| + M·(|a|−1)``
 Online scoring (:class:`HFSession`) keeps the keys/values of ``q + τ≤t``; each step feeds the new
 tokens plus ``a'`` against the cache and commits only the new prefix tokens, never the answer.
 :meth:`HFScorer.sessions_append` (the vector env's step) runs many sessions in one forward: their
-caches left-padded into one ``DynamicCache``, their inputs right-padded, under a float 4D mask.
+caches left-padded into one batch of buffers that the forward appends to in place, their inputs
+right-padded, under a float 4D mask.
 A single ``append`` is the same code with one session.
 
 Models with sliding-window layers are scored with full attention here, as in batch scoring (the
@@ -379,7 +380,7 @@ class HFScorer(TokenScorerBase):
             input_ids[r, :len(step.inputs)] = torch.tensor(step.inputs)
         position_ids = keep[:, None] + torch.arange(Q)[None]  # (B, Q)
         mask = session_attention_mask(keep, lengths, P, self.model.dtype)  # (B, 1, Q, P + Q)
-        cache = self._padded_cache(steps, P)
+        cache = self._padded_cache(steps, P, Q)
         hidden = self.model.base_model(
             input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
             position_ids=position_ids.to(self.device), past_key_values=cache, use_cache=True,
@@ -400,25 +401,25 @@ class HFScorer(TokenScorerBase):
             outputs.append((J, entropy, new_cache))
         return outputs
 
-    def _padded_cache(self, steps: Sequence[_SessionStep], P: int):
-        """A ``DynamicCache`` holding each row's kept prefix, left-padded with zeros to ``P`` tokens."""
-        from transformers import DynamicCache
-
-        if P == 0:
-            return DynamicCache()
-        template = next(step.session._layers for step in steps if step.keep > 0)
-        layers = []
-        for layer, buffer in enumerate(template):
-            k0, v0 = buffer.keys, buffer.values  # (1, heads, n, d)
-            keys = k0.new_zeros(len(steps), k0.shape[1], P, k0.shape[3])  # (B, heads, P, d)
-            values = v0.new_zeros(len(steps), v0.shape[1], P, v0.shape[3])  # (B, heads, P, d)
-            for r, step in enumerate(steps):
-                if step.keep:
-                    own = step.session._layers[layer]
-                    keys[r, :, P - step.keep:] = own.keys[0, :, :step.keep]
-                    values[r, :, P - step.keep:] = own.values[0, :, :step.keep]
-            layers.append((keys, values))
-        return DynamicCache(layers)
+    def _padded_cache(self, steps: Sequence[_SessionStep], P: int, Q: int) -> Cache:
+        """Each row's kept prefix, left-padded with zeros to ``P`` tokens, in buffers with room for the
+        ``Q`` inputs: the forward writes their keys and values in place (no concatenation)."""
+        layers = buffer_layers(self.model, P + Q)
+        template = next((step.session._layers for step in steps if step.keep > 0), None)
+        for layer, buffer in enumerate(layers):
+            if template is not None:
+                k0, v0 = template[layer].keys, template[layer].values  # (1, heads, n, d)
+                buffer.lazy_initialization(k0.new_empty(len(steps), k0.shape[1], 0, k0.shape[3]),
+                                           v0.new_empty(len(steps), v0.shape[1], 0, v0.shape[3]))
+                buffer._keys[:, :, :P] = 0
+                buffer._values[:, :, :P] = 0
+                for r, step in enumerate(steps):
+                    if step.keep:
+                        own = step.session._layers[layer]
+                        buffer._keys[r, :, P - step.keep:P] = own.keys[0, :, :step.keep]
+                        buffer._values[r, :, P - step.keep:P] = own.values[0, :, :step.keep]
+                buffer.truncate(P)
+        return Cache(layers=layers)
 
     def _read_step(self, step: _SessionStep, log_probs: torch.Tensor) -> tuple[float, float]:
         """(J or nan, entropy or nan) from a step's log-prob rows: [entropy row], answer rows. (k, V)"""
