@@ -68,7 +68,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=2, help="episodes per sub-env")
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny budget: N in (1, 2), 1 episode (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.sizes, args.episodes = [1, 2], 1
     torch.set_num_threads(args.threads)
     scorer = {"model": args.model}
     run_single(args.task, 1, 1, scorer)  # warm-up: load the model once (shared by every env)

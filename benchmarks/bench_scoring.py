@@ -188,9 +188,13 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: process CPU time, steadier than wall time on a shared machine")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget: L = 256, M = 4 and all, 1 repeat, "
+                        "with --check (CI)")
     args = parser.parse_args()
     if args.quick:
         args.lengths, args.repeats = [1024, 4096], 1
+    if args.smoke:
+        args.lengths, args.points, args.repeats, args.check = [256], ["4", "all"], 1, True
     torch.set_num_threads(args.threads)
     if args.memory_only:
         # Every tensor >= 64 KB gets its own mmap, unmapped on free, so that a call's peak is its own

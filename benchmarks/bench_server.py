@@ -51,7 +51,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tiny budget: 2 requests, 1 repeat (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.requests, args.repeats = 2, 1
     load = os.getloadavg()[0]
     batch = requests(args.requests)
     rows = [("hf tree scorer", *measure(make_scorer(ScorerConfig()), batch, args.repeats)),

@@ -110,7 +110,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="GRPO prompts per update (P)")
     parser.add_argument("--group", type=int, default=4, help="GRPO group size (G)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="tiny budget: 1 update, P = 1 x G = 2 (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.updates, args.prompts, args.group = 1, 1, 2
     import torch
 
     import repro_env.agents.grpo as grpo_module

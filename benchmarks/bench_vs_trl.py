@@ -85,7 +85,10 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=256, help="completion token cap (TRL)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="tiny budget: 1 update, P = 1 x G = 2, 16 tokens (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.updates, args.prompts, args.group, args.max_tokens = 1, 1, 2, 16
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     rows = [("TRL GRPOTrainer, outcome only", *trl_seconds(False, args)),

@@ -24,7 +24,10 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny budget: 4 problems (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.problems = 4
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     evaluate(args.model or bundled_model_dir(), args.problems, args.seed, progress=True)
