@@ -354,3 +354,31 @@ def test_spawned_workers_get_the_learners_registered_in_this_process():
 def test_a_bad_override_exits_2_with_the_field(capsys):
     assert main([str(SMOKE), "--set", "updates=0"]) == 2
     assert "field 'updates' must be an int >= 1, got 0" in capsys.readouterr().err
+
+
+def test_workers_2_give_the_results_of_one_worker(tmp_path, tiny_llama_dir, monkeypatch):
+    """How the README's results were produced: jobs in spawned worker processes. Each job is seeded
+    on its own, so the parallel grid must equal the serial one, run for run, and keep the job order."""
+    import repro_env.agents.compare as compare_module
+
+    pools = []
+    run_parallel = compare_module._run_parallel
+    monkeypatch.setattr(compare_module, "_run_parallel",
+                        lambda jobs, config, bar: pools.append(config.workers) or run_parallel(jobs, config, bar))
+    sets = [f"model={tiny_llama_dir}", "algorithms=[grpo]", "threads=1"]
+    results = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        argv = [str(SMOKE), "--no-progress", "--out", str(out), "--set", f"workers={workers}"]
+        assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+        results[workers] = json.loads((out / "results.json").read_text())
+    assert pools == [2]  # the second grid really ran in a pool of 2 spawned workers
+    serial, parallel = results[1], results[2]
+    assert [r["name"] for r in parallel["runs"]] == [r["name"] for r in serial["runs"]] == [
+        "grpo-seed0", "grpo-repro-seed0"]
+    for a, b in zip(serial["runs"] + [serial["starting_model"]], parallel["runs"] + [parallel["starting_model"]],
+                    strict=True):
+        untimed = [{k: v for k, v in r["metrics"].items() if not k.endswith("_seconds")} for r in (a, b)]
+        assert untimed[0] == untimed[1] and len(untimed[0]) >= 10, a["name"]
+        assert a["history"] == b["history"], a["name"]
+    assert all([h["update"] for h in r["history"]] == [1, 2] for r in parallel["runs"])
