@@ -472,3 +472,31 @@ def test_grpo_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_llama_dir):
         assert torch.equal(a[key], b[key]), key
     rows = read_jsonl(half / "metrics.jsonl")
     assert [r["update"] for r in rows] == [1, 2] and {"loss", "accuracy", "tokens_per_response"} <= set(rows[0])
+
+
+def test_ppo_resume_with_its_value_head_and_a_kl_term_reproduces_an_uninterrupted_run(tmp_path, tiny_llama_dir):
+    """PPO has a second parameter group (the value head, its own lr) and kl_coef > 0 a frozen
+    reference copy: 2 updates straight vs 1 + resume + 1 give the same policy, value head and
+    optimiser state. The KL term only pulls once the policy has moved (update 2), so a reference
+    rebuilt from the resumed weights instead of the starting model would change update 2."""
+    fields = {"algorithm": "ppo", "updates": 2, "eval_every": 0, "checkpoint_every": 1,
+              "learner": {"model": str(tiny_llama_dir), "lr": 1e-3, "value_lr": 1e-2, "episodes_per_update": 2,
+                          "kl_coef": 0.5, "micro_batch_size": 2},
+              "task_overrides": {"scorer": {"model": str(tiny_llama_dir)},
+                                 "limits": {"max_steps": 2, "max_segment_tokens": 6, "max_total_tokens": 96}}}
+    assert run(tmp_path, name="straight", **fields)[0] == 0
+    code, half = run(tmp_path, "updates=1", name="halves", **fields)
+    assert code == 0
+    assert main_train(["--resume", str(half), "--set", "updates=2", "--no-progress", "--no-plots"]) == 0
+    straight, resumed = (root / "checkpoints" / "update-000002" for root in (tmp_path / "straight", half))
+    files = sorted(p.name for p in straight.glob("*.safetensors"))
+    assert files == sorted(p.name for p in resumed.glob("*.safetensors")) and files
+    tensors = {name: (load_file(straight / name), load_file(resumed / name)) for name in files}
+    keys = [k for a, _ in tensors.values() for k in a]
+    assert any("value_head" in k for k in keys)  # the critic is in the checkpoint
+    for a, b in tensors.values():
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    rows = read_jsonl(half / "metrics.jsonl")
+    assert [r["update"] for r in rows] == [1, 2] and rows[1]["kl"] > 0 and "value_loss" in rows[1]
