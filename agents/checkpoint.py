@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import struct
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -279,3 +280,30 @@ def load_checkpoint(learner: Any, path: str | Path) -> Path:
         raise CheckpointError(f"{directory}: the learner restored updates={learner.updates}, but the "
                               f"manifest says {manifest['update']}; its load() must restore 'updates'")
     return directory
+
+
+def load_latest_good(learner: Any, root: Path) -> Path:
+    """Load the newest checkpoint under ``root`` that verifies and loads, newest (``latest``) first.
+
+    A corrupt or unloadable checkpoint (a flipped byte, a torn file after a disk fault) is skipped
+    with a ``UserWarning`` naming it and why, and the previous one is tried, as long as one loads:
+    the run then continues from there (its later metrics rows are dropped by the caller). Raises
+    the newest checkpoint's ``CheckpointError`` when none loads.
+    """
+    latest = latest_checkpoint(root)
+    if latest is None:
+        return load_checkpoint(learner, root)  # raises the "no complete checkpoint" error
+    candidates = [latest] + [p for p in reversed(list_checkpoints(root)) if p != latest]
+    errors: list[CheckpointError] = []
+    for directory in candidates:
+        try:
+            found = load_checkpoint(learner, directory)
+        except CheckpointError as e:
+            errors.append(e)
+            continue
+        if errors:
+            warnings.warn(f"skipped {len(errors)} newer checkpoint(s) that could not be loaded, resuming from "
+                          f"{found}: {'; '.join(map(str, errors))}", UserWarning, stacklevel=2)
+        return found
+    raise CheckpointError(f"{root}: no checkpoint could be loaded ({len(errors)} tried); the newest: "
+                          f"{errors[0]}") from errors[0]

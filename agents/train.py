@@ -47,6 +47,7 @@ from repro_env.agents.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
     load_checkpoint,
+    load_latest_good,
     locked_run_dir,
     prune_checkpoints,
     resolve_checkpoint,
@@ -387,7 +388,7 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir, "metrics")
         self.evals = MetricsLog(self.run_dir, "eval")
         if resume:
-            self.last_checkpoint = load_checkpoint(self.learner, resolve_checkpoint(self.ckpt_root))
+            self.last_checkpoint = load_latest_good(self.learner, self.ckpt_root)
             self.metrics.truncate_after(self.learner.updates)
             self.evals.truncate_after(self.learner.updates)
         else:

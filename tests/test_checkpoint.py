@@ -216,3 +216,22 @@ def test_write_atomic_replaces_whole_file(tmp_path):
     write_atomic(target, "b\n")
     assert target.read_text() == "b\n"
     assert os.listdir(tmp_path) == ["latest"]
+
+
+def test_load_latest_good_takes_latest_silently_and_fails_clearly_when_none_loads(tmp_path, recwarn):
+    from repro_env.agents.checkpoint import load_latest_good
+
+    saved(tmp_path, 1.0, 2)
+    saved(tmp_path, 3.0, 4)
+    learner = VectorLearner()
+    assert load_latest_good(learner, tmp_path) == tmp_path / "update-000004"
+    assert learner.updates == 4 and torch.equal(learner.weight, torch.full((4,), 3.0)) and not recwarn.list
+    for update in (2, 4):
+        path = tmp_path / f"update-{update:06d}" / "weights.safetensors"
+        path.write_bytes(path.read_bytes()[:-1])  # truncated
+    with pytest.raises(CheckpointError, match=r"no checkpoint could be loaded \(2 tried\); the newest: "
+                                              r".*update-000004/weights.safetensors: truncated"):
+        load_latest_good(VectorLearner(), tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="empty: no complete checkpoint found"):
+        load_latest_good(VectorLearner(), tmp_path / "empty")

@@ -500,3 +500,26 @@ def test_ppo_resume_with_its_value_head_and_a_kl_term_reproduces_an_uninterrupte
             assert torch.equal(a[key], b[key]), key
     rows = read_jsonl(half / "metrics.jsonl")
     assert [r["update"] for r in rows] == [1, 2] and rows[1]["kl"] > 0 and "value_loss" in rows[1]
+
+
+def test_resume_skips_a_corrupt_latest_checkpoint_with_a_warning_and_redoes_its_updates(tmp_path):
+    """A flipped byte in the newest checkpoint: resume warns, continues from the previous good one
+    (update 2), drops the metrics rows past it, and ends where an uninterrupted run ends."""
+    assert run(tmp_path, name="straight")[0] == 0
+    code, half = run(tmp_path, "updates=4", name="halves")  # checkpoints at updates 2 and 4
+    assert code == 0
+    state = half / "checkpoints" / "update-000004" / "state.safetensors"
+    data = bytearray(state.read_bytes())
+    data[-1] ^= 0xFF  # same size, different float
+    state.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=r"skipped 1 newer checkpoint\(s\) that could not be loaded, resuming "
+                                         r"from .*update-000002: .*update-000004/state.safetensors: corrupt: "
+                                         r"its sha256 differs"):
+        assert main_train(["--resume", str(half), "--set", "updates=6", "--no-progress", "--no-plots"]) == 0
+    a = weights(latest_checkpoint(tmp_path / "straight" / "checkpoints"))
+    b = weights(latest_checkpoint(half / "checkpoints"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows = read_jsonl(half / "metrics.jsonl")
+    assert [r["update"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl")]
