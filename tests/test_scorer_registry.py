@@ -103,3 +103,10 @@ def test_the_entry_point_group_is_read(monkeypatch, tiny_llama_dir):
     assert "shifted-plugin" in SCORERS.names()
     config = ScorerConfig(backend="shifted-plugin", model=str(tiny_llama_dir), options={"shift": 1.0})
     assert type(make_scorer(config)).__name__ == "ShiftedScorer"
+
+
+def test_a_scorer_config_built_directly_refuses_an_unknown_backend():
+    # once silently an HFScorer; now the same error as in YAML, before any model loads
+    with pytest.raises(ConfigError, match=r"field 'backend' must be one of 'hf', 'vllm', 'vllm-server' or "
+                                          r"'package.module:Name', got 'server' \(str\). Did you mean 'vllm-server'\?"):
+        ScorerConfig(backend="server")

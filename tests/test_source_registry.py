@@ -147,3 +147,13 @@ def _contains(shown, written) -> bool:
     if isinstance(written, dict) and isinstance(shown, dict) and set(written) <= set(shown):
         return all(_contains(shown[k], v) for k, v in written.items())
     return (list(shown) if isinstance(shown, tuple) else shown) == written
+
+
+def test_a_source_config_built_directly_refuses_an_unknown_kind():
+    from repro_env.tasks import SourceConfig
+
+    # once silently 'inline'; now the same error as in YAML
+    with pytest.raises(TaskSpecError, match=r"field 'kind' must be one of 'arithmetic', 'hf_dataset', 'inline', "
+                                            r"'jsonl', 'reasoning_gym'(, '\w+')* or 'package.module:Name', "
+                                            r"got 'csv' \(str\)"):
+        SourceConfig(kind="csv")
