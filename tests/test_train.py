@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import types
@@ -523,3 +524,20 @@ def test_resume_skips_a_corrupt_latest_checkpoint_with_a_warning_and_redoes_its_
     rows = read_jsonl(half / "metrics.jsonl")
     assert [r["update"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in rows] == [r["loss"] for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl")]
+
+
+def test_resume_after_a_hard_kill_drops_the_metrics_rows_past_the_checkpoint(tmp_path):
+    """SIGKILL after updates 5 and 6 were logged but before checkpoint 6 was renamed into place:
+    rows 5 and 6 are written again once, from the state of checkpoint 4, not appended twice."""
+    assert run(tmp_path, name="straight")[0] == 0
+    code, killed = run(tmp_path, name="killed")
+    assert code == 0
+    shutil.rmtree(killed / "checkpoints" / "update-000006")
+    (killed / "checkpoints" / "latest").write_text("update-000006\n")  # the pointer may be stale too
+    assert [r["update"] for r in read_jsonl(killed / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert main_train(["--resume", str(killed), "--no-progress", "--no-plots"]) == 0
+    rows = read_jsonl(killed / "metrics.jsonl")
+    assert [r["update"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl")]
+    assert [r["update"] for r in read_jsonl(killed / "eval.jsonl")] == [
+        r["update"] for r in read_jsonl(tmp_path / "straight" / "eval.jsonl")]
