@@ -1,10 +1,13 @@
 """Env throughput: N independent envs stepped one by one vs one vector env with one scorer call per step.
 
-    python benchmarks/bench_env.py                 # N = 1, 8, 32 on RePro-Math-v0, bundled model
+    python benchmarks/bench_env.py                 # N = 1, 8, 32, 64 on RePro-Math-v0, bundled model
     python benchmarks/bench_env.py --sizes 1 8 --episodes 2
 
 Every sub-env replays reference solutions of held-out problems, so both setups do the same work.
-Prints steps/s and scored tokens/s (tokens appended to the scored prefixes plus answer copies).
+Prints steps/s and scored tokens/s (tokens appended to the scored prefixes plus answer copies),
+the tokens/s the model was actually fed (scored tokens plus the prompts prefilled at reset and the
+token before each segment, recomputed for its entropy), and the reference: a plain forward pass of
+the same model at batch N over rows as long as the vector env's mean row, timed in the same run.
 """
 
 from __future__ import annotations
@@ -17,6 +20,32 @@ import torch
 from tqdm import tqdm
 
 import repro_env  # noqa: F401
+from repro_env.scoring import hf
+
+FED = {"tokens": 0, "rows": 0}
+
+
+def _count_fed(run_steps):
+    def counted(self, steps):
+        FED["tokens"] += sum(len(step.inputs) for step in steps)
+        FED["rows"] += len(steps)
+        return run_steps(self, steps)
+    return counted
+
+
+hf.HFScorer._run_steps = _count_fed(hf.HFScorer._run_steps)
+
+
+@torch.no_grad()
+def raw_forward(model, batch: int, length: int, seconds: float = 1.0) -> float:
+    """Tokens/s of a plain causal forward over (batch, length) random ids."""
+    ids = torch.randint(10, model.config.vocab_size, (batch, length))
+    model.base_model(input_ids=ids)
+    start, calls = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        model.base_model(input_ids=ids)
+        calls += 1
+    return batch * length * calls / (time.perf_counter() - start)
 
 
 def run_single(task: str, n: int, episodes: int, scorer: dict) -> tuple[int, int, float]:
@@ -64,10 +93,10 @@ def run_vector(task: str, n: int, episodes: int, scorer: dict) -> tuple[int, int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="RePro-Math-v0")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--episodes", type=int, default=2, help="episodes per sub-env")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--episodes", type=int, default=4, help="episodes per sub-env")
     parser.add_argument("--model", default="bundled")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--smoke", action="store_true", help="tiny budget: N in (1, 2), 1 episode (CI)")
     args = parser.parse_args()
     if args.smoke:
@@ -75,14 +104,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     scorer = {"model": args.model}
     run_single(args.task, 1, 1, scorer)  # warm-up: load the model once (shared by every env)
+    model = gym.make(args.task, scorer=scorer).unwrapped.scorer.model
     rows = []
     for n in tqdm(args.sizes, desc="sizes"):
         for name, run in (("1 env x N", run_single), ("vector env", run_vector)):
+            FED.update(tokens=0, rows=0)
             steps, tokens, seconds = run(args.task, n, args.episodes, scorer)
-            rows.append((n, name, steps, steps / seconds, tokens / seconds))
-    print(f"\n{'N':>4}  {'setup':<11} {'steps':>6} {'steps/s':>9} {'scored tok/s':>13}")
-    for n, name, steps, sps, tps in rows:
-        print(f"{n:>4}  {name:<11} {steps:>6} {sps:>9.1f} {tps:>13.0f}")
+            raw = raw_forward(model, n, max(1, round(FED["tokens"] / FED["rows"]))) if name == "vector env" else None
+            rows.append((n, name, steps, steps / seconds, tokens / seconds, FED["tokens"] / seconds, raw))
+    print(f"\n{'N':>4}  {'setup':<11} {'steps':>6} {'steps/s':>9} {'scored tok/s':>13} {'fed tok/s':>10} "
+          f"{'raw fwd tok/s':>14} {'scored/raw':>11} {'fed/raw':>8} {'vector/1xN':>11}")
+    single_sps = {}
+    for n, name, steps, sps, tps, fed, raw in rows:
+        if raw is None:
+            single_sps[n] = sps
+            print(f"{n:>4}  {name:<11} {steps:>6} {sps:>9.1f} {tps:>13.0f} {fed:>10.0f}")
+        else:
+            print(f"{n:>4}  {name:<11} {steps:>6} {sps:>9.1f} {tps:>13.0f} {fed:>10.0f} {raw:>14.0f} "
+                  f"{tps / raw:>11.2f} {fed / raw:>8.2f} {sps / single_sps[n]:>11.2f}")
 
 
 if __name__ == "__main__":
