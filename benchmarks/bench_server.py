@@ -7,6 +7,10 @@ segment end, plus first-token entropies) and prints, per backend, responses' tok
 second and J values per second (median of ``--repeats`` calls, after one warm-up call). The
 server is started on loopback with ``repro-env vllm-serve`` and scored with 1 and with 8
 concurrent requests (``options.concurrency``, 8 prompts per request).
+
+The last row prices vLLM's missing prefix cache for prompt-log-prob requests: the same responses
+with J at the final segment only (one prefill of ``q + τ + a`` each, the floor that a prefix
+cache would approach), against J at every segment end (each J probe prefills its whole prefix).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from repro_env.assets import bundled_model_dir
@@ -73,6 +78,8 @@ def main() -> None:
             options = {"base_url": url, "max_logprobs": 600, "concurrency": concurrency, "batch_prompts": 8}
             scorer = make_scorer(ScorerConfig(backend="vllm-server", options=options))
             rows.append((f"vllm server, {concurrency} concurrent", *measure(scorer, batch, args.repeats)))
+        final_only = [replace(r, points=(len(r.segments),)) for r in batch]
+        rows.append(("  same, J at the end only", *measure(scorer, final_only, args.repeats)))
     finally:
         os.killpg(server.pid, signal.SIGKILL)
     print(f"\n{args.requests} reference solutions of RePro-Math-v0, bundled model, fp32, CPU; "
@@ -80,6 +87,9 @@ def main() -> None:
     print(f"{'backend':<28} {'tokens/s':>10} {'J/s':>8}")
     for name, tokens, points in rows:
         print(f"{name:<28} {tokens:>10.0f} {points:>8.0f}")
+    every, final = rows[-2][1], rows[-1][1]
+    print(f"J at every segment end costs {final / every:.2f}x the time of J at the end only on the server "
+          "(no prefix cache for prompt log-probs)")
 
 
 if __name__ == "__main__":
