@@ -86,11 +86,21 @@ class PolicyConfig:
 
 
 def model_dir(model: str) -> Path:
-    """The directory of ``model`` (``bundled`` → the package's tiny math model)."""
-    path = Path(resolve_model(model))
+    """The directory of ``model``: ``bundled`` → the package's tiny math model; a hub id → its files,
+    downloaded (or found in the Hugging Face cache), since vLLM and checkpoints need a directory."""
+    resolved = resolve_model(model)  # fails fast on a missing path, or a hub id with no hub
+    path = Path(resolved)
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(resolved))
+        except Exception as e:  # network, auth, missing repo: all mean the same to the user
+            raise ConfigError(f"field 'model': could not fetch {model!r} from the Hugging Face hub: "
+                              f"{type(e).__name__}: {e}") from e
     if not (path / "config.json").is_file():
-        raise ConfigError(f"field 'model' must be a local model directory with a config.json or 'bundled', "
-                          f"got {model!r}; hub ids are not downloaded")
+        raise ConfigError(f"field 'model' must be a model directory with a config.json, a hub id or 'bundled', "
+                          f"got {model!r}: {path} has no config.json")
     return path
 
 

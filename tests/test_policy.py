@@ -116,8 +116,10 @@ def test_policy_config_errors(fields, message):
 
 
 def test_model_that_is_not_a_local_directory_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="field 'model' must be a local model directory with a config.json"):
+    with pytest.raises(ConfigError, match=r"field 'model' must be a model directory .*: there is no directory"):
         LMPolicy(PolicyConfig(model=str(tmp_path / "nope")))
+    with pytest.raises(ConfigError, match=rf"{tmp_path} has no config.json"):
+        LMPolicy(PolicyConfig(model=str(tmp_path)))
 
 
 @pytest.mark.vllm
