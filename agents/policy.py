@@ -16,7 +16,8 @@ exactly these ids, so the ratios of PPO/GRPO compare the same tokens.
 Two generation backends behind :meth:`LMPolicy.act`:
 
 - ``hf`` (:class:`HFGenerator`): transformers on CPU or CUDA. One batched KV cache holds every
-  sub-env's episode for the whole episode; rows grow by chunks, padding columns are masked out by a
+  sub-env's episode for the whole episode (preallocated buffers, appended in place); rows grow by
+  chunks, padding columns are masked out by a
   4D **float** additive mask (a bool 4D mask is misread by eager attention, STACK_NOTES) and
   position ids count only real tokens, so each row sees exactly its own sequence.
 - ``vllm`` (:class:`repro_env.agents.vllm_generator.VLLMGenerator`): a vLLM engine fed with token ids; after
@@ -377,9 +378,13 @@ class HFGenerator:
         return columns > 2 * max(self.cached, default=0) + 64
 
     def _new_cache(self, B: int) -> None:
-        from transformers import DynamicCache
+        from transformers.cache_utils import Cache
 
-        self.cache = DynamicCache(config=self.policy.model.config)
+        from repro_env.scoring.prefill import buffer_layers
+
+        # Preallocated buffers that grow by doubling: a decoded token is written in place, where a
+        # DynamicCache would copy the whole cache (torch.cat) at every token.
+        self.cache = Cache(layers=buffer_layers(self.policy.model, 256))
         self.real = torch.zeros(B, 0, dtype=torch.bool, device=self.policy.device)  # (B, 0)
         self.cached = [0] * B
 
