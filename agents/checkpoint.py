@@ -293,7 +293,8 @@ def load_latest_good(learner: Any, root: Path) -> Path:
     latest = latest_checkpoint(root)
     if latest is None:
         return load_checkpoint(learner, root)  # raises the "no complete checkpoint" error
-    candidates = [latest] + [p for p in reversed(list_checkpoints(root)) if p != latest]
+    older = [p for p in list_checkpoints(root) if p.name < latest.name]  # names sort in update order
+    candidates = [latest, *reversed(older)]  # never past ``latest``: newer ones are redone, not trusted
     errors: list[CheckpointError] = []
     for directory in candidates:
         try:

@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="RePro diagnostics of existing reasoning traces: J curves, r~, backtracks")
     score.add_argument("traces", help="JSONL file: one {question, response, answer} object per line")
-    score.add_argument("--model", default="bundled", help="scorer model: a directory, hub id or 'bundled'")
-    score.add_argument("--backend", default="hf", help="scorer backend: hf, vllm or vllm-server")
+    score.add_argument("--model", help="scorer model: a directory, hub id or 'bundled' (default: the task's)")
+    score.add_argument("--backend", help="scorer backend: hf, vllm or vllm-server (default: the task's)")
     score.add_argument("--base-url", default=None, help="vllm-server: the server's address")
     score.add_argument("--task", default="RePro-Math-v0", help="task id or YAML: prompt/answer templates, delimiter")
     score.add_argument("--out", default=None, help="output directory (default: TRACES_STEM_scores)")

@@ -39,17 +39,18 @@ import heapq
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from repro_env import reward as rp
-from repro_env.errors import ConfigError, TraceInputError
+from repro_env.errors import ConfigError, TaskSpecError, TraceInputError
+from repro_env.problems import _record_text
 from repro_env.segments import split_segments, tokenize_with_boundaries
 from repro_env.tasks import TaskSpec, resolve_task
-from repro_env.verify import extract_answer, final_part, outcome_reward
+from repro_env.verify import extract_answer, final_part, is_collection, outcome_reward
 
 RESPONSE_FIELDS = ("response", "reasoning", "solution", "completion", "output")
 """Tried in this order when :attr:`TraceFields.response` is not set."""
@@ -103,9 +104,7 @@ class Trace:
     """The response had a ``</think>`` block and τ is its think part."""
     response_field: str = "response"
     """The field the response came from (named in errors)."""
-    after_reasoning: str = ""
-    """The text after ``</think>`` (empty without a think block)."""
-    tokens: tuple[int, ...] = field(default=())
+    tokens: tuple[int, ...] = ()
     """(T,) tokens of each segment."""
 
 
@@ -161,13 +160,13 @@ class TraceReader:
         prompt = task.prompt_template.format(question=question) if f.template else question
         parts = split_think(response) if isinstance(response, str) else None
         if parts is not None:
-            head, reasoning, tail = parts
+            head, reasoning, _ = parts
             segments, prefix = split_segments(reasoning, task.delimiter), prompt + head
         elif isinstance(response, str):
-            segments, prefix, tail = split_segments(response, task.delimiter), prompt, ""
+            segments, prefix = split_segments(response, task.delimiter), prompt
         else:
             segments = [s if s.endswith(task.delimiter) else s + task.delimiter for s in response]
-            prefix, tail, response = prompt, "", "".join(segments)
+            prefix, response = prompt, "".join(segments)
         if segments and not segments[-1].endswith(task.delimiter):  # as env.step: every segment ends with it
             segments[-1] = segments[-1].rstrip() + task.delimiter
         if not any(s.strip() for s in segments):
@@ -182,7 +181,7 @@ class TraceReader:
         return Trace(line=line, id=str(trace_id) if trace_id not in (None, "") else f"line-{line}",
                      question=question, prefix=prefix, segments=tuple(segments), gold=gold,
                      answer=task.answer_template.format(answer=gold), response=response,
-                     think=parts is not None, response_field=name, after_reasoning=tail)
+                     think=parts is not None, response_field=name)
 
     def _text(self, line: int, record: Mapping[str, Any], name: str) -> str:
         if name not in record:
@@ -197,13 +196,11 @@ class TraceReader:
         if name not in record:
             raise self.error(line, name, f"field '{name}' is missing; the line has {_keys(record)} "
                              "(pass --answer-field NAME)")
-        value = record[name]
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(line, name, f"field '{name}' must be a non-empty string or a number, got "
-                             f"{_short(value)}")
-        return value.strip()
+        try:  # the rule of task sources: 72.0 is "72", as the env renders it; null, NaN and lists are errors
+            return _record_text(record, name, f"line {line}", numbers=True).strip()
+        except TaskSpecError as e:
+            raise self.error(line, name, f"field '{name}' must be a non-empty string or a finite number, got "
+                             f"{_short(record[name])}") from e
 
     def _response(self, line: int, record: Mapping[str, Any]) -> tuple[str, str | list[str]]:
         names = (self.fields.response,) if self.fields.response else RESPONSE_FIELDS
@@ -251,7 +248,8 @@ def trace_row(trace: Trace, J: np.ndarray, entropies: np.ndarray, task: TaskSpec
                 for t, (text, bt, n) in enumerate(zip(trace.segments, backtracks, trace.tokens, strict=True), 1)]
     return {
         "line": trace.line, "id": trace.id, "question": trace.question, "answer": trace.gold,
-        "predicted": extract_answer(final_part(trace.response), pattern), "correct": bool(correct),
+        "predicted": extract_answer(trace.response, pattern, all_boxes=is_collection(trace.gold)),
+        "correct": bool(correct),
         "think": trace.think, "num_segments": len(segments), "num_tokens": int(sum(trace.tokens)),
         "J_0": float(J[0]), "J_T": float(J[-1]), "J_gain": float(J[-1] - J[0]),
         "process_return": float(rewards.sum()), "backtracks": int(sum(backtracks)),
@@ -384,7 +382,8 @@ def format_summary(summary: Mapping[str, Any], worst: list[Mapping[str, Any]], l
     return "\n".join(lines)
 
 
-def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str = "bundled", backend: str = "hf",
+def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str | None = None,
+                 backend: str | None = None,
                  task: str | TaskSpec = "RePro-Math-v0", scorer: Any = None, fields: TraceFields | None = None,
                  out: str | Path | None = None, skip_bad: bool = False, plots: bool = True,
                  report_limit: int = 50, keep_rows: bool = True, progress: bool = False,
@@ -392,8 +391,8 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
     """RePro diagnostics of existing traces (module docstring); returns plain data.
 
     ``traces``: a JSONL path, or an iterable of dicts (one per trace). ``scorer``: a built
-    :class:`~repro_env.scoring.Scorer`, else one is made from ``model``, ``backend`` and
-    ``scorer_overrides`` over the task's scorer config. With ``out``, writes ``scores.jsonl``,
+    :class:`~repro_env.scoring.Scorer`, else one is made from the task's scorer config with
+    ``model``, ``backend`` (when given) and ``scorer_overrides`` over it. With ``out``, writes ``scores.jsonl``,
     ``scores.csv`` (one row per segment), ``summary.json``, ``skipped.jsonl`` (``skip_bad``) and,
     with ``plots``, ``curves.png``, ``plots/*.png`` and ``report.html`` for the ``report_limit``
     traces of lowest process return.
@@ -450,11 +449,12 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
     return result
 
 
-def _make_scorer(spec: TaskSpec, model: str, backend: str, overrides: Mapping[str, Any] | None) -> Any:
+def _make_scorer(spec: TaskSpec, model: str | None, backend: str | None, overrides: Mapping[str, Any] | None) -> Any:
     from repro_env.config import replace
     from repro_env.scoring import make_scorer
 
-    config = replace(spec.scorer, {"model": model, "backend": backend, **(overrides or {})}, source="scorer")
+    chosen = {k: v for k, v in (("model", model), ("backend", backend)) if v is not None}
+    config = replace(spec.scorer, {**chosen, **(overrides or {})}, source="scorer")
     return make_scorer(config)
 
 

@@ -155,11 +155,12 @@ class ReasoningVectorEnv(VectorEnv):
                 segments[i] = self.envs[i].prepare_segment(actions[i])
             except ActionError as e:
                 raise ActionError(f"actions[{i}]: {e}") from e
+        # Autoresets first: if starting them fails, no session has changed and the step can be retried.
+        infos = self._start({i: (None, {}) for i in range(self.num_envs) if self._autoreset[i]})
         scores = self._append_all(live, segments)
         rewards = np.zeros(self.num_envs)
         terminations = np.zeros(self.num_envs, dtype=bool)
         truncations = np.zeros(self.num_envs, dtype=bool)
-        infos = self._start({i: (None, {}) for i in range(self.num_envs) if self._autoreset[i]})
         for i in segments:
             env = self.envs[i]
             _, rewards[i], terminations[i], truncations[i], info = env.finish_step(env.episode, segments[i], scores[i])

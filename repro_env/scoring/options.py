@@ -59,7 +59,8 @@ class ServerOptions:
     max_logprobs: int = 20
     """Top log-probs per entropy probe; the server's ``--max-logprobs`` must allow it."""
     weights_dir: str = ""
-    """Where ``reload_weights`` writes the weights for the server to read; empty: a temporary directory."""
+    """Where weight pushes write the weights for the server to read (rewritten by each push); empty: a
+    temporary directory, one per scorer or generator, removed when it is."""
 
     def __post_init__(self) -> None:
         check(self.base_url.startswith(("http://", "https://")), "base_url", self.base_url, "an http(s) URL")

@@ -60,6 +60,7 @@ class ServerClient:
         self.options = options
         self.url = options.base_url.rstrip("/")
         self.api_key = options.api_key or os.environ.get("VLLM_API_KEY", "")
+        self._weights_dir: tempfile.TemporaryDirectory | None = None
 
     def request(self, method: str, route: str, body: Any = None) -> Any:
         """One JSON request with bounded retries on connection errors and 5xx."""
@@ -114,7 +115,11 @@ class ServerClient:
         if missing:
             raise ScorerError(f"reload_weights: the state dict lacks {len(missing)} weights of the served "
                               f"model, e.g. {missing[:3]}; pass the full policy state dict")
-        directory = Path(self.options.weights_dir or tempfile.mkdtemp(prefix="repro-weights-"))
+        if self.options.weights_dir:
+            directory = Path(self.options.weights_dir)
+        else:  # one temporary directory per client, rewritten by every push, removed with the client
+            self._weights_dir = self._weights_dir or tempfile.TemporaryDirectory(prefix="repro-weights-")
+            directory = Path(self._weights_dir.name)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
         save_file(tensors, str(directory / "model.safetensors"))
