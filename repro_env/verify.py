@@ -346,7 +346,9 @@ class _MathVerifyWorker:
         )
         threading.Thread(target=_pump, args=(self._proc.stdout, self._lines), daemon=True).start()
         try:
-            self._lines.get(timeout=self.STARTUP_TIMEOUT_S)  # the "ready" line
+            ready = self._lines.get(timeout=self.STARTUP_TIMEOUT_S)  # the "ready" line
+            # warm-up checks passed before it said ready (len(_WARM_UP) when all did)
+            self.warmed = int(json.loads(ready).get("warmed", 0))
         except queue.Empty:
             self.stop()
             raise RuntimeError("the math-verify worker did not start") from None
@@ -398,12 +400,13 @@ def serve_math_verify() -> None:
     # Warm up before "ready": the first parse and verify load the LaTeX grammar and sympy's
     # simplifiers (10x a warm call), which would otherwise come out of the first answer's timeout_s
     # and turn a correct symbolic answer into a wrong one. The parent's startup timeout covers this.
+    warmed = 0
     for gold, pred in _WARM_UP:
         try:
-            verify(as_latex(gold), parse(pred, parsing_timeout=None), timeout_seconds=None)
+            warmed += bool(verify(as_latex(gold), parse(pred, parsing_timeout=None), timeout_seconds=None))
         except Exception:  # a warm-up that fails only leaves the worker cold, never dead
             pass
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True, "warmed": warmed}), flush=True)
 
     for line in sys.stdin:
         request = json.loads(line)

@@ -242,24 +242,18 @@ def test_hanging_parse_times_out_and_counts_as_incorrect():
 
 
 def test_a_fresh_worker_is_warm_before_its_first_timed_call():
-    """The first call after a (re)start used to pay math-verify's lazy loading, 10x a warm call,
-    out of its own timeout_s; the worker now warms up before it says ready."""
-    from repro_env.verify import _MathVerifyWorker
+    """The first call after a (re)start used to pay math-verify's lazy loading (measured 0.26 s
+    against 0.002 s warm) out of its own timeout_s; the worker now runs symbolic checks before it
+    says ready, and says how many passed. (The time itself is a figure, not asserted here.)"""
+    from repro_env.verify import _WARM_UP, _MathVerifyWorker
 
-    pairs = [("\\sqrt{18}", "3\\sqrt{2}"), ("\\frac{6}{8}", "0.75"), ("2x+x^2", "x^2+2x")]
     worker = _MathVerifyWorker()
     try:
-        worker._ensure_started()  # the restart: start-up time is not any call's
-        times = []
-        for pred, gold in pairs + pairs:
-            start = time.monotonic()
-            assert worker.verify(pred, gold, timeout_s=30.0) is True
-            times.append(time.monotonic() - start)
+        worker._ensure_started()
+        assert worker.warmed == len(_WARM_UP)  # every warm-up check verified: the grammar and sympy loaded
+        assert worker.verify("\\sqrt{18}", "3\\sqrt{2}", timeout_s=30.0) is True
     finally:
         worker.stop()
-    warm = sorted(times[len(pairs):])[len(pairs) // 2]  # median of the repeated calls
-    # measured cold: 0.26 s first call against 0.02 s warm; warmed: 0.002 s against 0.001 s
-    assert times[0] <= max(0.05, 5 * warm), times
 
 
 def test_timeout_works_off_the_main_thread():
