@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from repro_env.assets import BUNDLED_MODEL
-from repro_env.config import check, check_device, describe, options_from_mapping
+from repro_env.config import check, check_device, describe, options_from_mapping, set_fields
 from repro_env.errors import ConfigError, ContextLengthError, ScorerError
 from repro_env.registry import Registry
 from repro_env.scoring.options import HFOptions, ServerOptions, VLLMOptions
@@ -134,9 +134,7 @@ def _options_mapping(options: Any, options_class: type) -> Any:
         return options or {}
     if isinstance(options, options_class):
         return dataclasses.asdict(options)
-    defaults = type(options)()
-    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
-            if getattr(options, f.name) != getattr(defaults, f.name)}
+    return set_fields(options)
 
 
 register_scorer("hf", "repro_env.scoring.hf:HFScorer", options=HFOptions)
