@@ -51,7 +51,9 @@ class LearnerConfig:
     temperature: float = 1.0
     """Sampling temperature of training rollouts (evaluation is greedy unless ``samples`` > 1)."""
     server: ServerOptions = field(default_factory=ServerOptions)
-    """The generation server of ``backend: vllm-server`` (same fields as the scorer's options)."""
+    """The generation server of ``backend: vllm-server``: the scorer's options class; generation uses
+    ``base_url``, ``served_model_name``, ``api_key``, ``request_timeout_s``, ``retries``,
+    ``concurrency`` (requests in flight, one per segment) and ``weights_dir``."""
     lr: float = 1e-6
     """AdamW learning rate of the policy (the paper's 1e-6; tiny models want ~1e-4)."""
     weight_decay: float = 0.0

@@ -125,11 +125,11 @@ class VLLMGenerator:
         return Completion(ids, log_probs, stop_reason(output.finish_reason, output.stop_reason))
 
 
-def stop_reason(finish_reason: str | None, stop_reason: Any) -> str:
-    """vLLM's finish and stop reasons as a ``Generated.stop``: a stop string is the delimiter."""
-    if finish_reason == "length":
+def stop_reason(finish: str | None, stopped_by: Any) -> str:
+    """vLLM's finish reason and stop reason as a ``Generated.stop``: a stop string is the delimiter."""
+    if finish == "length":
         return "length"
-    return "delimiter" if isinstance(stop_reason, str) else "eos"
+    return "delimiter" if isinstance(stopped_by, str) else "eos"
 
 
 class ServerGenerator(VLLMGenerator):
