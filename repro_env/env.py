@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.vector.utils import shared_memory
 
 from repro_env import reward as rp
 from repro_env.config import describe
@@ -64,6 +66,52 @@ class ReasoningText(gym.spaces.Text):
 
     def __repr__(self) -> str:
         return f"ReasoningText({self.min_length}, {self.max_length}, charset=<any unicode>)"
+
+
+# AsyncVectorEnv passes observations through shared memory. Gymnasium stores a Text as indices into
+# its charset (model output is any unicode) and reads the memory once, into a tuple that later steps
+# never update; a ReasoningText stores code points (-1 past the end) read through a live view.
+class SharedTexts(Sequence):
+    """The strings in an AsyncVectorEnv's shared memory, read when indexed (as Gymnasium's array
+    views are); a deep copy, which the vector env returns unless ``copy=False``, is a tuple."""
+
+    def __init__(self, codes: np.ndarray):
+        self.codes = codes  # (n, max_length)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return tuple(self)[i]
+        row = self.codes[i]
+        return "".join(map(chr, row[row >= 0]))
+
+    def __deepcopy__(self, memo: dict) -> tuple[str, ...]:
+        return tuple(self)
+
+    def __repr__(self) -> str:
+        return f"SharedTexts({tuple(self)!r})"
+
+
+@shared_memory.create_shared_memory.register(ReasoningText)
+def _create_text_memory(space: ReasoningText, n: int = 1, ctx: Any = multiprocessing) -> Any:
+    memory = ctx.Array(np.dtype(np.int32).char, n * space.max_length)
+    np.frombuffer(memory.get_obj(), dtype=np.int32)[:] = -1  # (n · max_length,)
+    return memory
+
+
+@shared_memory.read_from_shared_memory.register(ReasoningText)
+def _read_text_memory(space: ReasoningText, memory: Any, n: int = 1) -> SharedTexts:
+    return SharedTexts(np.frombuffer(memory.get_obj(), dtype=np.int32).reshape(n, space.max_length))
+
+
+@shared_memory.write_to_shared_memory.register(ReasoningText)
+def _write_text_memory(space: ReasoningText, index: int, value: str, memory: Any) -> None:
+    size = space.max_length
+    row = np.frombuffer(memory.get_obj(), dtype=np.int32)[index * size:(index + 1) * size]  # (max_length,)
+    row[:] = -1
+    row[:len(value)] = np.fromiter(map(ord, value), dtype=np.int32, count=len(value))
 
 
 class Drawn(NamedTuple):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -27,6 +29,11 @@ def make_env(tiny_llama_dir):
         return gym.make("RePro-Math-v0", scorer={"model": str(tiny_llama_dir), **(scorer or {})}, **overrides)
 
     return make
+
+
+def whole(message: str) -> str:
+    """A ``match`` pattern that accepts exactly ``message``, not a message that merely contains it."""
+    return f"^{re.escape(message)}$"
 
 
 def play(env, segments):
@@ -70,12 +77,12 @@ def test_seeded_reset_is_reproducible_and_options_select_a_problem(make_env):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"idx": 1}, r"unknown key\(s\) \['idx'\]"),
-    ({"index": -1}, r"'index' must be an int in \[0, 100000\), got -1"),
-    ({"split": "valid"}, r"split"),
+    ({"idx": 1}, "reset options: unknown key(s) ['idx']; valid: 'split', 'index'"),
+    ({"index": -1}, "reset options: 'index' must be an int in [0, 100000), got -1 (int)"),
+    ({"split": "valid"}, "arithmetic: split must be one of 'train', 'test', got 'valid'."),
 ])
 def test_bad_reset_options(make_env, options, message):
-    with pytest.raises(TaskSpecError, match=message):
+    with pytest.raises(TaskSpecError, match=whole(message)):
         make_env().reset(options=options)
 
 
@@ -100,8 +107,18 @@ def test_rewards_equal_repro_math_on_batch_scored_J(make_env):
     np.testing.assert_allclose([i["process_reward"] for i in infos], expected, atol=1e-5)
     rewards = [s[1] for s in steps]
     np.testing.assert_allclose(rewards, alpha * expected + np.r_[np.zeros(len(steps) - 1), 1.0], atol=1e-5)
-    # Telescoping: the process rewards sum to the last score S_T.
-    assert sum(i["process_reward"] for i in infos) == pytest.approx(infos[-1]["process_score"], abs=1e-9)
+    # Telescoping: the process rewards sum to S_T, here computed by hand from the batch J (REPRO_SPEC §3),
+    # not from the env's own scores or the reward module.
+    J = [float(j) for j in batch.J]  # J_0..J_T
+    delta = (J[-1] - J[0]) / max(abs(J[0]), 1e-6)
+    ema = [J[0]]
+    for j in J[1:]:
+        ema.append(0.01 * j + 0.99 * ema[-1])
+    pairs = list(itertools.combinations(range(len(J)), 2))
+    tau = sum(np.sign(ema[b] - ema[a]) for a, b in pairs) / len(pairs)
+    S_T = 0.9 * (math.tanh(delta - 1) + 1) + 0.1 * (tau + 1) / 2
+    assert sum(i["process_reward"] for i in infos) == pytest.approx(S_T, abs=1e-6)
+    assert sum(rewards) == pytest.approx(alpha * S_T + 1.0, abs=1e-6)
 
 
 def test_delimiter_is_appended_and_backtracks_flagged(make_env):
@@ -203,27 +220,34 @@ def test_topk_selection_is_refused_online(make_env):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"rewrd": {"alpha": 1}}, r"unknown key 'rewrd'. Did you mean 'reward'\?"),
-    ({"reward": {"alpah": 1}}, r"unknown key 'reward.alpah'. Did you mean 'alpha'\?"),
-    ({"limits": {"max_steps": 0}}, r"max_steps"),
-    ({"scorer": {"backend": "tgi"}}, r"'backend' must be one of 'hf', 'vllm'"),
+    ({"rewrd": {"alpha": 1}}, "RePro-Math-v0 overrides: unknown key 'rewrd'. Did you mean 'reward'? Valid keys: "
+     "answer_template, backtrack_patterns, delimiter, description, final_answer_pattern, id, limits, "
+     "prompt_template, reward, scorer, source, splits, verifier"),
+    ({"reward": {"alpah": 1}}, "RePro-Math-v0 overrides: unknown key 'reward.alpah'. Did you mean 'alpha'? "
+     "Valid keys: alpha, ema, entropy_threshold, eps, k, selection, stability_weight"),
+    ({"limits": {"max_steps": 0}}, "RePro-Math-v0 overrides: field 'limits.max_steps' must be an int >= 1, "
+     "got 0 (int)"),
+    ({"scorer": {"backend": "tgi"}}, "scorer: field 'backend' must be one of 'hf', 'vllm', 'vllm-server' or "
+     "'package.module:Name', got 'tgi' (str)."),
 ])
 def test_overrides_are_validated(make_env, overrides, message):
-    with pytest.raises(TaskSpecError, match=message):
+    with pytest.raises(TaskSpecError, match=whole(message)):
         make_env(**overrides)
 
 
 def test_render_ansi_and_human(make_env, capsys):
     env = make_env(render_mode="ansi")
     env.reset(seed=0)
-    env.step("Three plus four is seven.")
-    text = env.render()
-    assert "Question:" in text and "Three plus four is seven." in text and "[+" in text or "[-" in text
+    _, reward, *_ = env.step("Three plus four is seven.")
+    prompt = env.unwrapped.episode.prompt
+    assert prompt.startswith("Question:")
+    assert env.render() == f"{prompt.rstrip()}\n[{reward:+.4f}] Three plus four is seven.\n"
     human = make_env(render_mode="human")
     human.reset(seed=0)
     human.step("Three plus four is seven.")
     assert "\x1b[" in capsys.readouterr().out
-    with pytest.raises(TaskSpecError, match="render_mode must be one of"):
+    with pytest.raises(TaskSpecError, match=whole("render_mode must be one of ['ansi', 'human'] or None, "
+                                                  "got 'rgb_array'")):
         make_env(render_mode="rgb_array")
 
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import repro_env  # noqa: F401
-from repro_env.errors import ActionError, TaskSpecError
+from repro_env.errors import ActionError, ContextLengthError, TaskSpecError
 
 ACTIONS = [
     ["First I count the apples.", "Hmm, let me think.", "The answer is \\boxed{3}."],
@@ -97,7 +97,8 @@ def test_group_of_envs_shares_one_problem(scorer_cfg):
 
 
 @pytest.mark.parametrize("kwargs, options, message", [
-    ({"autoreset_mode": "same-step"}, None, r"autoreset_mode"),
+    ({"autoreset_mode": "same-step"}, None, r"^autoreset_mode must be 'next_step' or 'disabled' "
+                                            r"\(AutoresetMode.NEXT_STEP or DISABLED\), got 'same-step'$"),
     ({}, {"index": [1, 2]}, r"'index' needs one entry per sub-env \(3\), got \[1, 2\]"),
     ({}, {"index": 0.5}, r"sub-env 0: reset options: 'index' must be an int in \[0, 100000\), got 0.5 \(float\)"),
     ({}, {"reset_mask": [1, 0, 1]}, r"'reset_mask' must be a bool array of shape \(3,\)"),
@@ -139,6 +140,144 @@ def test_a_bad_index_at_one_sub_env_resets_none(scorer_cfg):
     with pytest.raises(ActionError, match=r"actions\[1\]: action must be a str, got int: 3"):
         envs.step(("a step.", 3, "a step."))
     assert envs._observations() == obs
+
+
+STEP_KEYS = ("J", "J_baseline", "magnitude", "stability", "process_score", "process_reward", "outcome_reward",
+             "scored", "entropy", "segment_tokens", "total_tokens", "backtrack", "context_overflow")
+
+
+def assert_same_step(vector_step, i, single_step):
+    """Sub-env ``i`` of a vector step equals a single env's step: observation, reward, flags, info."""
+    obs, rewards, terms, truncs, infos = vector_step
+    single_obs, reward, term, trunc, info = single_step
+    assert obs[i] == single_obs and (bool(terms[i]), bool(truncs[i])) == (term, trunc)
+    assert rewards[i] == pytest.approx(reward, abs=1e-6)
+    for key in STEP_KEYS:
+        assert infos[f"_{key}"][i], key
+        np.testing.assert_allclose(infos[key][i], info[key], atol=1e-6, equal_nan=True, err_msg=key)
+
+
+def test_context_overflow_at_one_sub_env_falls_back_to_appending_one_at_a_time(scorer_cfg, monkeypatch):
+    """With a 220-token context, long segments overflow sub-env 0 while short ones fit sub-env 1: the
+    batched append raises ContextLengthError, each session is then appended alone, sub-env 0 ends
+    truncated with ``context_overflow`` and sub-env 1 goes on as an independent env."""
+    scorer_cfg = {**scorer_cfg, "max_length": 220}
+    limits = {"max_steps": 20, "max_total_tokens": 1000}
+    envs = gym.make_vec("RePro-Math-v0", num_envs=2, vectorization_mode="vector_entry_point", scorer=scorer_cfg,
+                        limits=limits, autoreset_mode="disabled")
+    singles = [gym.make("RePro-Math-v0", scorer=scorer_cfg, limits=limits) for _ in range(2)]
+    envs.reset(options={"split": "test", "index": [0, 0]})
+    for env in singles:
+        env.reset(options={"split": "test", "index": 0})
+    calls = []
+    original = envs.scorer.sessions_append
+
+    def recording(sessions, segments, score=None):
+        try:
+            result = original(sessions, segments, score)
+        except ContextLengthError:
+            calls.append((len(sessions), "overflow"))
+            raise
+        calls.append((len(sessions), "ok"))
+        return result
+
+    monkeypatch.setattr(envs.scorer, "sessions_append", recording)
+    actions = ("A sentence that keeps the reasoning going for a while longer.", "Go on.")
+    for _ in range(6):
+        calls.clear()
+        step = envs.step(actions)
+        batched_calls = list(calls)
+        for i, env in enumerate(singles):
+            assert_same_step(step, i, env.step(actions[i]))
+        if step[3][0]:
+            break
+        assert batched_calls == [(2, "ok")]
+    _, _, terms, truncs, infos = step
+    assert batched_calls == [(2, "overflow"), (1, "overflow"), (1, "ok")]
+    assert truncs.tolist() == [True, False] and terms.tolist() == [False, False]
+    assert infos["context_overflow"].tolist() == [True, False] and infos["scored"].tolist() == [False, True]
+    assert envs.envs[0].episode.text == singles[0].unwrapped.episode.text  # the overflowing segment is not kept
+    assert_same_step(envs.step(("ignored.", "Go on.")), 1, singles[1].step("Go on."))
+
+
+def test_next_step_autoreset_step_resets_the_finished_sub_env_only(scorer_cfg):
+    envs = make_vec(scorer_cfg, 2)
+    singles = [gym.make("RePro-Math-v0", scorer=scorer_cfg, limits={"max_steps": 2}) for _ in range(2)]
+    envs.reset(seed=5)
+    for i, env in enumerate(singles):
+        env.reset(seed=5 + i)
+    actions = ("The answer is \\boxed{1}.", "One step.")
+    step = envs.step(actions)
+    for i, env in enumerate(singles):
+        assert_same_step(step, i, env.step(actions[i]))
+    assert step[2].tolist() == [True, False]
+
+    obs, rewards, terms, truncs, infos = envs.step(("An action the reset ignores.", "Two steps."))
+    prompt, reset_info = singles[0].reset()  # unseeded: the sub-env's own generator goes on
+    assert obs[0] == prompt and rewards[0] == 0.0 and not terms[0] and not truncs[0]
+    assert {key for key in infos if not key.startswith("_") and infos[f"_{key}"][0]} == {"problem_id", "J_baseline"}
+    assert infos["_problem_id"].tolist() == [True, False] and infos["problem_id"][0] == reset_info["problem_id"]
+    assert infos["J_baseline"][0] == pytest.approx(reset_info["J_baseline"], abs=1e-5)
+    assert_same_step((obs, rewards, terms, truncs, infos), 1, singles[1].step("Two steps."))
+    assert truncs[1]  # max_steps = 2
+    step = envs.step(("A first step of the new episode.", "ignored."))
+    assert_same_step(step, 0, singles[0].step("A first step of the new episode."))
+
+
+def test_reset_with_a_list_of_seeds_equals_single_envs_with_those_seeds(scorer_cfg):
+    envs = make_vec(scorer_cfg, 2)
+    singles = [gym.make("RePro-Math-v0", scorer=scorer_cfg, limits={"max_steps": 2}) for _ in range(2)]
+    seeds = [21, 4]  # not seed + i
+    for _ in range(2):  # seeded, then unseeded: each sub-env's generator goes on as the single env's
+        obs, infos = envs.reset(seed=seeds)
+        for i, env in enumerate(singles):
+            single_obs, info = env.reset(seed=seeds[i])
+            assert obs[i] == single_obs and infos["problem_id"][i] == info["problem_id"]
+            # float32: a batched session start differs from one alone in the last bits
+            assert infos["J_baseline"][i] == pytest.approx(info["J_baseline"], abs=1e-5)
+        seeds = [None, None]
+    assert len(set(infos["problem_id"])) == 2
+
+
+def rollout(envs, solutions, seed):
+    """Reset with ``seed`` and step each sub-env through its reference solution (filler once it ends)."""
+    obs, _ = envs.reset(seed=seed)
+    steps = [(tuple(obs),)]
+    for t in range(max(map(len, solutions))):
+        actions = tuple(s[t] if t < len(s) else "A filler step." for s in solutions)
+        obs, rewards, terms, truncs, _ = envs.step(actions)
+        steps.append((tuple(obs), rewards.tolist(), terms.tolist(), truncs.tolist()))
+    return steps
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_make_vec_sync_and_async_equal_the_vector_entry_point(scorer_cfg, mode):
+    """Async runs each sub-env in a daemonic worker process with its own scorer and math-verify child.
+
+    Each reference solution ends on its answer written as a square root, which only math-verify (not
+    the plain-number check) accepts, so the outcome rewards come from that child process."""
+    reference = gym.make_vec("RePro-Math-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                             scorer=scorer_cfg)
+    reference.reset(seed=1)
+    solutions = []
+    for env in reference.envs:
+        answer = int(env.episode.problem.answer)
+        root = f"{'-' if answer < 0 else ''}\\sqrt{{{answer * answer}}}"
+        solutions.append([*env.episode.problem.solution[:-1], f"So the answer is \\boxed{{{root}}}."])
+    expected = rollout(reference, solutions, seed=1)
+    envs = gym.make_vec("RePro-Math-v0", num_envs=2, vectorization_mode=mode, scorer=scorer_cfg)
+    try:
+        assert type(envs).__name__ == {"sync": "SyncVectorEnv", "async": "AsyncVectorEnv"}[mode]
+        got = rollout(envs, solutions, seed=1)
+    finally:
+        envs.close()
+    assert [s[0] for s in got] == [s[0] for s in expected]
+    for got_step, expected_step in zip(got[1:], expected[1:], strict=True):
+        assert got_step[2:] == expected_step[2:]
+        np.testing.assert_allclose(got_step[1], expected_step[1], atol=1e-6)
+    for i, solution in enumerate(solutions):  # each reference episode ends verified at its last segment
+        _, rewards, terms, _ = expected[len(solution)]
+        assert terms[i] and rewards[i] > 0.5  # outcome 1 (verified) + α·r̃ with |α·r̃| <= 0.1
 
 
 @pytest.fixture(scope="module")
