@@ -332,12 +332,19 @@ class HFGenerator:
         logits = self._feed(chunks)  # (B, V)
         out: list[Generated | None] = [Generated([], [], float("nan"), "context") if active[b] else None
                                        for b in range(B)]
+        order = list(range(B))  # the cache row of each sub-env in order[i]; fewer rows once compacted
+        full = None
         for step in range(max(max_new, default=0)):
             rows = [b for b in range(B) if running[b]]
             if not rows:
                 break
-            raw = torch.log_softmax(logits[rows].float(), dim=-1)  # (R, V)
-            scaled = torch.log_softmax(logits[rows].float() / cfg.temperature, dim=-1)  # (R, V)
+            if full is None and 0 < step and len(rows) <= B // 2:
+                # Most rows ended their segment: decode the rest alone instead of feeding padding.
+                full, order, logits = self._compact(rows), rows, logits[rows]
+            at = {b: i for i, b in enumerate(order)}
+            picked = logits[[at[b] for b in rows]]  # (R, V)
+            raw = torch.log_softmax(picked.float(), dim=-1)  # (R, V)
+            scaled = torch.log_softmax(picked.float() / cfg.temperature, dim=-1)  # (R, V)
             if greedy:
                 tokens = scaled.argmax(-1)  # (R,)
             else:
@@ -345,7 +352,7 @@ class HFGenerator:
             tokens = tokens.to(scaled.device)
             chosen = scaled.gather(-1, tokens[:, None])[:, 0]  # (R,)
             entropy = -(raw.exp() * raw).sum(-1) if step == 0 else None  # (R,)
-            chunks = [[] for _ in range(B)]
+            chunks = [[] for _ in order]
             for r, b in enumerate(rows):
                 g = out[b]
                 token = int(tokens[r])
@@ -357,10 +364,41 @@ class HFGenerator:
                 if g.stop:
                     running[b] = False
                 else:
-                    chunks[b] = [token]
+                    chunks[at[b]] = [token]
             if any(chunks):
                 logits = self._feed(chunks)
+        if full is not None:
+            self._expand(full, order)
         return out
+
+    def _compact(self, rows: list[int]) -> tuple[Any, torch.Tensor, list[int]]:
+        """Keep only ``rows`` in the cache (a copy); return the full cache state for :meth:`_expand`."""
+        from transformers.cache_utils import Cache
+
+        from repro_env.scoring.prefill import buffer_layers
+
+        full = (self.cache, self.real, self.cached)
+        index = torch.tensor(rows, device=self.policy.device)
+        layers = buffer_layers(self.policy.model, self.real.shape[1] + 64)
+        for new, old in zip(layers, self.cache.layers, strict=True):
+            new.write(0, old.keys[index], old.values[index])
+        self.cache, self.real, self.cached = Cache(layers=layers), self.real[index], [self.cached[b] for b in rows]
+        return full
+
+    def _expand(self, full: tuple[Any, torch.Tensor, list[int]], rows: list[int]) -> None:
+        """Back to the full cache: the compacted rows' new columns are copied in, padding (masked) elsewhere."""
+        cache, real, cached = full
+        C, index = real.shape[1], torch.tensor(rows, device=self.policy.device)
+        for old, new in zip(cache.layers, self.cache.layers, strict=True):
+            keys = new.keys.new_zeros(real.shape[0], *new.keys.shape[1:2], new.keys.shape[2] - C, new.keys.shape[3])
+            values = new.values.new_zeros(*keys.shape[:3], new.values.shape[3])
+            keys[index], values[index] = new.keys[:, :, C:], new.values[:, :, C:]
+            old.write(C, keys, values)
+        grown = torch.zeros(real.shape[0], self.real.shape[1] - C, dtype=torch.bool, device=real.device)
+        grown[index] = self.real[:, C:]
+        for b, count in zip(rows, self.cached, strict=True):
+            cached[b] = count
+        self.cache, self.real, self.cached = cache, torch.cat([real, grown], dim=1), cached
 
     def _stop(self, ids: list[int], token: int, limit: int) -> str:
         policy = self.policy

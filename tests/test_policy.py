@@ -55,6 +55,33 @@ def test_cached_generation_log_probs_equal_a_full_forward(policy):
         assert trace.num_segments == (2 if trace is policy.traces[1] else 3)
 
 
+def test_rows_that_finish_early_are_dropped_and_their_cache_comes_back(monkeypatch):
+    """Once most rows have ended their segment the rest decode alone (a compacted cache); the full
+    cache is rebuilt after the segment. Log-probs still equal a plain forward, later steps too.
+    The bundled model, whose segments end at different lengths (the fixture model's rarely end)."""
+    from repro_env.agents.policy import HFGenerator
+
+    policy = LMPolicy(PolicyConfig(model="bundled", max_segment_tokens=48), seed=0)
+
+    compactions = []
+    real = HFGenerator._compact
+    monkeypatch.setattr(HFGenerator, "_compact", lambda self, rows: compactions.append(rows) or real(self, rows))
+    prompts = [f"Question: Ava has {i + 3} coins. She finds {2 * i + 1} more coins. How many coins does Ava "
+               "have now?\n\n" for i in range(8)]
+    run_episode(policy, prompts, steps=3, greedy=False)
+    assert compactions  # the path under test ran
+    for trace in policy.traces:
+        ids = torch.tensor([trace.ids])  # (1, L)
+        with torch.no_grad():
+            log_probs, _, _ = policy.forward(ids, torch.ones_like(ids))  # (1, L−1)
+        generated = torch.tensor(trace.segment[1:]) >= 0  # (L−1,)
+        assert torch.allclose(log_probs[0][generated], torch.tensor(trace.log_probs[1:])[generated], atol=1e-4)
+    _, batched = run_episode(policy, prompts[:4], steps=2, greedy=True)
+    for i, prompt in enumerate(prompts[:4]):
+        _, alone = run_episode(policy, [prompt], steps=2, greedy=True)
+        assert [step[0].ids for step in alone] == [step[i].ids for step in batched]
+
+
 def test_batched_greedy_equals_one_env_at_a_time(policy):
     _, batched = run_episode(policy, PROMPTS, steps=2, greedy=True)
     for i, prompt in enumerate(PROMPTS):
