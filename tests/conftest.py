@@ -174,6 +174,17 @@ def server(vllm_server):
     return vllm_server
 
 
+def load_example(name: str):
+    """``examples/<name>.py`` imported as a module, so tests exercise the example's own code."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """Tiny matmuls run fastest on one thread, and one thread does not thrash a shared 2-core box."""

@@ -15,21 +15,17 @@ return fell 0.6778 → 0.4278 (−0.25), checked once by running this file again
 The file takes about 12 s on the 2-core machine at load below 1 (about 30 s when it is shared).
 """
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_agent.py"
+from tests.conftest import load_example
+
 MARGIN = 0.02
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("custom_agent_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("custom_agent")
 
 
 def test_reinforce_does_not_lower_the_held_out_return(example):

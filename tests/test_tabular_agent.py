@@ -4,23 +4,17 @@ Imported from the example file. The choice rule is checked on a hand-built obser
 run (2 episodes, k = 2) checks that the table is the mean return-to-go of the env's own rewards.
 """
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from repro_env.wrappers import CANDIDATE_FEATURES, EPISODE_FEATURES
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tabular_agent.py"
+from tests.conftest import load_example
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("tabular_agent_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("tabular_agent")
 
 
 def observation(*candidates):

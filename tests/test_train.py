@@ -454,6 +454,15 @@ def test_module_entry_point(tmp_path, capsys):
 # -- the real GRPO learner through the harness ------------------------------------------------
 
 
+def straight_and_resumed(tmp_path, fields) -> Path:
+    """Run ``fields`` for 2 updates straight (``tmp_path/straight``) and as 1 + resume + 1; the latter's dir."""
+    assert run(tmp_path, name="straight", **fields)[0] == 0
+    code, half = run(tmp_path, "updates=1", name="halves", **fields)
+    assert code == 0
+    assert main_train(["--resume", str(half), "--set", "updates=2", "--no-progress", "--no-plots"]) == 0
+    return half
+
+
 def test_grpo_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_llama_dir):
     """2 updates straight vs 1 + resume + 1 with the real GRPO on the fixture Llama: same weights."""
     fields = {"algorithm": "grpo", "updates": 2, "eval_every": 0, "checkpoint_every": 1,
@@ -461,10 +470,7 @@ def test_grpo_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_llama_dir):
                           "kl_coef": 0.0},
               "task_overrides": {"scorer": {"model": str(tiny_llama_dir)},
                                  "limits": {"max_steps": 2, "max_segment_tokens": 6, "max_total_tokens": 96}}}
-    assert run(tmp_path, name="straight", **fields)[0] == 0
-    code, half = run(tmp_path, "updates=1", name="halves", **fields)
-    assert code == 0
-    assert main_train(["--resume", str(half), "--set", "updates=2", "--no-progress", "--no-plots"]) == 0
+    half = straight_and_resumed(tmp_path, fields)
     a = load_file(tmp_path / "straight" / "checkpoints" / "update-000002" / "policy.safetensors")
     b = load_file(half / "checkpoints" / "update-000002" / "policy.safetensors")
     initial = load_file(tiny_llama_dir / "model.safetensors")
@@ -485,10 +491,7 @@ def test_ppo_resume_with_its_value_head_and_a_kl_term_reproduces_an_uninterrupte
                           "kl_coef": 0.5, "micro_batch_size": 2},
               "task_overrides": {"scorer": {"model": str(tiny_llama_dir)},
                                  "limits": {"max_steps": 2, "max_segment_tokens": 6, "max_total_tokens": 96}}}
-    assert run(tmp_path, name="straight", **fields)[0] == 0
-    code, half = run(tmp_path, "updates=1", name="halves", **fields)
-    assert code == 0
-    assert main_train(["--resume", str(half), "--set", "updates=2", "--no-progress", "--no-plots"]) == 0
+    half = straight_and_resumed(tmp_path, fields)
     straight, resumed = (root / "checkpoints" / "update-000002" for root in (tmp_path / "straight", half))
     files = sorted(p.name for p in straight.glob("*.safetensors"))
     assert files == sorted(p.name for p in resumed.glob("*.safetensors")) and files
