@@ -81,17 +81,19 @@ class ReasoningVectorEnv(VectorEnv):
                                 f"got {describe(index)}")
         subs = {i: options if indices[i] is None else {**options, "index": indices[i]}
                 for i in range(self.num_envs) if mask[i]}
+        checked = {}
         for i, sub in subs.items():  # every sub-env's options are checked before any sub-env resets
             try:
-                self.envs[i].check_reset_options(sub)
+                checked[i] = (seeds[i], *self.envs[i].check_reset_options(sub))
             except TaskSpecError as e:
                 raise TaskSpecError(f"sub-env {i}: {e}") from e
         super().reset(seed=seed if isinstance(seed, int) else None)
-        infos = self._start({i: (seeds[i], sub) for i, sub in subs.items()})
+        infos = self._start(checked)
         return self._observations(), infos
 
-    def _start(self, subs: dict[int, tuple[int | None, dict[str, Any]]]) -> dict[str, Any]:
-        """Reset the given sub-envs (seed, checked options) with one batched session start; their infos.
+    def _start(self, subs: dict[int, tuple[int | None, str, int | None]]) -> dict[str, Any]:
+        """Reset the given sub-envs, each with its (seed, split, index), in one batched session start;
+        return their infos.
 
         As in the single env, the old episodes end either way: after a failure, each of these
         sub-envs needs a new reset.
@@ -100,9 +102,8 @@ class ReasoningVectorEnv(VectorEnv):
             return {}
         drawn = {}
         try:
-            for i, (seed, options) in subs.items():
+            for i, (seed, split, index) in subs.items():
                 env = self.envs[i]
-                split, index = env.check_reset_options(options)
                 gym.Env.reset(env, seed=seed)
                 drawn[i] = env.draw_problem(split, index)
             sessions = start_sessions(self.scorer, [(d.prompt, d.answer) for d in drawn.values()])
@@ -156,7 +157,7 @@ class ReasoningVectorEnv(VectorEnv):
             except ActionError as e:
                 raise ActionError(f"actions[{i}]: {e}") from e
         # Autoresets first: if starting them fails, no session has changed and the step can be retried.
-        infos = self._start({i: (None, {}) for i in range(self.num_envs) if self._autoreset[i]})
+        infos = self._start({i: (None, self.envs[i].split, None) for i in range(self.num_envs) if self._autoreset[i]})
         scores = self._append_all(live, segments)
         rewards = np.zeros(self.num_envs)
         terminations = np.zeros(self.num_envs, dtype=bool)
