@@ -41,7 +41,7 @@ class LearnerConfig:
 
     model: str = BUNDLED_MODEL
     """Initial policy: a local model directory or ``bundled`` (the tiny math model)."""
-    backend: Literal["hf", "vllm", "vllm-server"] = "hf"
+    backend: str = "hf"
     """Generation backend: ``hf`` (transformers), ``vllm`` (in-process engine) or ``vllm-server`` (a vLLM
     server at ``server.base_url``); vLLM backends get the weights pushed after each update."""
     device: str = "cpu"

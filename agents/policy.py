@@ -40,6 +40,7 @@ import torch
 from repro_env.assets import BUNDLED_MODEL, resolve_model
 from repro_env.config import check
 from repro_env.errors import ConfigError, ScorerError
+from repro_env.registry import Registry
 from repro_env.scoring.options import ServerOptions
 
 EOS_SEGMENT = "eos"
@@ -52,8 +53,9 @@ class PolicyConfig:
 
     model: str = BUNDLED_MODEL
     """A local model directory (config, safetensors, tokenizer) or ``bundled``."""
-    backend: Literal["hf", "vllm", "vllm-server"] = "hf"
-    """Generation backend: ``hf`` (transformers), ``vllm`` (in-process engine) or ``vllm-server``."""
+    backend: str = "hf"
+    """Generation backend (``GENERATORS``): ``hf`` (transformers), ``vllm`` (in-process engine),
+    ``vllm-server``, or a registered or ``package.module:Class`` one."""
     device: str = "cpu"
     """torch device of the training model and the hf generator."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -72,8 +74,7 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         check(isinstance(self.model, str) and self.model != "", "model", self.model,
               "a model directory or 'bundled'")
-        check(self.backend in ("hf", "vllm", "vllm-server"), "backend", self.backend,
-              "one of 'hf', 'vllm', 'vllm-server'")
+        GENERATORS.check(self.backend, "backend")
         check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", self.dtype,
               "one of 'float32', 'bfloat16', 'float16'")
         check(isinstance(self.temperature, int | float) and self.temperature > 0, "temperature",
@@ -158,7 +159,7 @@ class Segment:
 
 
 class Generator(Protocol):
-    """A generation backend: one segment per active trace."""
+    """A generation backend: one segment per active trace; built as ``Class(policy, seed=seed)``."""
 
     def generate(self, traces: Sequence[Trace | None], active: Sequence[bool], *, greedy: bool,
                  max_new: Sequence[int]) -> list[Generated | None]: ...
@@ -199,15 +200,7 @@ class LMPolicy:
         self.generator: Generator = self._make_generator(seed)
 
     def _make_generator(self, seed: int) -> Generator:
-        if self.config.backend == "vllm":
-            from repro_env.agents.vllm_generator import VLLMGenerator
-
-            return VLLMGenerator(self, seed=seed)
-        if self.config.backend == "vllm-server":
-            from repro_env.agents.vllm_generator import ServerGenerator
-
-            return ServerGenerator(self)
-        return HFGenerator(self)
+        return GENERATORS.get(self.config.backend, "backend")(self, seed=seed)
 
     # -- acting ---------------------------------------------------------------------------------
 
@@ -310,7 +303,7 @@ class LMPolicy:
 class HFGenerator:
     """Batched sampling with one KV cache for the whole episode of every sub-env (module docstring)."""
 
-    def __init__(self, policy: LMPolicy) -> None:
+    def __init__(self, policy: LMPolicy, *, seed: int = 0) -> None:  # sampling uses policy.generator_rng
         self.policy = policy
         self.cache: Any = None
         self.real = torch.zeros(0, 0, dtype=torch.bool)  # (B, C) which cache columns are real tokens
@@ -459,3 +452,11 @@ class HFGenerator:
         self.cached = [c + len(chunk) for c, chunk in zip(self.cached, chunks, strict=True)]
         picked = hidden[torch.arange(B, device=device), last]  # (B, H)
         return policy.model.get_output_embeddings()(picked)  # (B, V)
+
+
+GENERATORS = Registry("generation backend", "repro_env.generators")
+"""``backend:`` names of :class:`PolicyConfig` → generator classes (or their paths); plugins add theirs
+under the entry-point group ``repro_env.generators``."""
+GENERATORS.register("hf", HFGenerator)
+GENERATORS.register("vllm", "repro_env.agents.vllm_generator:VLLMGenerator")
+GENERATORS.register("vllm-server", "repro_env.agents.vllm_generator:ServerGenerator")

@@ -135,7 +135,7 @@ def stop_reason(finish: str | None, stopped_by: Any) -> str:
 class ServerGenerator(VLLMGenerator):
     """Segments from a vLLM OpenAI server that serves the policy's model (module docstring)."""
 
-    def __init__(self, policy: Any) -> None:  # no engine here: the server is one
+    def __init__(self, policy: Any, *, seed: int = 0) -> None:  # no engine: the server is one; seeds per request
         from repro_env.scoring.server import ServerClient
         from repro_env.scoring.vllm import _checkpoint_keys
 

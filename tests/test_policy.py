@@ -132,7 +132,8 @@ def test_no_room_in_the_context_ends_the_episode_with_the_eos_text(policy):
     ({"temperature": 0.0}, "field 'temperature' must be a number > 0, got 0.0 (float)"),
     ({"max_segment_tokens": 0}, "field 'max_segment_tokens' must be an int >= 1, got 0 (int)"),
     ({"delimiter": ""}, "field 'delimiter' must be a non-empty string, got '' (str)"),
-    ({"backend": "tgi"}, "field 'backend' must be one of 'hf', 'vllm', 'vllm-server', got 'tgi' (str)"),
+    ({"backend": "tgi"}, "field 'backend' must be one of 'hf', 'vllm', 'vllm-server' or 'package.module:Name', "
+                         "got 'tgi' (str)"),
     ({"max_segment_chars": 0}, "field 'max_segment_chars' must be an int >= 1, got 0 (int)"),
     ({"dtype": "int8"}, "field 'dtype' must be one of 'float32', 'bfloat16', 'float16', got 'int8' (str)"),
     ({"model": ""}, "field 'model' must be a model directory or 'bundled', got '' (str)"),
@@ -172,3 +173,12 @@ def test_vllm_backend_generates_like_hf_and_follows_weight_syncs(tiny_llama_dir)
         policy.sync_generator()
     after = greedy_ids(vllm_policy)
     assert after == greedy_ids(hf_policy) and after != before
+
+
+def test_a_generation_backend_can_be_named_by_its_class_path(tiny_llama_dir):
+    """The registry's ``package.module:Class`` form: the hf generator by path equals ``backend: hf``."""
+    config = PolicyConfig(model=str(tiny_llama_dir), max_segment_tokens=8)
+    by_path = LMPolicy(PolicyConfig(**{**config.__dict__, "backend": "repro_env.agents.policy:HFGenerator"}), seed=0)
+    assert type(by_path.generator).__name__ == "HFGenerator"
+    ids = [[s.ids for s in step] for step in run_episode(by_path, PROMPTS, steps=2, greedy=True)[1]]
+    assert ids == [[s.ids for s in step] for step in run_episode(LMPolicy(config), PROMPTS, steps=2, greedy=True)[1]]
