@@ -409,7 +409,8 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
         path = Path(traces)
         if not path.is_file():
             raise ConfigError(f"traces file {path} does not exist (cwd: {Path.cwd()})")
-        where, lines, total = str(path), read_lines(path), sum(1 for _ in read_lines(path))
+        total = sum(1 for _ in read_lines(path)) if progress else None  # the bar's ETA; a second read
+        where, lines = str(path), read_lines(path)
     else:
         where, lines, total = "traces", enumerate(traces, 1), None
     reader = TraceReader(spec, fields, where)
