@@ -106,9 +106,12 @@ def read_yaml_file(path: Path, error: type[ConfigError] = ConfigError) -> Any:
         raise error(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from e
 
 
-def describe(value: Any) -> str:
-    """``'-3' (str)``: a value as messages show it."""
-    return f"{value!r} ({type(value).__name__})"
+def describe(value: Any, limit: int | None = None) -> str:
+    """``'-3' (str)``: a value as messages show it; its repr cut to ``limit`` characters (then ``...``)."""
+    text = repr(value)
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "..."
+    return f"{text} ({type(value).__name__})"
 
 
 def check(ok: bool, field: str, value: Any, expected: str, error: type[ConfigError] = ConfigError) -> None:

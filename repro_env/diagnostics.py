@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from repro_env import reward as rp
+from repro_env.config import describe
 from repro_env.errors import ConfigError, TaskSpecError, TraceInputError
 from repro_env.problems import _record_text
 from repro_env.segments import split_segments, tokenize_with_boundaries
@@ -188,7 +189,7 @@ class TraceReader:
             raise self.error(line, name, f"field '{name}' is missing; the line has {_keys(record)}")
         value = record[name]
         if not isinstance(value, str) or not value.strip():
-            raise self.error(line, name, f"field '{name}' must be a non-empty string, got {_short(value)}")
+            raise self.error(line, name, f"field '{name}' must be a non-empty string, got {describe(value, 60)}")
         return value
 
     def _answer(self, line: int, record: Mapping[str, Any]) -> str:
@@ -200,7 +201,7 @@ class TraceReader:
             return _record_text(record, name, f"line {line}", numbers=True).strip()
         except TaskSpecError as e:
             raise self.error(line, name, f"field '{name}' must be a non-empty string or a finite number, got "
-                             f"{_short(record[name])}") from e
+                             f"{describe(record[name], 60)}") from e
 
     def _response(self, line: int, record: Mapping[str, Any]) -> tuple[str, str | list[str]]:
         names = (self.fields.response,) if self.fields.response else RESPONSE_FIELDS
@@ -214,17 +215,12 @@ class TraceReader:
             return name, list(value)
         if not isinstance(value, str) or not value.strip():
             raise self.error(line, name, f"field '{name}' must be a non-empty string or a list of strings, "
-                             f"got {_short(value)}")
+                             f"got {describe(value, 60)}")
         return name, value
 
 
 def _keys(record: Mapping[str, Any]) -> str:
     return ", ".join(f"'{k}'" for k in list(record)[:12]) or "no keys"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return f"{text[:60]}... ({type(value).__name__})" if len(text) > 60 else f"{text} ({type(value).__name__})"
 
 
 # ---------------------------------------------------------------------------------------------

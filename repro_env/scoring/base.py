@@ -253,6 +253,10 @@ class TokenizedRequest:
     """Scored points, 1-based, sorted and unique."""
 
 
+NO_QUESTION_TOKENS = ("the question tokenises to no tokens and the tokenizer adds no BOS: "
+                      "J_0 needs at least one token before the answer")
+
+
 class TokenScorerBase:
     """What the transformers and vLLM scorers share: answer tokenisation and the context check.
 
@@ -273,6 +277,28 @@ class TokenScorerBase:
             raise ScorerError(f"the answer {answer!r} tokenises to no tokens; expected a non-empty answer")
         return ids
 
+    def question_tokens(self, question: str, num_answer: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """A session's first prefix: ``q``'s ids and offsets, with at least one token and room for ``a``."""
+        from repro_env.segments import tokenize_with_offsets
+
+        ids, offsets = tokenize_with_offsets(self.tokenizer, question)
+        if not ids:
+            raise ScorerError(NO_QUESTION_TOKENS)
+        self.check_length(len(ids), num_answer, question)
+        return ids, offsets
+
+    def extended_tokens(self, question: str, text: str, ids: list[int], offsets: list[tuple[int, int]],
+                        segment: str, num_answer: int) -> tuple[str, list[int], list[tuple[int, int]], int]:
+        """A session's step: ``text + segment`` (tokenised from ``ids``/``offsets``, only the tail again),
+        checked for room for ``num_answer`` tokens; returns it with its ids, offsets and the token
+        index where ``segment`` starts."""
+        from repro_env.segments import char_to_token_boundaries, extend_tokens
+
+        new_text = text + segment
+        new_ids, new_offsets = extend_tokens(self.tokenizer, text, ids, offsets, new_text)
+        self.check_length(len(new_ids), num_answer, question)
+        return new_text, new_ids, new_offsets, char_to_token_boundaries(new_offsets, [len(text)])[0]
+
     def prepare(self, request: ScoreRequest) -> TokenizedRequest:
         """Tokenise a request (one string for ``q + τ``, the answer apart) and check it."""
         from repro_env.segments import tokenize_with_boundaries
@@ -285,8 +311,7 @@ class TokenScorerBase:
             raise ScorerError(
                 f"ScoreRequest.points must be sorted unique segment indices in 1..{T}, got {points}")
         if boundaries[0] == 0:
-            raise ScorerError("the question tokenises to no tokens and the tokenizer adds no BOS: "
-                              "J_0 needs at least one token before the answer")
+            raise ScorerError(NO_QUESTION_TOKENS)
         self.check_length(len(ids), len(answer), request.question)
         return TokenizedRequest(ids, boundaries, answer, points)
 

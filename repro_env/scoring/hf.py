@@ -49,7 +49,6 @@ from repro_env.scoring.base import (
     TokenScorerBase,
 )
 from repro_env.scoring.prefill import BufferLayer, buffer_layers, next_token_entropy, score_prefill
-from repro_env.segments import char_to_token_boundaries, extend_tokens, tokenize_with_offsets
 
 TREE_MAX_TOKENS = 2048
 """Longest tree row (``|q + τ| + M·|a'|``); longer responses are scored by chunked prefill
@@ -525,13 +524,8 @@ class HFSession:
 
     def _opening(self) -> _SessionStep:
         """The first step: ``q`` itself, scored (J_0)."""
-        question = self.question
-        ids, offsets = tokenize_with_offsets(self.scorer.tokenizer, question)
-        if not ids:
-            raise ScorerError("the question tokenises to no tokens and the tokenizer adds no BOS: "
-                              "J_0 needs at least one token before the answer")
-        self.scorer.check_length(len(ids), len(self._answer), question)
-        return _SessionStep(self, question, ids, offsets, 0, None, True, ids + self._answer[:-1])
+        ids, offsets = self.scorer.question_tokens(self.question, len(self._answer))
+        return _SessionStep(self, self.question, ids, offsets, 0, None, True, ids + self._answer[:-1])
 
     def append(self, segment: str, score: bool = True) -> StepScore:
         """Add ``segment`` to the prefix; J against ``q + τ≤t`` (if ``score``) and its first-token entropy.
@@ -547,10 +541,8 @@ class HFSession:
         if self._weights_version != self.scorer.weights_version:
             raise ScorerError("the scorer's weights were reloaded after this session started; "
                               "its cache is stale: start a new session")
-        text = self._text + segment
-        ids, offsets = extend_tokens(self.scorer.tokenizer, self._text, self._ids, self._offsets, text)
-        self.scorer.check_length(len(ids), len(self._answer) if score else 0, self.question)
-        segment_start = char_to_token_boundaries(offsets, [len(self._text)])[0]
+        text, ids, offsets, segment_start = self.scorer.extended_tokens(
+            self.question, self._text, self._ids, self._offsets, segment, len(self._answer) if score else 0)
         # Re-tokenising may change tokens before the old end (a merge across the boundary): keep
         # only the common part, and recompute the token before the segment to read its entropy.
         keep = min(_common_prefix(self._ids, ids), len(ids) - 1, segment_start - 1, self._valid)

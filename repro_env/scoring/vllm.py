@@ -53,7 +53,6 @@ from repro_env.scoring.base import (
     TokenizedRequest,
     TokenScorerBase,
 )
-from repro_env.segments import char_to_token_boundaries, extend_tokens, tokenize_with_offsets
 
 EXACT_ENTROPY_MAX_VOCAB = 4096
 """Vocabularies up to this size get exact entropies (all log-probs returned at entropy probes)."""
@@ -380,12 +379,8 @@ class VLLMSession:
         self._weights_version = scorer.weights_version
         self._text = question
         self._closed = False
-        ids, offsets = tokenize_with_offsets(scorer.tokenizer, question)
+        ids, offsets = scorer.question_tokens(question, len(self._answer))
         self._ids, self._offsets = ids, offsets
-        if not ids:
-            raise ScorerError("the question tokenises to no tokens and the tokenizer adds no BOS: "
-                              "J_0 needs at least one token before the answer")
-        scorer.check_length(len(ids), len(self._answer), question)
         self.opening = _Probe(tuple(ids), self._answer)
         """The J_0 probe; ``VLLMScorer.sessions`` evaluates it."""
         self.J_baseline = float("nan")
@@ -406,10 +401,8 @@ class VLLMSession:
         if self._weights_version != self.scorer.weights_version:
             raise ScorerError("the scorer's weights were reloaded after this session started; "
                               "its J_0 is stale: start a new session")
-        text = self._text + segment
-        ids, offsets = extend_tokens(self.scorer.tokenizer, self._text, self._ids, self._offsets, text)
-        self.scorer.check_length(len(ids), len(self._answer) if score else 0, self.question)
-        segment_start = char_to_token_boundaries(offsets, [len(self._text)])[0]
+        text, ids, offsets, segment_start = self.scorer.extended_tokens(
+            self.question, self._text, self._ids, self._offsets, segment, len(self._answer) if score else 0)
         j_probe = _Probe(tuple(ids), self._answer) if score else None
         return text, (ids, offsets), _Probe(tuple(ids[:segment_start])), j_probe
 
