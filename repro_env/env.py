@@ -18,7 +18,15 @@ from repro_env import reward as rp
 from repro_env.config import describe
 from repro_env.errors import ActionError, ContextLengthError, TaskSpecError
 from repro_env.problems import Problem
-from repro_env.scoring import Scorer, ScorerConfig, ScoringSession, StepScore, check_scorer, shared_scorer
+from repro_env.scoring import (
+    Scorer,
+    ScorerConfig,
+    ScoringSession,
+    StepScore,
+    check_scorer,
+    shared_scorer,
+    start_sessions,
+)
 from repro_env.tasks import TaskSpec, load_task, make_source, resolve_task
 
 # Characters Text.sample() draws from; `contains` accepts any string (model output is arbitrary unicode).
@@ -255,13 +263,8 @@ class ReasoningEnv(gym.Env[str, str]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         split, index = self.check_reset_options(options)
-        super().reset(seed=seed)
-        try:
-            drawn = self.draw_problem(split, index)
-            session = self.scorer.session(drawn.prompt, drawn.answer)
-        finally:  # the previous episode ends either way; after a failed start step raises ResetNeeded
-            self._end_episode()
-        return self.start_episode(drawn, session)
+        info = start_episodes([self], [(seed, split, index)])[0]
+        return self.episode.text, info
 
     def step(self, action: str):
         episode = self._require_episode()
@@ -438,3 +441,20 @@ def _resolve_scorer(scorer: Scorer | ScorerConfig | Mapping[str, Any] | None, ta
 def make_env(task: str | Path, **kwargs: Any) -> ReasoningEnv:
     """Entry point registered for every task id (``gym.make``)."""
     return ReasoningEnv(load_task(task), **kwargs)
+
+
+def start_episodes(envs: Sequence[ReasoningEnv], starts: Sequence[tuple[int | None, str, int | None]]
+                   ) -> list[dict[str, Any]]:
+    """Reset each env to its checked ``(seed, split, index)``, the sessions of all of them started in one
+    batched call of their shared scorer; each env's reset info. The old episodes end either way (the
+    new sessions are built first): after a failure, each of these envs needs a new reset."""
+    drawn = []
+    try:
+        for env, (seed, split, index) in zip(envs, starts, strict=True):
+            gym.Env.reset(env, seed=seed)
+            drawn.append(env.draw_problem(split, index))
+        sessions = start_sessions(envs[0].scorer, [(d.prompt, d.answer) for d in drawn])
+    finally:
+        for env in envs:
+            env._end_episode()
+    return [env.start_episode(d, session)[1] for env, d, session in zip(envs, drawn, sessions, strict=True)]

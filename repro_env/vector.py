@@ -11,9 +11,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from repro_env.config import describe
-from repro_env.env import ReasoningEnv, reset_options
+from repro_env.env import ReasoningEnv, reset_options, start_episodes
 from repro_env.errors import ActionError, ContextLengthError, TaskSpecError
-from repro_env.scoring import StepScore, start_sessions
+from repro_env.scoring import StepScore
 
 
 class ReasoningVectorEnv(VectorEnv):
@@ -98,22 +98,11 @@ class ReasoningVectorEnv(VectorEnv):
         As in the single env, the old episodes end either way: after a failure, each of these
         sub-envs needs a new reset.
         """
-        if not subs:
-            return {}
-        drawn = {}
-        try:
-            for i, (seed, split, index) in subs.items():
-                env = self.envs[i]
-                gym.Env.reset(env, seed=seed)
-                drawn[i] = env.draw_problem(split, index)
-            sessions = start_sessions(self.scorer, [(d.prompt, d.answer) for d in drawn.values()])
-        finally:
-            for i in subs:
-                self.envs[i]._end_episode()
         infos: dict[str, Any] = {}
-        for (i, d), session in zip(drawn.items(), sessions, strict=True):
-            infos = self._add_info(infos, self.envs[i].start_episode(d, session)[1], i)
-            self._autoreset[i] = False
+        if subs:
+            for i, info in zip(subs, start_episodes([self.envs[i] for i in subs], list(subs.values())), strict=True):
+                infos = self._add_info(infos, info, i)
+                self._autoreset[i] = False
         return infos
 
     def _seeds(self, seed: Any) -> list[int | None]:

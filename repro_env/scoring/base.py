@@ -340,10 +340,10 @@ def check_scorer(scorer: Any, where: str) -> Any:
 
 
 def start_sessions(scorer: Scorer, pairs: Sequence[tuple[str, str]]) -> list[ScoringSession]:
-    """One session per ``(question, answer)``: in one batched call when the scorer has ``sessions``,
-    else one ``session`` at a time (closing those already started if one fails)."""
+    """One session per ``(question, answer)``: several in one batched call when the scorer has
+    ``sessions``, else one ``session`` at a time (closing those already started if one fails)."""
     batched = getattr(scorer, "sessions", None)
-    if batched is not None:
+    if batched is not None and len(pairs) > 1:  # batching is an optional speed-up; one is `session`
         return batched(pairs)
     sessions: list[ScoringSession] = []
     try:
