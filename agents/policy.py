@@ -19,7 +19,12 @@ Two generation backends behind :meth:`LMPolicy.act`:
   sub-env's episode for the whole episode (preallocated buffers, appended in place); rows grow by
   chunks, padding columns are masked out by a
   4D **float** additive mask (a bool 4D mask is misread by eager attention, STACK_NOTES) and
-  position ids count only real tokens, so each row sees exactly its own sequence.
+  position ids count only real tokens, so each row sees exactly its own sequence. A segment is
+  as long as its slowest row; rows that end early *look ahead*: they go on sampling their next
+  segment from ``trace + segment``, the observation the env will return (it appends the segment
+  as given). The next ``act`` starts those rows from the tokens already sampled when the new
+  observation is exactly that; otherwise their cache columns are masked out and they start afresh.
+  The tokens are those the row would have sampled later, from the same distribution.
 - ``vllm`` (:class:`repro_env.agents.vllm_generator.VLLMGenerator`): a vLLM engine fed with token ids; after
   each update :meth:`LMPolicy.sync_generator` pushes the trained weights into it in place.
 - ``vllm-server`` (:class:`repro_env.agents.vllm_generator.ServerGenerator`): the same requests to a vLLM
@@ -70,6 +75,9 @@ class PolicyConfig:
     """Longest action text the env accepts (the task's ``limits.max_segment_chars``)."""
     server: ServerOptions = field(default_factory=ServerOptions)
     """The vLLM server of ``backend: vllm-server`` (the scorer's ``vllm-server`` options)."""
+    look_ahead: bool = True
+    """``hf`` backend: a row whose segment ends while others still decode samples the start of its
+    next segment meanwhile (module docstring); off, it waits idle."""
 
     def __post_init__(self) -> None:
         check(isinstance(self.model, str) and self.model != "", "model", self.model,
@@ -85,6 +93,7 @@ class PolicyConfig:
               "a non-empty string")
         check(isinstance(self.max_segment_chars, int) and self.max_segment_chars >= 1, "max_segment_chars",
               self.max_segment_chars, "an int >= 1")
+        check(isinstance(self.look_ahead, bool), "look_ahead", self.look_ahead, "true or false")
 
 
 def model_dir(model: str) -> Path:
@@ -223,7 +232,7 @@ class LMPolicy:
         for i, obs in enumerate(observations):
             if active[i]:
                 self._sync(i, obs)
-        max_new = [self._room(trace) if trace is not None else 0 for trace in self.traces]
+        max_new = [self.room(len(trace.ids)) if trace is not None else 0 for trace in self.traces]
         generated = self.generator.generate(self.traces, active, greedy=greedy, max_new=max_new)
         return [self._accept(i, g) if active[i] else None for i, g in enumerate(generated)]
 
@@ -238,8 +247,9 @@ class LMPolicy:
             suffix = observation[len(trace.text):]
             trace.extend(self.tokenizer(suffix, add_special_tokens=False)["input_ids"], suffix)
 
-    def _room(self, trace: Trace) -> int:
-        return max(0, min(self.config.max_segment_tokens, self.max_positions - len(trace.ids) - 1))
+    def room(self, length: int) -> int:
+        """Most tokens the next segment of a trace of ``length`` tokens may have."""
+        return max(0, min(self.config.max_segment_tokens, self.max_positions - length - 1))
 
     def _accept(self, i: int, generated: Generated | None) -> Segment:
         """Record the sampled tokens in trace i and turn them into an action the env accepts."""
@@ -300,6 +310,20 @@ class LMPolicy:
 # transformers backend
 
 
+@dataclass
+class _Ahead:
+    """A row's start of its next segment, sampled while other rows finished the current one."""
+
+    base: int
+    """Trace length (ids) it continues: the trace plus the segment that just ended."""
+    limit: int
+    """``max_new`` of that next segment."""
+    greedy: bool
+    generated: Generated
+    columns: list[int]
+    """Cache columns of its tokens fed so far (its last sampled token is never fed yet)."""
+
+
 class HFGenerator:
     """Batched sampling with one KV cache for the whole episode of every sub-env (module docstring)."""
 
@@ -308,6 +332,7 @@ class HFGenerator:
         self.cache: Any = None
         self.real = torch.zeros(0, 0, dtype=torch.bool)  # (B, C) which cache columns are real tokens
         self.cached: list[int] = []  # per row: how many of the trace's ids the cache holds
+        self.ahead: list[_Ahead | None] = []
 
     def invalidate(self) -> None:
         """Drop the cache: the next call re-encodes every trace (a new episode, changed weights)."""
@@ -321,18 +346,23 @@ class HFGenerator:
         if self.cache is None or len(self.cached) != B or self._wasteful():
             self._new_cache(B)
         running = [bool(active[b] and traces[b] is not None and max_new[b] > 0) for b in range(B)]
-        chunks = [list(traces[b].ids[self.cached[b]:]) if running[b] else [] for b in range(B)]
-        logits = self._feed(chunks)  # (B, V)
         out: list[Generated | None] = [Generated([], [], float("nan"), "context") if active[b] else None
                                        for b in range(B)]
+        chunks = [[] for _ in range(B)]
+        for b in range(B):
+            if running[b]:
+                chunks[b] = self._resume(b, traces[b], greedy, max_new[b], out)
+                running[b] = not out[b].stop
+        logits = self._feed(chunks) if any(chunks) else None  # (B, V)
+        building: dict[int, _Ahead] = {}  # rows looking ahead in this call
         order = list(range(B))  # the cache row of each sub-env in order[i]; fewer rows once compacted
         full = None
-        for step in range(max(max_new, default=0)):
-            rows = [b for b in range(B) if running[b]]
-            if not rows:
+        for step in range(max(max_new, default=0) + 1):
+            if not any(running):
                 break
+            rows = [b for b in range(B) if running[b] or (b in building and not building[b].generated.stop)]
             if full is None and 0 < step and len(rows) <= B // 2:
-                # Most rows ended their segment: decode the rest alone instead of feeding padding.
+                # Most rows are done: decode the rest alone instead of feeding padding.
                 full, order, logits = self._compact(rows), rows, logits[rows]
             at = {b: i for i, b in enumerate(order)}
             picked = logits[[at[b] for b in rows]]  # (R, V)
@@ -343,26 +373,55 @@ class HFGenerator:
             else:
                 tokens = torch.multinomial(scaled.exp().cpu(), 1, generator=policy.generator_rng)[:, 0]
             tokens = tokens.to(scaled.device)
-            chosen = scaled.gather(-1, tokens[:, None])[:, 0]  # (R,)
-            entropy = -(raw.exp() * raw).sum(-1) if step == 0 else None  # (R,)
+            chosen = scaled.gather(-1, tokens[:, None])[:, 0].tolist()  # (R,)
+            entropy = (-(raw.exp() * raw).sum(-1)).tolist()  # (R,)
             chunks = [[] for _ in order]
-            for r, b in enumerate(rows):
-                g = out[b]
-                token = int(tokens[r])
+            fed_ahead = []
+            for r, (b, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+                g = out[b] if running[b] else building[b].generated
+                if not g.ids:
+                    g.entropy = entropy[r]
                 g.ids.append(token)
-                g.log_probs.append(float(chosen[r]))
-                if entropy is not None:
-                    g.entropy = float(entropy[r])
-                g.stop = self._stop(g.ids, token, max_new[b])
-                if g.stop:
-                    running[b] = False
-                else:
+                g.log_probs.append(chosen[r])
+                g.stop = self._stop(g.ids, token, max_new[b] if running[b] else building[b].limit)
+                if not running[b]:  # looking ahead
+                    if not g.stop:
+                        chunks[at[b]] = [token]
+                        fed_ahead.append(b)
+                elif not g.stop:
                     chunks[at[b]] = [token]
-            if any(chunks):
+                else:
+                    running[b] = False
+                    base = len(traces[b].ids) + len(g.ids)
+                    if cfg.look_ahead and g.stop == "delimiter" and policy.room(base) > 0:
+                        building[b] = _Ahead(base, policy.room(base), greedy, Generated([], [], float("nan"), ""), [])
+                        chunks[at[b]] = [token]  # the segment's last token, so that the row can go on
+            if any(chunks[at[b]] for b in range(B) if running[b]):
+                for b in fed_ahead:
+                    building[b].columns.append(self.real.shape[1])  # this feed's one column
                 logits = self._feed(chunks)
         if full is not None:
             self._expand(full, order)
+        for b, ahead in building.items():
+            self.ahead[b] = ahead if ahead.generated.ids else None
         return out
+
+    def _resume(self, b: int, trace: Trace, greedy: bool, limit: int, out: list) -> list[int]:
+        """Row b's first chunk to feed. Its look-ahead becomes ``out[b]`` when it continues exactly
+        this trace (same sampling mode and limit); otherwise it is masked out of the cache."""
+        ahead, self.ahead[b] = self.ahead[b], None
+        if ahead is not None and (ahead.base, ahead.greedy, ahead.limit) == (len(trace.ids), greedy, limit):
+            g = ahead.generated
+            out[b] = Generated(list(g.ids), list(g.log_probs), g.entropy, g.stop)
+            return [] if g.stop else g.ids[-1:]
+        if ahead is not None:
+            self.real[b, ahead.columns] = False
+            self.cached[b] -= len(ahead.columns)
+        if self.cached[b] == len(trace.ids):  # all of it is cached: feed its last token again for the logits
+            self.real[b, int(self.real[b].nonzero()[-1])] = False
+            self.cached[b] -= 1
+        out[b] = Generated([], [], float("nan"), "")
+        return list(trace.ids[self.cached[b]:])
 
     def _compact(self, rows: list[int]) -> tuple[Any, torch.Tensor, list[int]]:
         """Keep only ``rows`` in the cache (a copy); return the full cache state for :meth:`_expand`."""
@@ -418,6 +477,7 @@ class HFGenerator:
         self.cache = Cache(layers=buffer_layers(self.policy.model, 256))
         self.real = torch.zeros(B, 0, dtype=torch.bool, device=self.policy.device)  # (B, 0)
         self.cached = [0] * B
+        self.ahead = [None] * B
 
     def _feed(self, chunks: list[list[int]]) -> torch.Tensor:
         """Append one chunk of ids per row to the cache; logits after each row's last new token. (B, V)

@@ -326,7 +326,8 @@ class ReasoningEnv(gym.Env[str, str]):
 
     def _end_episode(self) -> None:
         if self.episode is not None:
-            self.episode.session.close()
+            if not self.episode.done:
+                self.episode.session.close()
             self.episode = None
 
     def _require_episode(self) -> Episode:
@@ -373,6 +374,7 @@ class ReasoningEnv(gym.Env[str, str]):
             info["correct"] = correct
             info["outcome_reward"] = float(correct)
             episode.done = True
+            episode.session.close()  # no step follows: free its cache now, not at the next reset
         reward = task.reward.alpha * info["process_reward"] + info["outcome_reward"]
         episode.rewards.append(reward)
         if self.render_mode == "human":

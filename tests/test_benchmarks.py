@@ -23,6 +23,7 @@ EXPECTED = {
     "eval_tiny_model.py": "greedy accuracy:",
     "bench_server.py": "vllm server, 8 concurrent",
     "bench_vs_trl.py": "repro-env GRPO + RePro",
+    "bench_vector_steps.py": "step/floor",
 }
 SLOW = {"bench_scoring.py", "eval_tiny_model.py", "bench_server.py", "bench_vs_trl.py"}
 

@@ -16,6 +16,21 @@ def policy(tiny_llama_dir):
     return LMPolicy(PolicyConfig(model=str(tiny_llama_dir), max_segment_tokens=12), seed=0)
 
 
+COIN_PROMPTS = [f"Question: Ava has {i + 3} coins. She finds {2 * i + 1} more coins. How many coins does Ava "
+                "have now?\n\n" for i in range(8)]
+
+
+class Forwards:
+    """Counts the policy model's forward passes."""
+
+    def __init__(self, policy: LMPolicy) -> None:
+        self.calls = 0
+        self.handle = policy.model.base_model.register_forward_hook(self._hook)
+
+    def _hook(self, *args) -> None:
+        self.calls += 1
+
+
 def run_episode(policy: LMPolicy, prompts: list[str], steps: int, greedy: bool, active_rows=None):
     """Act ``steps`` times, stepping the observations the way the env does (delimiter appended)."""
     observations = list(prompts)
@@ -66,8 +81,7 @@ def test_rows_that_finish_early_are_dropped_and_their_cache_comes_back(monkeypat
     compactions = []
     real = HFGenerator._compact
     monkeypatch.setattr(HFGenerator, "_compact", lambda self, rows: compactions.append(rows) or real(self, rows))
-    prompts = [f"Question: Ava has {i + 3} coins. She finds {2 * i + 1} more coins. How many coins does Ava "
-               "have now?\n\n" for i in range(8)]
+    prompts = COIN_PROMPTS
     run_episode(policy, prompts, steps=3, greedy=False)
     assert compactions  # the path under test ran
     for trace in policy.traces:
@@ -80,6 +94,69 @@ def test_rows_that_finish_early_are_dropped_and_their_cache_comes_back(monkeypat
     for i, prompt in enumerate(prompts[:4]):
         _, alone = run_episode(policy, [prompt], steps=2, greedy=True)
         assert [step[0].ids for step in alone] == [step[i].ids for step in batched]
+
+
+def spy_on_resumes(policy: LMPolicy) -> list[str]:
+    """Record, per row resumed with a look-ahead, whether it was 'reused' or 'dropped'."""
+    generator, seen = policy.generator, []
+    real = type(generator)._resume
+
+    def resume(b, trace, greedy, limit, out):
+        had = generator.ahead[b] is not None
+        chunk = real(generator, b, trace, greedy, limit, out)
+        if had:
+            seen.append("reused" if out[b].ids else "dropped")
+        return chunk
+
+    generator._resume = resume
+    return seen
+
+
+def test_look_ahead_changes_no_segment_and_saves_forwards():
+    """Rows that end their segment early sample their next one meanwhile: greedy segments are those
+    of a policy that waits; sampled rounds take fewer forward passes (a round lasts as long as its
+    slowest row, which a head start shortens). The bundled model: its segments end at different
+    lengths."""
+    results = {}
+    for look_ahead in (True, False):
+        policy = LMPolicy(PolicyConfig(model="bundled", max_segment_tokens=48, look_ahead=look_ahead), seed=0)
+        seen = spy_on_resumes(policy)
+        _, outputs = run_episode(policy, COIN_PROMPTS, steps=4, greedy=True)
+        counter = Forwards(policy)
+        run_episode(policy, COIN_PROMPTS * 2, steps=6, greedy=False)
+        results[look_ahead] = [[s.ids for s in step] for step in outputs], seen, counter.calls
+    (with_ids, seen, with_calls), (without_ids, none, without_calls) = results[True], results[False]
+    assert with_ids == without_ids
+    assert "reused" in seen and "dropped" not in seen and none == []
+    assert with_calls < 0.95 * without_calls
+
+
+def test_a_look_ahead_the_env_did_not_follow_is_dropped():
+    """The env appended text after the segment, or the sampling mode changed: the tokens sampled
+    ahead are masked out of the cache and the row starts afresh. Its greedy segment is that of a
+    policy without look-ahead, and every behaviour log-prob still equals a plain forward."""
+    runs = {}
+    for look_ahead in (True, False):
+        policy = LMPolicy(PolicyConfig(model="bundled", max_segment_tokens=48, look_ahead=look_ahead), seed=0)
+        seen = spy_on_resumes(policy)
+        observations = list(COIN_PROMPTS[:4])
+        policy.reset(observations)
+        steps = []
+        for step in range(4):
+            segments = policy.act(observations, greedy=step != 2)  # a sampled step between greedy ones
+            steps.append([s.ids for s in segments])
+            observations = [o + s.text + (" Check.\n\n" if step == 0 and i % 2 else "")  # rows 1, 3: env text
+                            for i, (o, s) in enumerate(zip(observations, segments, strict=True))]
+        runs[look_ahead] = steps[:2], seen, policy
+    assert runs[True][0] == runs[False][0]
+    assert "dropped" in runs[True][1] and "reused" in runs[True][1]
+    policy = runs[True][2]
+    for trace in policy.traces:
+        ids = torch.tensor([trace.ids])  # (1, L)
+        with torch.no_grad():
+            log_probs, _, _ = policy.forward(ids, torch.ones_like(ids))  # (1, L−1)
+        generated = torch.tensor(trace.segment[1:]) >= 0  # (L−1,)
+        assert torch.allclose(log_probs[0][generated], torch.tensor(trace.log_probs[1:])[generated], atol=1e-4)
 
 
 def test_batched_greedy_equals_one_env_at_a_time(policy):

@@ -291,9 +291,56 @@ def test_sessions_append_equals_single_appends(wide_scorer):
     finally:
         counter.handle.remove()
     assert len({s.total_tokens for s in batched}) == 4  # the caches really had different lengths
-    # Only q + τ≤t is committed, never the answer copy or padding: (1, heads, total_tokens, head_dim).
-    assert [s._layers[0].keys.shape[2] for s in batched] == [s.total_tokens for s in batched]
-    assert [s._layers[0].keys.shape[2] for s in single] == [s.total_tokens for s in single]
+    # Only q + τ≤t is committed, never the answer copy or padding; the batched sessions stayed in
+    # the one pool their start made (no step copied their prefixes), each single one in its own.
+    assert [s._valid for s in batched + single] == [s.total_tokens for s in batched + single]
+    assert len({id(s._pool) for s in batched}) == 1 and [s._row for s in batched] == [0, 1, 2, 3]
+    assert len({id(s._pool) for s in single}) == 4
+
+
+def test_pool_gathers_the_stepped_and_merges_pools(wide_scorer):
+    # Four sessions share one pool. A step over fewer of them moves those into a pool of their own
+    # (one copy), where later steps are in place again, and the rest into another; a step over
+    # sessions of several pools gathers them into one. Every step equals separate sessions' appends.
+    reference = [wide_scorer.session(q, ANSWER) for q, _ in EPISODES]
+    pooled = wide_scorer.sessions([(q, ANSWER) for q, _ in EPISODES])
+    first = pooled[0]._pool
+
+    def step(indices, t):
+        got = wide_scorer.sessions_append([pooled[i] for i in indices], [EPISODES[i][1][t] for i in indices])
+        for i, g in zip(indices, got, strict=True):
+            assert_same_step(g, reference[i].append(EPISODES[i][1][t]), True)
+        return pooled[indices[0]]._pool
+
+    assert step([0, 1, 2, 3], 0) is first
+    three = step([0, 1, 2], 1)
+    one = pooled[3]._pool  # left behind: moved too, so that the first pool is freed
+    assert first.members == [None] * 4 and one not in (first, three) and one.members == [pooled[3]]
+    assert three.members == pooled[:3] and step([0, 1, 2], 2) is three  # in place
+    assert step([3], 1) is one and step([3], 2) is one
+    merged = step([0, 1, 2, 3], 3)
+    assert merged not in (first, three, one) and merged.members == pooled
+
+
+def test_a_failed_batched_step_leaves_every_session_usable(wide_scorer):
+    # A batched forward that turns NaN writes NaN keys/values into the pool's rows past each row's
+    # prefix. Positions a later step never rewrites are blocked by the mask but would still poison
+    # attention (0 · NaN): the failed rows must be cleared. Run without the clearing, this fails.
+    reference = [wide_scorer.session(q, ANSWER) for q, _ in EPISODES]
+    pooled = wide_scorer.sessions([(q, ANSWER) for q, _ in EPISODES])
+    for s in reference:
+        s.append(EPISODES[0][1][0])
+    wide_scorer.sessions_append(pooled, [EPISODES[0][1][0]] * 4)
+    poison = wide_scorer.model.base_model.layers[0].register_forward_hook(
+        lambda module, args, output: output * float("nan"))
+    try:
+        with pytest.raises(ScorerError, match="non-finite"):
+            wide_scorer.sessions_append(pooled, ["".join(SEGMENTS)] + ["Ok.\n\n"] * 3)
+    finally:
+        poison.remove()
+    got = wide_scorer.sessions_append(pooled, ["Ok."] * 4)
+    for g, s in zip(got, reference, strict=True):
+        assert_same_step(g, s.append("Ok."), True)
 
 
 def test_sessions_append_equals_plain_passes(sdpa_scorer):
@@ -356,21 +403,20 @@ def test_sessions_append_argument_errors(sdpa_scorer, tiny_llama_dir):
 
 
 def test_session_attention_mask_by_hand():
-    # Row 0: 2 cached tokens, 2 inputs; row 1: 1 cached, 3 inputs. P = 2, Q = 3, keys = P + Q = 5.
-    mask = session_attention_mask(torch.tensor([2, 1]), torch.tensor([2, 3]), P=2)
+    # Row 0: 2 cached tokens, row 1: 1 cached; Q = 3 inputs each (padded); keys = max(keep) + Q = 5.
+    mask = session_attention_mask(torch.tensor([2, 1]), Q=3)
     assert mask.shape == (2, 1, 3, 5) and mask.dtype == torch.float32
     allowed = (mask[:, 0] == 0).int().tolist()
     assert allowed[0] == [
         [1, 1, 1, 0, 0],  # input 0 sees both cached keys and itself
         [1, 1, 1, 1, 0],
-        [0, 0, 0, 0, 1],  # padding query sees itself only
+        [1, 1, 1, 1, 1],
     ]
     assert allowed[1] == [
-        [0, 1, 1, 0, 0],  # key 0 is row 1's left padding
-        [0, 1, 1, 1, 0],
-        [0, 1, 1, 1, 1],
+        [1, 1, 0, 0, 0],  # row 1's inputs start at key 1; key 4 is beyond its row
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0],
     ]
-    assert mask.min() == torch.finfo(torch.float32).min
 
 
 def test_context_length_error(tiny_llama_dir):
@@ -446,7 +492,8 @@ def test_a_failed_in_place_step_leaves_the_session_usable(sdpa_scorer):
 
 
 def test_session_cache_grows_past_its_first_buffer(sdpa_scorer):
-    # The per-layer buffers start at 256 tokens and double; a ~400-token episode crosses that.
+    # The per-layer buffers start with room for the question plus 64 tokens and grow; a ~400-token
+    # episode grows them several times.
     segments = tuple(f"Step {i}: {i} + {i} = {2 * i}.\n\n" for i in range(30))
     session = sdpa_scorer.session(QUESTION, ANSWER)
     for t, segment in enumerate(segments, start=1):
@@ -454,4 +501,4 @@ def test_session_cache_grows_past_its_first_buffer(sdpa_scorer):
         if t % 10 == 0:
             ids, _ = tokenize_with_boundaries(sdpa_scorer.tokenizer, QUESTION, segments[:t])
             assert abs(step.J - plain_J(sdpa_scorer, ids, ANSWER)) <= TOL
-    assert session.total_tokens > 256 and session._layers[0].capacity >= session.total_tokens
+    assert session.total_tokens > 256 and session._pool.layers[0].capacity >= session.total_tokens

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicLayer
 
 from repro_env.assets import resolve_model
 from repro_env.config import check_device
@@ -48,7 +48,7 @@ from repro_env.scoring.base import (
     TokenizedRequest,
     TokenScorerBase,
 )
-from repro_env.scoring.prefill import BufferLayer, buffer_layers, next_token_entropy, score_prefill
+from repro_env.scoring.prefill import next_token_entropy, score_prefill
 
 TREE_MAX_TOKENS = 2048
 """Longest tree row (``|q + τ| + M·|a'|``); longer responses are scored by chunked prefill
@@ -294,11 +294,16 @@ class HFScorer(TokenScorerBase):
         return self.sessions([(question, answer)])[0]
 
     def sessions(self, pairs: Sequence[tuple[str, str]]) -> list[HFSession]:
-        """Start one session per ``(question, answer)``, their J_0 in one batched forward (vector env)."""
+        """Start one session per ``(question, answer)``, their J_0 in one batched forward (vector env).
+
+        The sessions' caches are the rows of one pool (:class:`SessionPool`), which their later
+        batched steps write to in place.
+        """
         sessions = [HFSession(self, question, answer) for question, answer in pairs]
         steps = [session._opening() for session in sessions]
-        for session, step, (J, _, new_kv) in zip(sessions, steps, self._run_steps(steps), strict=True):
-            session._commit(step, new_kv)
+        SessionPool(self, sessions, room(max(len(step.inputs) for step in steps)))
+        for session, step, (J, _) in zip(sessions, steps, self._run_steps(steps), strict=True):
+            session._commit(step)
             session.J_baseline = J
         return sessions
 
@@ -324,101 +329,60 @@ class HFScorer(TokenScorerBase):
         steps = [s._plan(seg, flag) for s, seg, flag in zip(sessions, segments, score, strict=True)]
         outputs = self._run_steps(steps)
         results = []
-        for step, (J, entropy, new_kv) in zip(steps, outputs, strict=True):
-            step.session._commit(step, new_kv)
+        for step, (J, entropy) in zip(steps, outputs, strict=True):
+            step.session._commit(step)
             added = len(step.ids) - step.segment_start
             results.append(StepScore(J=J, entropy=entropy, segment_tokens=added, total_tokens=len(step.ids)))
         return results
 
-    def _run_steps(self, steps: Sequence[_SessionStep]) -> list[tuple[float, float, _KV | None]]:
-        """(J, entropy, new cache) per step, ``batch_size`` steps per forward, in the input order."""
-        order = sorted(range(len(steps)), key=lambda i: -steps[i].keep - len(steps[i].inputs))
-        outputs: dict[int, tuple[float, float, _KV | None]] = {}
-        for start in range(0, len(order), self.config.batch_size):
-            chunk = [steps[i] for i in order[start:start + self.config.batch_size]]
-            run = self._forward_one if len(chunk) == 1 else self._forward_steps
-            outputs.update(zip(order[start:start + len(chunk)], run(chunk), strict=True))
-        return [outputs[i] for i in range(len(steps))]
+    def _run_steps(self, steps: Sequence[_SessionStep]) -> list[tuple[float, float]]:
+        """(J, entropy) per step, in the input order: forwards over ``batch_size`` rows of one pool."""
+        pool = SessionPool.holding([step.session for step in steps])
+        by_row = sorted(steps, key=lambda step: step.session._row)  # step r is row r's
+        outputs: dict[int, tuple[float, float]] = {}
+        for first in range(0, len(by_row), self.config.batch_size):
+            outputs.update(self._forward_rows(pool, first, by_row[first:first + self.config.batch_size]))
+        return [outputs[id(step)] for step in steps]
 
     @torch.no_grad()
-    def _forward_one(self, steps: Sequence[_SessionStep]) -> list[tuple[float, float, None]]:
-        """One session's step against its own cache buffers, in place: no cache copy, no custom mask.
+    def _forward_rows(self, pool: SessionPool, first: int,
+                      steps: Sequence[_SessionStep]) -> dict[int, tuple[float, float]]:
+        """One forward over pool rows ``first..first+B−1``, step r's new tokens (+ answer copy)
+        written in place after its ``keep`` cached tokens. (``{id(step): (J, entropy)}``)
 
-        The inputs are written after the ``keep`` cached tokens and then cut back to ``q + τ≤t``
-        (the answer copy is never kept); plain causal attention is exactly the session's mask here.
+        Row r's inputs take positions ``keep_r, keep_r+1, …`` (cached keys already carry their
+        rotary positions), so query i of row r sees exactly its keys ``≤ keep_r + i``: its cached
+        prefix and its own inputs up to i (:func:`session_attention_mask`).
         """
-        step, = steps
-        session = step.session
-        session._valid = step.keep  # positions from keep on are overwritten from here
-        layers = session._reserve(step.keep + len(step.inputs))
-        positions = step.keep + torch.arange(len(step.inputs), device=self.device)[None]  # (1, n)
-        hidden = self.model.base_model(
-            input_ids=torch.tensor([step.inputs], device=self.device), position_ids=positions,
-            past_key_values=Cache(layers=layers), use_cache=True,
-        ).last_hidden_state[0]  # (n, H)
-        log_probs = torch.log_softmax(self.head_logits(hidden[step.read_positions]).float(), dim=-1)  # (k, V)
-        return [(*self._read_step(step, log_probs), None)]
-
-    @torch.no_grad()
-    def _forward_steps(self, steps: Sequence[_SessionStep]) -> list[tuple[float, float, _KV]]:
-        """One forward over several sessions' new tokens (+ answer) against their cached prefixes.
-
-        Row r's kept cache (``keep_r`` tokens) is left-padded to the longest, ``P``; its inputs
-        (``n_r`` = new prefix tokens + ``|a|−1`` answer tokens) are right-padded to ``Q``. Cached
-        keys already carry their rotary positions, so padding in front of them changes nothing;
-        the inputs take positions ``keep_r, keep_r+1, …``. Query i of row r sees the row's cached
-        keys and its own inputs ``≤ i`` (float additive mask; padding queries see only themselves).
-        """
-        B = len(steps)
-        P = max(step.keep for step in steps)
-        Q = max(len(step.inputs) for step in steps)
-        keep = torch.tensor([step.keep for step in steps])  # (B,)
-        lengths = torch.tensor([len(step.inputs) for step in steps])  # (B,)
+        keep = [step.keep for step in steps]
+        B, Q = len(steps), max(len(step.inputs) for step in steps)
         input_ids = torch.full((B, Q), self.pad_id, dtype=torch.long)  # (B, Q)
         for r, step in enumerate(steps):
             input_ids[r, :len(step.inputs)] = torch.tensor(step.inputs)
-        position_ids = keep[:, None] + torch.arange(Q)[None]  # (B, Q)
-        mask = session_attention_mask(keep, lengths, P, self.model.dtype)  # (B, 1, Q, P + Q)
-        cache = self._padded_cache(steps, P, Q)
-        hidden = self.model.base_model(
-            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-            position_ids=position_ids.to(self.device), past_key_values=cache, use_cache=True,
-        ).last_hidden_state  # (B, Q, H)
-        rows, cols = [], []
-        for r, step in enumerate(steps):
-            rows += [r] * len(step.read_positions)
-            cols += step.read_positions
-        log_probs = torch.log_softmax(self.head_logits(hidden[rows, cols]).float(), dim=-1)  # (K, V)
-        outputs, start = [], 0
-        for r, step in enumerate(steps):
-            own = log_probs[start:start + len(step.read_positions)]  # (k_r, V)
-            start += len(step.read_positions)
-            J, entropy = self._read_step(step, own)
-            # The new prefix tokens only: never the answer copy, never padding.
-            span = slice(P, P + len(step.ids) - step.keep)
-            new_cache = [(layer.keys[r:r + 1, :, span], layer.values[r:r + 1, :, span]) for layer in cache.layers]
-            outputs.append((J, entropy, new_cache))
-        return outputs
-
-    def _padded_cache(self, steps: Sequence[_SessionStep], P: int, Q: int) -> Cache:
-        """Each row's kept prefix, left-padded with zeros to ``P`` tokens, in buffers with room for the
-        ``Q`` inputs: the forward writes their keys and values in place (no concatenation)."""
-        layers = buffer_layers(self.model, P + Q)
-        template = next((step.session._layers for step in steps if step.keep > 0), None)
-        for layer, buffer in enumerate(layers):
-            if template is not None:
-                k0, v0 = template[layer].keys, template[layer].values  # (1, heads, n, d)
-                buffer.lazy_initialization(k0.new_empty(len(steps), k0.shape[1], 0, k0.shape[3]),
-                                           v0.new_empty(len(steps), v0.shape[1], 0, v0.shape[3]))
-                buffer._keys[:, :, :P] = 0
-                buffer._values[:, :, :P] = 0
-                for r, step in enumerate(steps):
-                    if step.keep:
-                        own = step.session._layers[layer]
-                        buffer._keys[r, :, P - step.keep:P] = own.keys[0, :, :step.keep]
-                        buffer._values[r, :, P - step.keep:P] = own.values[0, :, :step.keep]
-                buffer.truncate(P)
-        return Cache(layers=layers)
+            step.session._valid = step.keep  # positions from keep on are overwritten from here
+        keep_t = torch.tensor(keep)  # (B,)
+        position_ids = keep_t[:, None] + torch.arange(Q)[None]  # (B, Q)
+        cache = pool.cache(first, keep, Q)
+        try:
+            hidden = self.model.base_model(
+                input_ids=input_ids.to(self.device), position_ids=position_ids.to(self.device),
+                attention_mask=session_attention_mask(keep_t, Q, self.model.dtype).to(self.device),
+                past_key_values=cache, use_cache=True,
+            ).last_hidden_state  # (B, Q, H)
+            rows, cols = [], []
+            for r, step in enumerate(steps):
+                rows += [r] * len(step.read_positions)
+                cols += step.read_positions
+            log_probs = torch.log_softmax(self.head_logits(hidden[rows, cols]).float(), dim=-1)  # (K, V)
+            outputs, start = {}, 0
+            for step in steps:
+                own = log_probs[start:start + len(step.read_positions)]  # (k_r, V)
+                start += len(step.read_positions)
+                outputs[id(step)] = self._read_step(step, own)
+            return outputs
+        except BaseException:
+            pool.clear(first, keep)  # a failed forward may have written non-finite keys there
+            raise
 
     def _read_step(self, step: _SessionStep, log_probs: torch.Tensor) -> tuple[float, float]:
         """(J or nan, entropy or nan) from a step's log-prob rows: [entropy row], answer rows. (k, V)"""
@@ -434,24 +398,140 @@ class HFScorer(TokenScorerBase):
         return J, entropy
 
 
-def session_attention_mask(keep: torch.Tensor, lengths: torch.Tensor, P: int,
-                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Additive (B, 1, Q, P + Q) mask of a batched session step, ``Q = max(lengths)``.
+def session_attention_mask(keep: torch.Tensor, Q: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Additive (B, 1, Q, max(keep) + Q) mask of a batched session step over pool rows.
 
-    Keys ``0..P−1`` are the left-padded caches (row r's real ones are the last ``keep[r]``), keys
-    ``P..P+Q−1`` the inputs. Query i < lengths[r] sees row r's cached keys and inputs ``j ≤ i``;
-    a padding query sees only its own key, so that no row is fully blocked. Float, never bool.
+    Row r's cached prefix is at key positions ``0..keep[r]−1`` and its inputs at ``keep[r]..``:
+    query i sees the keys ``j ≤ keep[r] + i``. Later keys of the row (other rows are longer) hold
+    stale or zero entries and are blocked. Float, never bool (STACK_NOTES).
     """
-    Q = int(lengths.max())
-    query = torch.arange(Q)  # (Q,)
-    key = torch.arange(P + Q) - P  # (P + Q,) input index of each key; negative for the cache
-    cached = (key[None] < 0) & (key[None] >= -keep[:, None])  # (B, P + Q)
-    causal = (key[None] >= 0) & (key[None] <= query[:, None])  # (Q, P + Q)
-    real = query[None] < lengths[:, None]  # (B, Q)
-    allowed = real[:, :, None] & (cached[:, None] | causal[None])  # (B, Q, P + Q)
-    allowed |= ~real[:, :, None] & (key[None, None] == query[None, :, None])  # padding sees itself
+    key = torch.arange(int(keep.max()) + Q)  # (K,)
+    allowed = key[None, None] <= keep[:, None, None] + torch.arange(Q)[None, :, None]  # (B, Q, K)
     blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype)
-    return torch.where(allowed, torch.tensor(0.0, dtype=dtype), blocked)[:, None]  # (B, 1, Q, P + Q)
+    return torch.where(allowed, torch.tensor(0.0, dtype=dtype), blocked)[:, None]  # (B, 1, Q, K)
+
+
+def room(tokens: int) -> int:
+    """Buffer capacity for ``tokens`` cached tokens: headroom for a few more steps."""
+    return tokens + max(64, tokens // 4)
+
+
+class SlotLayer(DynamicLayer):
+    """One decoder layer's keys/values for a pool of sessions: (rows, kv_heads, capacity, head_dim).
+
+    Row r holds its session's ``q + τ≤t`` at positions ``0..len_r−1``. A forward over rows
+    ``first..first+B−1`` (set by :meth:`SessionPool.cache`) writes row r's ``Q`` new entries at
+    ``offsets[r]..offsets[r]+Q−1`` in place and attends over the first ``max(offsets) + Q``
+    positions of those rows. Buffers start zeroed so that blocked positions stay finite.
+    """
+
+    def __init__(self, rows: int, capacity: int) -> None:
+        super().__init__()
+        self.rows, self.capacity = rows, capacity
+        self.first, self.offsets, self.index = 0, [0], None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        heads, dim = key_states.shape[1], key_states.shape[3]
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self._keys = key_states.new_zeros(self.rows, heads, self.capacity, dim)
+        self._values = value_states.new_zeros(self.rows, heads, self.capacity, value_states.shape[3])
+        self.is_initialized = True
+
+    def reserve(self, capacity: int) -> None:
+        """Room for ``capacity`` positions in every row (grows by a quarter or more, keeping the contents)."""
+        if capacity <= self.capacity:
+            return
+        old, self.capacity = self.capacity, room(capacity)
+        if self.is_initialized:
+            keys, values = self._keys, self._values
+            self.lazy_initialization(keys, values)
+            self._keys[:, :, :old], self._values[:, :, :old] = keys, values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        B, Q = key_states.shape[0], key_states.shape[2]
+        rows = slice(self.first, self.first + B)
+        if self.index is None:  # every row writes at the same offset: a plain slice
+            start = self.offsets[0]
+            self._keys[rows, :, start:start + Q] = key_states
+            self._values[rows, :, start:start + Q] = value_states
+        else:
+            row_index, positions = self.index  # (B, 1), (B, Q)
+            self._keys[row_index, :, positions] = key_states.transpose(1, 2)  # (B, Q, heads, d)
+            self._values[row_index, :, positions] = value_states.transpose(1, 2)
+        end = max(self.offsets) + Q
+        self.keys, self.values = self._keys[rows, :, :end], self._values[rows, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return max(self.offsets)
+
+
+class SessionPool:
+    """Sessions whose caches are the rows of one set of :class:`SlotLayer` buffers.
+
+    A step over all of a pool's sessions (a vector env's step; a single env's session is a pool of
+    one) runs on the buffers as they are: no prefix is copied. A step over some of them or over
+    sessions of several pools first gathers them into a new pool, one copy of their prefixes, after
+    which their steps are in place again; the sessions left behind move into a pool of their own.
+    In the env this happens when episodes end (their sessions close) or after autoresets.
+    """
+
+    def __init__(self, scorer: HFScorer, sessions: Sequence[HFSession], capacity: int) -> None:
+        num_layers = scorer.model.config.get_text_config(decoder=True).num_hidden_layers
+        self.layers = [SlotLayer(len(sessions), capacity) for _ in range(num_layers)]
+        self.device = scorer.device
+        self.members: list[HFSession | None] = list(sessions)
+        for row, session in enumerate(sessions):
+            session._pool, session._row = self, row
+
+    @classmethod
+    def holding(cls, sessions: Sequence[HFSession]) -> SessionPool:
+        """The pool to step ``sessions`` in: theirs if they are all of its rows, else a new one that
+        they move into."""
+        pools = {id(s._pool): s._pool for s in sessions}
+        if len(pools) == 1:
+            pool = next(iter(pools.values()))
+            if len(sessions) == len(pool.members):
+                return pool
+        moves = [(s._pool, s._row) for s in sessions]
+        new = cls(sessions[0].scorer, sessions, room(max(s._valid for s in sessions)))
+        for old in pools.values():
+            target = [row for row, (pool, _) in enumerate(moves) if pool is old]
+            source = [moves[row][1] for row in target]
+            length = max(sessions[row]._valid for row in target)
+            for layer, old_layer in zip(new.layers, old.layers, strict=True):
+                if old_layer.is_initialized:
+                    if not layer.is_initialized:
+                        layer.lazy_initialization(old_layer._keys, old_layer._values)
+                    layer._keys[target, :, :length] = old_layer._keys[source, :, :length]
+                    layer._values[target, :, :length] = old_layer._values[source, :, :length]
+            for row in source:
+                old.members[row] = None
+            rest = [member for member in old.members if member is not None]
+            if rest:  # the sessions left behind move too: no pool outlives most of its rows
+                cls.holding(rest)
+        return new
+
+    def cache(self, first: int, offsets: list[int], Q: int) -> Cache:
+        """The pool as the cache of a forward over rows ``first..first+len(offsets)−1``."""
+        uniform = min(offsets) == max(offsets)
+        index = None if uniform else (torch.arange(first, first + len(offsets), device=self.device)[:, None],
+                                      torch.tensor(offsets, device=self.device)[:, None]
+                                      + torch.arange(Q, device=self.device)[None])  # (B, 1), (B, Q)
+        for layer in self.layers:
+            layer.reserve(max(offsets) + Q)
+            layer.first, layer.offsets, layer.index = first, offsets, index
+        return Cache(layers=self.layers)
+
+    def clear(self, first: int, offsets: list[int]) -> None:
+        """Zero each row's positions from its offset on (after a failed forward)."""
+        for layer in self.layers:
+            if layer.is_initialized:
+                for r, offset in enumerate(offsets):
+                    layer._keys[first + r, :, offset:] = 0
+                    layer._values[first + r, :, offset:] = 0
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -464,10 +544,6 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         else:
             hi = mid - 1
     return lo
-
-
-_KV = list[tuple[torch.Tensor, torch.Tensor]]
-"""A step's new cache entries: per layer, keys and values of shape (1, heads, n_new, head_dim)."""
 
 
 @dataclass(frozen=True)
@@ -502,10 +578,9 @@ class _SessionStep:
 class HFSession:
     """Incremental scoring of one episode over cached keys/values of ``q + τ≤t`` (REPRO_SPEC §7).
 
-    The cache is one growable buffer per layer (``prefill.BufferLayer``): a step alone writes its
-    tokens in place (:meth:`HFScorer._forward_one`); a batched step (:meth:`HFScorer.sessions_append`
-    over several sessions) stacks the sessions' prefixes into one padded batch and writes back only
-    the new tokens. Either way a step costs its new tokens plus attention over the prefix.
+    The cache is one row of a :class:`SessionPool`: a step writes its new tokens there in place,
+    alone (``append``) or batched with the pool's other sessions (:meth:`HFScorer.sessions_append`).
+    Either way a step costs its new tokens plus attention over the prefix.
     """
 
     def __init__(self, scorer: HFScorer, question: str, answer: str) -> None:
@@ -516,9 +591,10 @@ class HFSession:
         self._text = question
         self._ids: list[int] = []
         self._offsets: list[tuple[int, int]] = []
-        self._layers: list[BufferLayer] | None = []
+        self._pool: SessionPool | None = None
+        self._row = 0
         self._valid = 0
-        """Cached tokens that hold ``q + τ≤t`` (a failed in-place step may have overwritten the rest)."""
+        """Cached tokens that hold ``q + τ≤t`` (a failed step may have overwritten the rest)."""
         self.J_baseline = float("nan")
         """J_0, set by ``HFScorer.sessions`` once the question's step has run."""
 
@@ -536,7 +612,7 @@ class HFSession:
 
     def _plan(self, segment: str, score: bool) -> _SessionStep:
         """Tokenise ``q + τ≤t`` and decide what to recompute; checks everything, changes nothing."""
-        if self._layers is None:
+        if self._pool is None:
             raise ScorerError("append on a closed session; start a new one with scorer.session(...)")
         if self._weights_version != self.scorer.weights_version:
             raise ScorerError("the scorer's weights were reloaded after this session started; "
@@ -549,27 +625,14 @@ class HFSession:
         inputs = ids[keep:] + (self._answer[:-1] if score else [])
         return _SessionStep(self, text, ids, offsets, keep, segment_start, score, inputs)
 
-    def _reserve(self, tokens: int) -> list[BufferLayer]:
-        """The cache layers, cut back to ``_valid`` tokens, with room for ``tokens``."""
-        if not self._layers:
-            self._layers = buffer_layers(self.scorer.model, max(tokens, 256))
-        for layer in self._layers:
-            layer.truncate(self._valid)
-            layer.reserve(tokens)
-        return self._layers
-
-    def _commit(self, step: _SessionStep, new_kv: _KV | None) -> None:
-        """Make the step's prefix the session's: its new cache entries (batched step) or the in-place ones."""
-        if new_kv is None:
-            for layer in self._layers:
-                layer.truncate(len(step.ids))  # drop the answer copy
-        else:
-            for layer, (keys, values) in zip(self._reserve(len(step.ids)), new_kv, strict=True):
-                layer.write(step.keep, keys, values)
+    def _commit(self, step: _SessionStep) -> None:
+        """Make the step's prefix the session's (its keys/values are already in the pool row)."""
         self._text, self._ids, self._offsets, self._valid = step.text, list(step.ids), step.offsets, len(step.ids)
         self.total_tokens: int = len(step.ids)
 
     def close(self) -> None:
-        """Free the cache."""
-        self._layers = None
+        """Free the session's row (the pool's buffers go once none of its sessions is open)."""
+        if self._pool is not None:
+            self._pool.members[self._row] = None
+        self._pool = None
         self._ids = []
