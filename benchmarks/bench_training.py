@@ -119,7 +119,7 @@ def generation_vs_decoding(args: argparse.Namespace, batch: int = 16, steps: int
     policy = LMPolicy(PolicyConfig(model=args.model, max_segment_tokens=spec.limits.max_segment_tokens,
                                    look_ahead=look_ahead), seed=0)
     forwards = [0]
-    policy.model.base_model.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    counting = policy.model.base_model.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     observations, generated = list(prompts), 0
     start = time.perf_counter()
     policy.reset(observations)
@@ -129,6 +129,7 @@ def generation_vs_decoding(args: argparse.Namespace, batch: int = 16, steps: int
         observations = [o + s.text + ("" if s.text.endswith(spec.delimiter) else spec.delimiter)
                         for o, s in zip(observations, segments, strict=True)]
     policy_rate = generated / (time.perf_counter() - start)
+    counting.remove()
 
     new_tokens = generated // batch  # the same tokens per row, decoded in one run
     tokenizer, model = policy.tokenizer, policy.model

@@ -6,8 +6,8 @@
 Each of the B sessions holds a prefix of about L tokens (row b is 64·b tokens shorter, as sub-envs
 of one vector env are), then appends a ~100-token segment and scores J. The same random Llama as
 ``bench_scoring.py`` (2 layers, d=512, fp32, CPU). Printed per L: seconds per batched step, and the
-floor: one plain forward of the same new tokens (segment + |a|) for the B rows against a
-``DynamicCache`` that already holds B prefixes of length L, timed in the same run.
+floor: one plain forward of the same new tokens (segment + |a|) for the B rows against a cache
+that already holds B prefixes of the mean length, written in place, timed in the same run.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ import time
 
 import torch
 from tqdm import tqdm
-from transformers import AutoTokenizer, DynamicCache
+from transformers import AutoTokenizer
+from transformers.cache_utils import Cache
 
 from repro_env.assets import bundled_model_dir
 from repro_env.scoring import hf
+from repro_env.scoring.prefill import buffer_layers
 
 from bench_scoring import build_model  # noqa: E402  (benchmarks/ is the script's directory)
 
@@ -31,8 +33,9 @@ LINE = "Next, 17 + 25 = 42 and 42 * 3 = 126, so we carry 126 to the next step of
 
 @torch.no_grad()
 def floor_step(model, batch: int, prefix: int, new: int, repeats: int) -> float:
-    """Median seconds of B rows of ``new`` tokens through the model against B cached prefixes."""
-    cache = DynamicCache(config=model.config)
+    """Median seconds of B rows of ``new`` tokens through the model against B cached prefixes of
+    one length: preallocated buffers written in place (no copy), the model's own causal mask."""
+    cache = Cache(layers=buffer_layers(model, prefix + new))
     model.model(input_ids=torch.randint(3, 500, (batch, prefix)), past_key_values=cache, use_cache=True)
     ids = torch.randint(3, 500, (batch, new))
     positions = torch.arange(prefix, prefix + new)[None].expand(batch, -1)
@@ -41,7 +44,8 @@ def floor_step(model, batch: int, prefix: int, new: int, repeats: int) -> float:
         start = time.perf_counter()
         model.model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
         times.append(time.perf_counter() - start)
-        cache.crop(prefix)
+        for layer in cache.layers:
+            layer.truncate(prefix)
     return statistics.median(times)
 
 
