@@ -387,6 +387,10 @@ def test_sessions_append_context_length_error_changes_no_session(tiny_llama_dir)
         assert_same_step(g, e, True)
 
 
+def test_no_sessions_to_start_or_step(sdpa_scorer):
+    assert sdpa_scorer.sessions([]) == [] and sdpa_scorer.sessions_append([], []) == []
+
+
 def test_sessions_append_argument_errors(sdpa_scorer, tiny_llama_dir):
     sessions = [sdpa_scorer.session(q, ANSWER) for q, _ in EPISODES[:2]]
     with pytest.raises(ScorerError, match="got 2 sessions, 1 segments, 2 flags"):

@@ -83,6 +83,8 @@ def test_disabled_autoreset_leaves_finished_envs_alone(scorer_cfg):
     obs, rewards, terms, truncs, infos = envs.step(("ignored", "Two steps."))
     assert obs[0] == finished_text and rewards[0] == 0.0 and not infos["_J"][0]
     assert truncs[1]  # max_steps = 2
+    obs, rewards, terms, truncs, infos = envs.step(("ignored", "ignored"))  # every sub-env has ended
+    assert rewards.tolist() == [0.0, 0.0] and not terms.any() and not truncs.any() and "_J" not in infos
     obs, infos = envs.reset(options={"reset_mask": np.array([True, False]), "index": [5, 5], "split": "test"})
     assert infos["_problem_id"].tolist() == [True, False]
     assert infos["problem_id"][0] == envs.envs[0].source.get("test", 5).id

@@ -301,7 +301,7 @@ class HFScorer(TokenScorerBase):
         """
         sessions = [HFSession(self, question, answer) for question, answer in pairs]
         steps = [session._opening() for session in sessions]
-        SessionPool(self, sessions, room(max(len(step.inputs) for step in steps)))
+        SessionPool(self, sessions, room(max((len(step.inputs) for step in steps), default=0)))
         for session, step, (J, _) in zip(sessions, steps, self._run_steps(steps), strict=True):
             session._commit(step)
             session.J_baseline = J
@@ -337,6 +337,8 @@ class HFScorer(TokenScorerBase):
 
     def _run_steps(self, steps: Sequence[_SessionStep]) -> list[tuple[float, float]]:
         """(J, entropy) per step, in the input order: forwards over ``batch_size`` rows of one pool."""
+        if not steps:
+            return []
         pool = SessionPool.holding([step.session for step in steps])
         by_row = sorted(steps, key=lambda step: step.session._row)  # step r is row r's
         outputs: dict[int, tuple[float, float]] = {}
