@@ -210,3 +210,14 @@ def registries_restored():
         registry._targets, registry._loaded, registry._plugins_read = targets, loaded, plugins_read
     base._OPTIONS.clear()
     base._OPTIONS.update(options)
+
+
+class ForwardCounter:
+    """Counts forward passes of the transformer of ``owner.model`` (a scorer or a policy)."""
+
+    def __init__(self, owner) -> None:
+        self.calls = 0
+        self.handle = owner.model.base_model.register_forward_hook(self._hook)
+
+    def _hook(self, *args) -> None:
+        self.calls += 1

@@ -7,6 +7,7 @@ import torch
 
 from repro_env.agents.policy import LMPolicy, PolicyConfig, Trace, segment_done
 from repro_env.errors import ConfigError
+from tests.conftest import ForwardCounter
 
 PROMPTS = ["Question: what is 2 + 3?\n\n", "Question: what is 12 + 31 times 4?\n\n", "Question: hi\n\n"]
 
@@ -18,17 +19,6 @@ def policy(tiny_llama_dir):
 
 COIN_PROMPTS = [f"Question: Ava has {i + 3} coins. She finds {2 * i + 1} more coins. How many coins does Ava "
                 "have now?\n\n" for i in range(8)]
-
-
-class Forwards:
-    """Counts the policy model's forward passes."""
-
-    def __init__(self, policy: LMPolicy) -> None:
-        self.calls = 0
-        self.handle = policy.model.base_model.register_forward_hook(self._hook)
-
-    def _hook(self, *args) -> None:
-        self.calls += 1
 
 
 def run_episode(policy: LMPolicy, prompts: list[str], steps: int, greedy: bool, active_rows=None):
@@ -55,19 +45,22 @@ def test_segment_done_needs_content_before_the_delimiter():
     assert not segment_done("First, 2 + 3", "\n\n")
 
 
-def test_cached_generation_log_probs_equal_a_full_forward(policy):
-    """Behaviour log-probs from the batched, padded, incremental cache equal one plain forward."""
-    observations, _ = run_episode(policy, PROMPTS, steps=3, greedy=False,
-                                  active_rows=lambda step: [True, step < 2, True])
+def assert_behaviour_log_probs_match(policy: LMPolicy) -> None:
+    """Every trace's behaviour log-probs (from the batched, padded, incremental cache) equal one
+    plain forward over its ids."""
     for trace in policy.traces:
         ids = torch.tensor([trace.ids])  # (1, L)
         with torch.no_grad():
             log_probs, _, _ = policy.forward(ids, torch.ones_like(ids))  # (1, L−1)
         generated = torch.tensor(trace.segment[1:]) >= 0  # (L−1,)
-        behaviour = torch.tensor(trace.log_probs[1:])  # (L−1,)
         assert int(generated.sum()) > 0
-        assert torch.allclose(log_probs[0][generated], behaviour[generated], atol=1e-4)
-        assert trace.num_segments == (2 if trace is policy.traces[1] else 3)
+        assert torch.allclose(log_probs[0][generated], torch.tensor(trace.log_probs[1:])[generated], atol=1e-4)
+
+
+def test_cached_generation_log_probs_equal_a_full_forward(policy):
+    run_episode(policy, PROMPTS, steps=3, greedy=False, active_rows=lambda step: [True, step < 2, True])
+    assert_behaviour_log_probs_match(policy)
+    assert [trace.num_segments for trace in policy.traces] == [3, 2, 3]
 
 
 def test_rows_that_finish_early_are_dropped_and_their_cache_comes_back(monkeypatch):
@@ -84,12 +77,7 @@ def test_rows_that_finish_early_are_dropped_and_their_cache_comes_back(monkeypat
     prompts = COIN_PROMPTS
     run_episode(policy, prompts, steps=3, greedy=False)
     assert compactions  # the path under test ran
-    for trace in policy.traces:
-        ids = torch.tensor([trace.ids])  # (1, L)
-        with torch.no_grad():
-            log_probs, _, _ = policy.forward(ids, torch.ones_like(ids))  # (1, L−1)
-        generated = torch.tensor(trace.segment[1:]) >= 0  # (L−1,)
-        assert torch.allclose(log_probs[0][generated], torch.tensor(trace.log_probs[1:])[generated], atol=1e-4)
+    assert_behaviour_log_probs_match(policy)
     _, batched = run_episode(policy, prompts[:4], steps=2, greedy=True)
     for i, prompt in enumerate(prompts[:4]):
         _, alone = run_episode(policy, [prompt], steps=2, greedy=True)
@@ -122,7 +110,7 @@ def test_look_ahead_changes_no_segment_and_saves_forwards():
         policy = LMPolicy(PolicyConfig(model="bundled", max_segment_tokens=48, look_ahead=look_ahead), seed=0)
         seen = spy_on_resumes(policy)
         _, outputs = run_episode(policy, COIN_PROMPTS, steps=4, greedy=True)
-        counter = Forwards(policy)
+        counter = ForwardCounter(policy)
         run_episode(policy, COIN_PROMPTS * 2, steps=6, greedy=False)
         results[look_ahead] = [[s.ids for s in step] for step in outputs], seen, counter.calls
     (with_ids, seen, with_calls), (without_ids, none, without_calls) = results[True], results[False]
@@ -151,12 +139,7 @@ def test_a_look_ahead_the_env_did_not_follow_is_dropped():
     assert runs[True][0] == runs[False][0]
     assert "dropped" in runs[True][1] and "reused" in runs[True][1]
     policy = runs[True][2]
-    for trace in policy.traces:
-        ids = torch.tensor([trace.ids])  # (1, L)
-        with torch.no_grad():
-            log_probs, _, _ = policy.forward(ids, torch.ones_like(ids))  # (1, L−1)
-        generated = torch.tensor(trace.segment[1:]) >= 0  # (L−1,)
-        assert torch.allclose(log_probs[0][generated], torch.tensor(trace.log_probs[1:])[generated], atol=1e-4)
+    assert_behaviour_log_probs_match(policy)
 
 
 def test_batched_greedy_equals_one_env_at_a_time(policy):

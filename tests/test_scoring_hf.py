@@ -19,6 +19,7 @@ from repro_env.scoring.hf import (
     tree_position_ids,
 )
 from repro_env.segments import tokenize_with_boundaries
+from tests.conftest import ForwardCounter
 
 TOL = 1e-5
 QUESTION = "Question: what is 12 + 5 times 3?\n\n"
@@ -243,17 +244,6 @@ FLAGS = [(True, True, True, True), (True, False, True, False), (True, True, Fals
 def wide_scorer(request, tiny_llama_dir) -> HFScorer:
     return HFScorer(ScorerConfig(model=str(tiny_llama_dir), options={"attn_implementation": request.param},
                                  batch_size=8))
-
-
-class ForwardCounter:
-    """Counts calls of the scorer's transformer (one per forward pass)."""
-
-    def __init__(self, scorer: HFScorer) -> None:
-        self.calls = 0
-        self.handle = scorer.model.base_model.register_forward_hook(self._hook)
-
-    def _hook(self, *args) -> None:
-        self.calls += 1
 
 
 def assert_same_step(got, expected, flag: bool) -> None:
