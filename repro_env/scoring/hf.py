@@ -11,9 +11,9 @@ the copy can drop the answer's last token. Cost: about ``|q+τ| + M·(|a|−1)``
 Online scoring (:class:`HFSession`) keeps the keys/values of ``q + τ≤t``; each step feeds the new
 tokens plus ``a'`` against the cache and commits only the new prefix tokens, never the answer.
 :meth:`HFScorer.sessions_append` (the vector env's step) runs many sessions in one forward: their
-caches left-padded into one batch of buffers that the forward appends to in place, their inputs
-right-padded, under a float 4D mask.
-A single ``append`` is the same code with one session.
+caches are the rows of one :class:`SessionPool`, each row's new keys and values written in place
+after its own prefix, inputs right-padded, under a float 4D mask; no step copies a prefix.
+A single ``append`` is the same code with a pool of one.
 
 Models with sliding-window layers are scored with full attention here, as in batch scoring (the
 custom 4D masks replace the model's own).
