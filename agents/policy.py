@@ -76,8 +76,8 @@ class PolicyConfig:
     server: ServerOptions = field(default_factory=ServerOptions)
     """The vLLM server of ``backend: vllm-server`` (the scorer's ``vllm-server`` options)."""
     look_ahead: bool = True
-    """``hf`` backend: a row whose segment ends while others still decode samples the start of its
-    next segment meanwhile (module docstring); off, it waits idle."""
+    """``hf`` backend: a row whose segment ends with the delimiter while others still decode samples
+    the start of its next segment meanwhile (module docstring); off, it waits idle."""
 
     def __post_init__(self) -> None:
         check(isinstance(self.model, str) and self.model != "", "model", self.model,
@@ -374,7 +374,8 @@ class HFGenerator:
                 tokens = torch.multinomial(scaled.exp().cpu(), 1, generator=policy.generator_rng)[:, 0]
             tokens = tokens.to(scaled.device)
             chosen = scaled.gather(-1, tokens[:, None])[:, 0].tolist()  # (R,)
-            entropy = (-(raw.exp() * raw).sum(-1)).tolist()  # (R,)
+            starting = any(not (out[b] if running[b] else building[b].generated).ids for b in rows)
+            entropy = (-(raw.exp() * raw).sum(-1)).tolist() if starting else None  # (R,) at first tokens
             chunks = [[] for _ in order]
             fed_ahead = []
             for r, (b, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
@@ -393,7 +394,8 @@ class HFGenerator:
                 else:
                     running[b] = False
                     base = len(traces[b].ids) + len(g.ids)
-                    if cfg.look_ahead and g.stop == "delimiter" and policy.room(base) > 0:
+                    if (cfg.look_ahead and g.stop == "delimiter" and policy.room(base) > 0
+                            and policy.decode(g.ids).endswith(cfg.delimiter)):  # else the env adds one
                         building[b] = _Ahead(base, policy.room(base), greedy, Generated([], [], float("nan"), ""), [])
                         chunks[at[b]] = [token]  # the segment's last token, so that the row can go on
             if any(chunks[at[b]] for b in range(B) if running[b]):

@@ -374,7 +374,7 @@ class ReasoningEnv(gym.Env[str, str]):
             info["correct"] = correct
             info["outcome_reward"] = float(correct)
             episode.done = True
-            episode.session.close()  # no step follows: free its cache now, not at the next reset
+            episode.session.close()  # no step follows: its cache can go now, not at the next reset
         reward = task.reward.alpha * info["process_reward"] + info["outcome_reward"]
         episode.rewards.append(reward)
         if self.render_mode == "human":

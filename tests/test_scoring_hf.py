@@ -312,6 +312,50 @@ def test_pool_gathers_the_stepped_and_merges_pools(wide_scorer):
     assert merged not in (first, three, one) and merged.members == pooled
 
 
+def test_a_failed_gather_or_growth_leaves_the_sessions_usable(wide_scorer, monkeypatch):
+    # Gathering sessions into a new pool, or growing a pool's buffers, allocates while the old
+    # buffers are alive: the likeliest place to run out of memory. A failure there must leave every
+    # session where it was, so that a retry scores right (it scored against zeros before the fix).
+    reference = [wide_scorer.session(q, ANSWER) for q, _ in EPISODES]
+    pooled = wide_scorer.sessions([(q, ANSWER) for q, _ in EPISODES])
+    for s in reference:
+        s.append(SEGMENTS[0])
+    wide_scorer.sessions_append(pooled, [SEGMENTS[0]] * 4)
+    pool = pooled[0]._pool
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("out of memory (simulated)")
+
+    with monkeypatch.context() as patch:  # the gather of three of the four fails
+        patch.setattr(hf.SlotLayer, "lazy_initialization", out_of_memory)
+        with pytest.raises(torch.OutOfMemoryError):
+            wide_scorer.sessions_append(pooled[:3], [SEGMENTS[1]] * 3)
+    assert pool.members == pooled
+    with monkeypatch.context() as patch:  # growing the buffers for a long step fails: a real allocation
+        patch.setattr(hf, "room", lambda tokens: 1 << 40)
+        with pytest.raises(RuntimeError, match="allocat"):
+            wide_scorer.sessions_append(pooled, ["".join(SEGMENTS) * 8] * 4)
+    got = wide_scorer.sessions_append(pooled[:3], [SEGMENTS[1]] * 3)
+    for g, s in zip(got, reference[:3], strict=True):
+        assert_same_step(g, s.append(SEGMENTS[1]), True)
+    got = wide_scorer.sessions_append([pooled[3]], ["".join(SEGMENTS) * 8])
+    assert_same_step(got[0], reference[3].append("".join(SEGMENTS) * 8), True)
+
+
+def test_a_pool_goes_with_its_sessions_without_the_cycle_collector(sdpa_scorer):
+    import gc
+    import weakref
+
+    sessions = sdpa_scorer.sessions([(q, ANSWER) for q, _ in EPISODES[:2]])
+    pool = weakref.ref(sessions[0]._pool)
+    gc.disable()
+    try:
+        del sessions  # dropped without close()
+        assert pool() is None
+    finally:
+        gc.enable()
+
+
 def test_a_failed_batched_step_leaves_every_session_usable(wide_scorer):
     # A batched forward that turns NaN writes NaN keys/values into the pool's rows past each row's
     # prefix. Positions a later step never rewrites are blocked by the mask but would still poison

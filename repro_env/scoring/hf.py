@@ -12,7 +12,8 @@ Online scoring (:class:`HFSession`) keeps the keys/values of ``q + τ≤t``; eac
 tokens plus ``a'`` against the cache and commits only the new prefix tokens, never the answer.
 :meth:`HFScorer.sessions_append` (the vector env's step) runs many sessions in one forward: their
 caches are the rows of one :class:`SessionPool`, each row's new keys and values written in place
-after its own prefix, inputs right-padded, under a float 4D mask; no step copies a prefix.
+after its own prefix, inputs right-padded, under a float 4D mask. Prefixes are copied only when the
+set of sessions stepped together changes.
 A single ``append`` is the same code with a pool of one.
 
 Models with sliding-window layers are scored with full attention here, as in batch scoring (the
@@ -30,6 +31,7 @@ the limit applies to the vLLM and server backends.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -301,7 +303,7 @@ class HFScorer(TokenScorerBase):
         """
         sessions = [HFSession(self, question, answer) for question, answer in pairs]
         steps = [session._opening() for session in sessions]
-        SessionPool(self, sessions, room(max((len(step.inputs) for step in steps), default=0)))
+        SessionPool(self, len(sessions), room(max((len(step.inputs) for step in steps), default=0))).adopt(sessions)
         for session, step, (J, _) in zip(sessions, steps, self._run_steps(steps), strict=True):
             session._commit(step)
             session.J_baseline = J
@@ -443,11 +445,13 @@ class SlotLayer(DynamicLayer):
         """Room for ``capacity`` positions in every row (grows by a quarter or more, keeping the contents)."""
         if capacity <= self.capacity:
             return
-        old, self.capacity = self.capacity, room(capacity)
-        if self.is_initialized:
-            keys, values = self._keys, self._values
-            self.lazy_initialization(keys, values)
-            self._keys[:, :, :old], self._values[:, :, :old] = keys, values
+        grown = room(capacity)
+        if self.is_initialized:  # allocate first: a failed allocation leaves the layer as it was
+            keys = self._keys.new_zeros(*self._keys.shape[:2], grown, self._keys.shape[3])
+            values = self._values.new_zeros(*self._values.shape[:2], grown, self._values.shape[3])
+            keys[:, :, :self.capacity], values[:, :, :self.capacity] = self._keys, self._values
+            self._keys, self._values = keys, values
+        self.capacity = grown
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -476,32 +480,47 @@ class SessionPool:
     A step over all of a pool's sessions (a vector env's step; a single env's session is a pool of
     one) runs on the buffers as they are: no prefix is copied. A step over some of them or over
     sessions of several pools first gathers them into a new pool, one copy of their prefixes, after
-    which their steps are in place again; the sessions left behind move into a pool of their own.
-    In the env this happens when episodes end (their sessions close) or after autoresets.
+    which their steps are in place again. In the env that happens when the set of live episodes
+    changes: an episode ended (its session closes at once) or an autoreset started a new one.
+    A pool holds its sessions weakly; once no more than half of its rows are open, a gather moves
+    the rest out too, so that its buffers go.
     """
 
-    def __init__(self, scorer: HFScorer, sessions: Sequence[HFSession], capacity: int) -> None:
+    def __init__(self, scorer: HFScorer, rows: int, capacity: int) -> None:
         num_layers = scorer.model.config.get_text_config(decoder=True).num_hidden_layers
-        self.layers = [SlotLayer(len(sessions), capacity) for _ in range(num_layers)]
+        self.layers = [SlotLayer(rows, capacity) for _ in range(num_layers)]
         self.device = scorer.device
-        self.members: list[HFSession | None] = list(sessions)
+        self._members: list[weakref.ref | None] = [None] * rows
+
+    @property
+    def members(self) -> list[HFSession | None]:
+        """The open session of each row (``None``: closed, moved away or gone)."""
+        return [None if ref is None else ref() for ref in self._members]
+
+    def adopt(self, sessions: Sequence[HFSession]) -> None:
+        """Make ``sessions`` rows ``0..len−1`` (their caches must already be there)."""
         for row, session in enumerate(sessions):
+            if session._pool is not None and session._pool is not self:
+                session._pool.leave(session._row)
+            self._members[row] = weakref.ref(session)
             session._pool, session._row = self, row
+
+    def leave(self, row: int) -> None:
+        self._members[row] = None
 
     @classmethod
     def holding(cls, sessions: Sequence[HFSession]) -> SessionPool:
         """The pool to step ``sessions`` in: theirs if they are all of its rows, else a new one that
-        they move into."""
+        they move into (their prefixes copied before any session changes pools)."""
         pools = {id(s._pool): s._pool for s in sessions}
         if len(pools) == 1:
             pool = next(iter(pools.values()))
-            if len(sessions) == len(pool.members):
+            if len(sessions) == len(pool._members):
                 return pool
-        moves = [(s._pool, s._row) for s in sessions]
-        new = cls(sessions[0].scorer, sessions, room(max(s._valid for s in sessions)))
+        new = cls(sessions[0].scorer, len(sessions), room(max(s._valid for s in sessions)))
         for old in pools.values():
-            target = [row for row, (pool, _) in enumerate(moves) if pool is old]
-            source = [moves[row][1] for row in target]
+            target = [row for row, s in enumerate(sessions) if s._pool is old]
+            source = [sessions[row]._row for row in target]
             length = max(sessions[row]._valid for row in target)
             for layer, old_layer in zip(new.layers, old.layers, strict=True):
                 if old_layer.is_initialized:
@@ -509,10 +528,10 @@ class SessionPool:
                         layer.lazy_initialization(old_layer._keys, old_layer._values)
                     layer._keys[target, :, :length] = old_layer._keys[source, :, :length]
                     layer._values[target, :, :length] = old_layer._values[source, :, :length]
-            for row in source:
-                old.members[row] = None
+        new.adopt(sessions)
+        for old in pools.values():
             rest = [member for member in old.members if member is not None]
-            if rest:  # the sessions left behind move too: no pool outlives most of its rows
+            if rest and 2 * len(rest) <= len(old._members):  # mostly dead rows: free them
                 cls.holding(rest)
         return new
 
@@ -580,8 +599,9 @@ class _SessionStep:
 class HFSession:
     """Incremental scoring of one episode over cached keys/values of ``q + τ≤t`` (REPRO_SPEC §7).
 
-    The cache is one row of a :class:`SessionPool`: a step writes its new tokens there in place,
-    alone (``append``) or batched with the pool's other sessions (:meth:`HFScorer.sessions_append`).
+    The cache is one row of a :class:`SessionPool`. A step over all of the pool's sessions (one
+    ``append`` on a pool of one, or :meth:`HFScorer.sessions_append` over a vector env's) writes
+    the new tokens there in place; a step over some of them first gathers those into a new pool.
     Either way a step costs its new tokens plus attention over the prefix.
     """
 
@@ -633,8 +653,9 @@ class HFSession:
         self.total_tokens: int = len(step.ids)
 
     def close(self) -> None:
-        """Free the session's row (the pool's buffers go once none of its sessions is open)."""
+        """Leave the pool: the row is not stepped again; the pool's buffers go once no open session
+        uses them (or at the next gather of the others, when at most half of its rows are open)."""
         if self._pool is not None:
-            self._pool.members[self._row] = None
+            self._pool.leave(self._row)
         self._pool = None
         self._ids = []

@@ -48,12 +48,16 @@ class BufferLayer(DynamicLayer):
         """Make room for ``capacity`` tokens, keeping the first ``length``."""
         if capacity <= self.capacity:
             return
-        self.capacity = max(capacity, 2 * self.capacity)
+        grown = max(capacity, 2 * self.capacity)
+        if self.is_initialized:  # allocate first: a failed allocation leaves the layer as it was
+            keys = self._keys.new_empty(*self._keys.shape[:2], grown, self._keys.shape[3])
+            values = self._values.new_empty(*self._values.shape[:2], grown, self._values.shape[3])
+            keys[:, :, :self.length] = self._keys[:, :, :self.length]
+            values[:, :, :self.length] = self._values[:, :, :self.length]
+            self._keys, self._values = keys, values
+        self.capacity = grown
         if self.is_initialized:
-            keys, values = self._keys, self._values
-            self.lazy_initialization(keys, values)
-            self._keys[:, :, :self.length] = keys[:, :, :self.length]
-            self._values[:, :, :self.length] = values[:, :, :self.length]
+            self.truncate(self.length)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         self.write(self.length, key_states, value_states)
