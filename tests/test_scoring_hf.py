@@ -312,6 +312,39 @@ def test_pool_gathers_the_stepped_and_merges_pools(wide_scorer):
     assert merged not in (first, three, one) and merged.members == pooled
 
 
+def test_new_sessions_take_the_rows_of_closed_ones(wide_scorer):
+    # An autoreset closes a session and starts another: the next step copies the new session's
+    # prompt into the closed row and steps the pool in place, with no gather of the others.
+    reference = [wide_scorer.session(q, ANSWER) for q, _ in EPISODES]
+    pooled = wide_scorer.sessions([(q, ANSWER) for q, _ in EPISODES])
+    pool = pooled[0]._pool
+    for s, (_, segments) in zip(reference, EPISODES, strict=True):
+        s.append(segments[0])
+    wide_scorer.sessions_append(pooled, [segments[0] for _, segments in EPISODES])
+    pooled[2].close()
+    reference[2] = wide_scorer.session(QUESTION, ANSWER)
+    pooled[2] = wide_scorer.session(QUESTION, ANSWER)
+    got = wide_scorer.sessions_append(pooled, [SEGMENTS[1]] * 4)
+    assert [s._pool for s in pooled] == [pool] * 4 and pooled[2]._row == 2
+    for g, s in zip(got, reference, strict=True):
+        assert_same_step(g, s.append(SEGMENTS[1]), True)
+
+
+def test_closed_rows_idle_until_a_quarter_of_the_pool(wide_scorer):
+    # Rows of closed sessions are fed padding while they are few (here at most one of four);
+    # beyond that the open sessions are gathered into a pool of their own.
+    reference = [wide_scorer.session(q, ANSWER) for q, _ in EPISODES]
+    pooled = wide_scorer.sessions([(q, ANSWER) for q, _ in EPISODES])
+    pool = pooled[0]._pool
+    for t, (closing, pool_after) in enumerate([(0, "same"), (3, "new")]):
+        pooled[closing].close()
+        live = [i for i in range(4) if pooled[i]._pool is not None]
+        got = wide_scorer.sessions_append([pooled[i] for i in live], [SEGMENTS[t]] * len(live))
+        for i, g in zip(live, got, strict=True):
+            assert_same_step(g, reference[i].append(SEGMENTS[t]), True)
+        assert (pooled[live[0]]._pool is pool) == (pool_after == "same")
+
+
 def test_a_failed_gather_or_growth_leaves_the_sessions_usable(wide_scorer, monkeypatch):
     # Gathering sessions into a new pool, or growing a pool's buffers, allocates while the old
     # buffers are alive: the likeliest place to run out of memory. A failure there must leave every

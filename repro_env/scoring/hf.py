@@ -303,7 +303,8 @@ class HFScorer(TokenScorerBase):
         """
         sessions = [HFSession(self, question, answer) for question, answer in pairs]
         steps = [session._opening() for session in sessions]
-        SessionPool(self, len(sessions), room(max((len(step.inputs) for step in steps), default=0))).adopt(sessions)
+        pool = SessionPool(self, len(sessions), room(max((len(step.inputs) for step in steps), default=0)))
+        pool.adopt(sessions, range(len(sessions)))
         for session, step, (J, _) in zip(sessions, steps, self._run_steps(steps), strict=True):
             session._commit(step)
             session.J_baseline = J
@@ -342,28 +343,33 @@ class HFScorer(TokenScorerBase):
         if not steps:
             return []
         pool = SessionPool.holding([step.session for step in steps])
-        by_row = sorted(steps, key=lambda step: step.session._row)  # step r is row r's
+        by_row = {step.session._row: step for step in steps}
         outputs: dict[int, tuple[float, float]] = {}
-        for first in range(0, len(by_row), self.config.batch_size):
-            outputs.update(self._forward_rows(pool, first, by_row[first:first + self.config.batch_size]))
+        for start in range(0, len(pool.members), self.config.batch_size):
+            rows = [r for r in range(start, min(start + self.config.batch_size, len(pool.members))) if r in by_row]
+            if rows:  # from its first to its last stepped row; rows between them that nobody steps are free
+                chunk = [by_row.get(r) for r in range(rows[0], rows[-1] + 1)]
+                outputs.update(self._forward_rows(pool, rows[0], chunk))
         return [outputs[id(step)] for step in steps]
 
     @torch.no_grad()
     def _forward_rows(self, pool: SessionPool, first: int,
-                      steps: Sequence[_SessionStep]) -> dict[int, tuple[float, float]]:
+                      steps: Sequence[_SessionStep | None]) -> dict[int, tuple[float, float]]:
         """One forward over pool rows ``first..first+B−1``, step r's new tokens (+ answer copy)
-        written in place after its ``keep`` cached tokens. (``{id(step): (J, entropy)}``)
+        written in place after its ``keep`` cached tokens; a free row (``None``) is fed one padding
+        token at position 0 and read by nobody. (``{id(step): (J, entropy)}``)
 
         Row r's inputs take positions ``keep_r, keep_r+1, …`` (cached keys already carry their
         rotary positions), so query i of row r sees exactly its keys ``≤ keep_r + i``: its cached
         prefix and its own inputs up to i (:func:`session_attention_mask`).
         """
-        keep = [step.keep for step in steps]
-        B, Q = len(steps), max(len(step.inputs) for step in steps)
+        keep = [step.keep if step else 0 for step in steps]
+        B, Q = len(steps), max(len(step.inputs) if step else 1 for step in steps)
         input_ids = torch.full((B, Q), self.pad_id, dtype=torch.long)  # (B, Q)
         for r, step in enumerate(steps):
-            input_ids[r, :len(step.inputs)] = torch.tensor(step.inputs)
-            step.session._valid = step.keep  # positions from keep on are overwritten from here
+            if step:
+                input_ids[r, :len(step.inputs)] = torch.tensor(step.inputs)
+                step.session._valid = step.keep  # positions from keep on are overwritten from here
         keep_t = torch.tensor(keep)  # (B,)
         position_ids = keep_t[:, None] + torch.arange(Q)[None]  # (B, Q)
         cache = pool.cache(first, keep, Q)
@@ -373,13 +379,14 @@ class HFScorer(TokenScorerBase):
                 attention_mask=session_attention_mask(keep_t, Q, self.model.dtype).to(self.device),
                 past_key_values=cache, use_cache=True,
             ).last_hidden_state  # (B, Q, H)
+            steps_at = [(r, step) for r, step in enumerate(steps) if step]
             rows, cols = [], []
-            for r, step in enumerate(steps):
+            for r, step in steps_at:
                 rows += [r] * len(step.read_positions)
                 cols += step.read_positions
             log_probs = torch.log_softmax(self.head_logits(hidden[rows, cols]).float(), dim=-1)  # (K, V)
             outputs, start = {}, 0
-            for step in steps:
+            for _, step in steps_at:
                 own = log_probs[start:start + len(step.read_positions)]  # (k_r, V)
                 start += len(step.read_positions)
                 outputs[id(step)] = self._read_step(step, own)
@@ -477,11 +484,12 @@ class SlotLayer(DynamicLayer):
 class SessionPool:
     """Sessions whose caches are the rows of one set of :class:`SlotLayer` buffers.
 
-    A step over all of a pool's sessions (a vector env's step; a single env's session is a pool of
-    one) runs on the buffers as they are: no prefix is copied. A step over some of them or over
-    sessions of several pools first gathers them into a new pool, one copy of their prefixes, after
-    which their steps are in place again. In the env that happens when the set of live episodes
-    changes: an episode ended (its session closes at once) or an autoreset started a new one.
+    A step over all of a pool's open sessions (a vector env's step; a single env's session is a pool
+    of one) runs on the buffers as they are: no prefix is copied, and the rows of closed sessions
+    are fed one padding token while they are at most a quarter of the pool (or one row). New
+    sessions (autoresets) are copied into closed rows. Any other step first gathers its sessions
+    into a new pool, one copy of their prefixes, after which their steps are in place again: in
+    the env, once many episodes have ended without new ones taking their rows.
     A pool holds its sessions weakly; once no more than half of its rows are open, a gather moves
     the rest out too, so that its buffers go.
     """
@@ -497,9 +505,9 @@ class SessionPool:
         """The open session of each row (``None``: closed, moved away or gone)."""
         return [None if ref is None else ref() for ref in self._members]
 
-    def adopt(self, sessions: Sequence[HFSession]) -> None:
-        """Make ``sessions`` rows ``0..len−1`` (their caches must already be there)."""
-        for row, session in enumerate(sessions):
+    def adopt(self, sessions: Sequence[HFSession], rows: Sequence[int]) -> None:
+        """Make ``sessions`` these rows (their caches must already be there)."""
+        for row, session in zip(rows, sessions, strict=True):
             if session._pool is not None and session._pool is not self:
                 session._pool.leave(session._row)
             self._members[row] = weakref.ref(session)
@@ -508,27 +516,43 @@ class SessionPool:
     def leave(self, row: int) -> None:
         self._members[row] = None
 
-    @classmethod
-    def holding(cls, sessions: Sequence[HFSession]) -> SessionPool:
-        """The pool to step ``sessions`` in: theirs if they are all of its rows, else a new one that
-        they move into (their prefixes copied before any session changes pools)."""
-        pools = {id(s._pool): s._pool for s in sessions}
-        if len(pools) == 1:
-            pool = next(iter(pools.values()))
-            if len(sessions) == len(pool._members):
-                return pool
-        new = cls(sessions[0].scorer, len(sessions), room(max(s._valid for s in sessions)))
-        for old in pools.values():
-            target = [row for row, s in enumerate(sessions) if s._pool is old]
-            source = [sessions[row]._row for row in target]
-            length = max(sessions[row]._valid for row in target)
-            for layer, old_layer in zip(new.layers, old.layers, strict=True):
+    def fill(self, sessions: Sequence[HFSession], rows: Sequence[int]) -> None:
+        """Copy the cached prefixes of ``sessions`` (of other pools) into ``rows``, then adopt them.
+        Everything is allocated and copied before any session changes pools."""
+        for layer in self.layers:
+            layer.reserve(max(s._valid for s in sessions))
+        for old in {id(s._pool): s._pool for s in sessions}.values():
+            target = [row for row, s in zip(rows, sessions, strict=True) if s._pool is old]
+            source = [s._row for s in sessions if s._pool is old]
+            length = max(s._valid for s in sessions if s._pool is old)
+            for layer, old_layer in zip(self.layers, old.layers, strict=True):
                 if old_layer.is_initialized:
                     if not layer.is_initialized:
                         layer.lazy_initialization(old_layer._keys, old_layer._values)
                     layer._keys[target, :, :length] = old_layer._keys[source, :, :length]
                     layer._values[target, :, :length] = old_layer._values[source, :, :length]
-        new.adopt(sessions)
+        self.adopt(sessions, rows)
+
+    @classmethod
+    def holding(cls, sessions: Sequence[HFSession]) -> SessionPool:
+        """The pool to step ``sessions`` in, in place.
+
+        The pool most of them share, when every open session of it is stepped, the others (new
+        episodes after autoresets) fit its closed rows (they are copied in), and at most a quarter
+        of its rows (or one) are left idle. Else a new pool that all of them move into.
+        """
+        pools = {id(s._pool): s._pool for s in sessions}
+        main = max(pools.values(), key=lambda pool: sum(s._pool is pool for s in sessions))
+        if sum(s._pool is main for s in sessions) == sum(m is not None for m in main.members):
+            free = [row for row, member in enumerate(main.members) if member is None]
+            others = [s for s in sessions if s._pool is not main]
+            idle = len(free) - len(others)  # rows fed one padding token: cheaper than a gather while few
+            if 0 <= idle <= max(1, len(main._members) // 4):
+                if others:
+                    main.fill(others, free[:len(others)])
+                return main
+        new = cls(sessions[0].scorer, len(sessions), room(max(s._valid for s in sessions)))
+        new.fill(sessions, range(len(sessions)))
         for old in pools.values():
             rest = [member for member in old.members if member is not None]
             if rest and 2 * len(rest) <= len(old._members):  # mostly dead rows: free them
