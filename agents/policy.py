@@ -357,7 +357,7 @@ class HFGenerator:
         building: dict[int, _Ahead] = {}  # rows looking ahead in this call
         order = list(range(B))  # the cache row of each sub-env in order[i]; fewer rows once compacted
         full = None
-        for step in range(max(max_new, default=0) + 1):
+        for step in range(max(max_new, default=0)):
             if not any(running):
                 break
             rows = [b for b in range(B) if running[b] or (b in building and not building[b].generated.stop)]

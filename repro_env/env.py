@@ -450,6 +450,8 @@ def start_episodes(envs: Sequence[ReasoningEnv], starts: Sequence[tuple[int | No
     """Reset each env to its checked ``(seed, split, index)``, the sessions of all of them started in one
     batched call of their shared scorer; each env's reset info. The old episodes end either way (the
     new sessions are built first): after a failure, each of these envs needs a new reset."""
+    if not envs:
+        return []
     drawn = []
     try:
         for env, (seed, split, index) in zip(envs, starts, strict=True):

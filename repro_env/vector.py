@@ -99,10 +99,9 @@ class ReasoningVectorEnv(VectorEnv):
         sub-envs needs a new reset.
         """
         infos: dict[str, Any] = {}
-        if subs:
-            for i, info in zip(subs, start_episodes([self.envs[i] for i in subs], list(subs.values())), strict=True):
-                infos = self._add_info(infos, info, i)
-                self._autoreset[i] = False
+        for i, info in zip(subs, start_episodes([self.envs[i] for i in subs], list(subs.values())), strict=True):
+            infos = self._add_info(infos, info, i)
+            self._autoreset[i] = False
         return infos
 
     def _seeds(self, seed: Any) -> list[int | None]:

@@ -50,7 +50,7 @@ from repro_env.scoring.base import (
     TokenizedRequest,
     TokenScorerBase,
 )
-from repro_env.scoring.prefill import next_token_entropy, score_prefill
+from repro_env.scoring.prefill import grown, next_token_entropy, score_prefill
 
 TREE_MAX_TOKENS = 2048
 """Longest tree row (``|q + τ| + M·|a'|``); longer responses are scored by chunked prefill
@@ -345,8 +345,9 @@ class HFScorer(TokenScorerBase):
         pool = SessionPool.holding([step.session for step in steps])
         by_row = {step.session._row: step for step in steps}
         outputs: dict[int, tuple[float, float]] = {}
-        for start in range(0, len(pool.members), self.config.batch_size):
-            rows = [r for r in range(start, min(start + self.config.batch_size, len(pool.members))) if r in by_row]
+        size, batch = len(pool.members), self.config.batch_size
+        for start in range(0, size, batch):
+            rows = [r for r in range(start, min(start + batch, size)) if r in by_row]
             if rows:  # from its first to its last stepped row; rows between them that nobody steps are free
                 chunk = [by_row.get(r) for r in range(rows[0], rows[-1] + 1)]
                 outputs.update(self._forward_rows(pool, rows[0], chunk))
@@ -452,13 +453,11 @@ class SlotLayer(DynamicLayer):
         """Room for ``capacity`` positions in every row (grows by a quarter or more, keeping the contents)."""
         if capacity <= self.capacity:
             return
-        grown = room(capacity)
-        if self.is_initialized:  # allocate first: a failed allocation leaves the layer as it was
-            keys = self._keys.new_zeros(*self._keys.shape[:2], grown, self._keys.shape[3])
-            values = self._values.new_zeros(*self._values.shape[:2], grown, self._values.shape[3])
-            keys[:, :, :self.capacity], values[:, :, :self.capacity] = self._keys, self._values
-            self._keys, self._values = keys, values
-        self.capacity = grown
+        size = room(capacity)
+        if self.is_initialized:  # rows have different lengths: keep every position
+            self._keys, self._values = (grown(self._keys, size, self.capacity, zeros=True),
+                                        grown(self._values, size, self.capacity, zeros=True))
+        self.capacity = size
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -543,8 +542,8 @@ class SessionPool:
         """
         pools = {id(s._pool): s._pool for s in sessions}
         main = max(pools.values(), key=lambda pool: sum(s._pool is pool for s in sessions))
-        if sum(s._pool is main for s in sessions) == sum(m is not None for m in main.members):
-            free = [row for row, member in enumerate(main.members) if member is None]
+        free = [row for row, member in enumerate(main.members) if member is None]
+        if sum(s._pool is main for s in sessions) == len(main._members) - len(free):  # all its open ones
             others = [s for s in sessions if s._pool is not main]
             idle = len(free) - len(others)  # rows fed one padding token: cheaper than a gather while few
             if 0 <= idle <= max(1, len(main._members) // 4):

@@ -48,16 +48,12 @@ class BufferLayer(DynamicLayer):
         """Make room for ``capacity`` tokens, keeping the first ``length``."""
         if capacity <= self.capacity:
             return
-        grown = max(capacity, 2 * self.capacity)
-        if self.is_initialized:  # allocate first: a failed allocation leaves the layer as it was
-            keys = self._keys.new_empty(*self._keys.shape[:2], grown, self._keys.shape[3])
-            values = self._values.new_empty(*self._values.shape[:2], grown, self._values.shape[3])
-            keys[:, :, :self.length] = self._keys[:, :, :self.length]
-            values[:, :, :self.length] = self._values[:, :, :self.length]
-            self._keys, self._values = keys, values
-        self.capacity = grown
+        size = max(capacity, 2 * self.capacity)
         if self.is_initialized:
+            self._keys, self._values = (grown(self._keys, size, self.length),
+                                        grown(self._values, size, self.length))
             self.truncate(self.length)
+        self.capacity = size
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         self.write(self.length, key_states, value_states)
@@ -80,6 +76,14 @@ class BufferLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self.length
+
+
+def grown(buffer: torch.Tensor, capacity: int, keep: int, zeros: bool = False) -> torch.Tensor:
+    """A copy of a (B, heads, C, d) cache buffer with room for ``capacity`` positions, its first ``keep``
+    kept. The new buffer is allocated before anything changes: a failed allocation loses nothing."""
+    new = (buffer.new_zeros if zeros else buffer.new_empty)(*buffer.shape[:2], capacity, buffer.shape[3])
+    new[:, :, :keep] = buffer[:, :, :keep]
+    return new
 
 
 def buffer_layers(model, capacity: int) -> list[BufferLayer]:
