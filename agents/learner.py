@@ -251,7 +251,17 @@ class LMLearner:
 
     def evaluate(self, *, num_problems: int, greedy: bool = True, samples: int = 1,
                  sample_seed: int | None = None) -> dict[str, float]:
-        """Held-out metrics over test problems 0..num_problems−1 (``samples`` episodes each).
+        """Held-out metrics (:func:`summarize` of :meth:`evaluate_episodes`, same arguments), plus
+        ``eval_seconds``."""
+        t0 = time.perf_counter()
+        episodes = self.evaluate_episodes(num_problems=num_problems, greedy=greedy, samples=samples,
+                                          sample_seed=sample_seed)
+        return {**summarize(episodes), "eval_seconds": time.perf_counter() - t0}
+
+    def evaluate_episodes(self, *, num_problems: int, greedy: bool = True, samples: int = 1,
+                          sample_seed: int | None = None) -> list[Episode]:
+        """Held-out episodes over test problems 0..num_problems−1 (``samples`` episodes each, in
+        problem order: episode ``i`` is problem ``i // samples``).
 
         ``accuracy`` with ``samples`` > 1 (sampled at the policy's temperature) is avg@samples.
         Sampling draws from a generator seeded by ``sample_seed`` (default: (seed, updates)), never
@@ -267,7 +277,6 @@ class LMLearner:
         size = self.envs.envs[0].source.size("test")
         indices = np.repeat(np.arange(min(num_problems, size)), samples).tolist()
         episodes = []
-        t0 = time.perf_counter()
         training_rng = self.policy.generator_rng
         if sample_seed is None:
             sample_seed = int(np.random.SeedSequence([self.seed, self.updates]).generate_state(1)[0])
@@ -283,9 +292,7 @@ class LMLearner:
                                              split="test", greedy=greedy and samples == 1)
         finally:
             self.policy.generator_rng = training_rng
-        metrics = summarize(episodes)
-        metrics["eval_seconds"] = time.perf_counter() - t0
-        return metrics
+        return episodes
 
     # -- checkpoints ----------------------------------------------------------------------------
 

@@ -211,16 +211,30 @@ def pack(episodes: Sequence[Episode], pad_id: int, per_token: dict[str, Sequence
                       {k: v.to(device) for k, v in values.items()})
 
 
-def summarize(episodes: Sequence[Episode]) -> dict[str, float]:
-    """Per-batch episode figures: accuracy, returns, tokens and backtracks per response."""
-    n = max(1, len(episodes))
+def episode_metrics(episode: Episode) -> dict[str, float | None]:
+    """One response's figures; ``None`` where a figure does not apply (never a made-up zero).
+
+    :func:`summarize` averages these over a batch, and ``repro-env compare`` bootstraps them
+    over problems and seeds, so a new per-response metric is added here once.
+    """
     return {
-        "accuracy": sum(e.correct for e in episodes) / n,
-        "outcome_reward": sum(e.outcome for e in episodes) / n,
-        "process_return": sum(e.process_return for e in episodes) / n,
-        "mean_return": sum(sum(e.env_rewards) for e in episodes) / n,
-        "tokens_per_response": sum(e.response_tokens for e in episodes) / n,
-        "segments_per_response": sum(e.num_steps for e in episodes) / n,
-        "backtracks_per_response": sum(e.backtracks for e in episodes) / n,
-        "truncated": sum(e.truncated for e in episodes) / n,
+        "accuracy": float(episode.correct),
+        "outcome_reward": episode.outcome,
+        "process_return": episode.process_return,
+        "mean_return": float(sum(episode.env_rewards)),
+        "tokens_per_response": float(episode.response_tokens),
+        "segments_per_response": float(episode.num_steps),
+        "backtracks_per_response": float(episode.backtracks),
+        "truncated": float(episode.truncated),
     }
+
+
+def summarize(episodes: Sequence[Episode]) -> dict[str, float]:
+    """Per-batch means of :func:`episode_metrics`, each over the episodes where it applies."""
+    rows = [episode_metrics(e) for e in episodes] or [episode_metrics(Episode(trace=Trace([], [], [], "")))]
+    means = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows if r[key] is not None]
+        if values:
+            means[key] = sum(values) / len(values)
+    return means

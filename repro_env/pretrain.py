@@ -40,7 +40,8 @@ from repro_env.arithmetic import (
 from repro_env.config import check, from_mapping
 from repro_env.problems import DEFAULT_ANSWER_TEMPLATE, DEFAULT_PROMPT_TEMPLATE, Problem
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "assets" / "tiny-math"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+PRESET_DIRS = {"bundled": ASSETS_DIR / "tiny-math", "overthinker": ASSETS_DIR / "tiny-math-overthinker"}
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
 # Every word (with its leading space), digit, punctuation mark and other whitespace character is its
 # own pre-token: numbers tokenise one digit per token (column arithmetic is learnable), and a string
@@ -52,6 +53,8 @@ BACKTRACK_PATTERN = re.compile(
     r"wait|hmm|actually|let me re-check|let me double-check|alternatively|no,", re.IGNORECASE)
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 TRAIN_SPLIT, TEST_SPLIT = "train", "test"
+MIX_VARIANTS = ("clean", *OVERTHINK_KINDS, "recheck_all")
+"""Response variants of the pretraining mix; ``recheck_all`` re-checks every computing step."""
 # Smaller numbers than the default task (values <= 20, factors <= 5, results <= 200): trained on these,
 # the shipped model gets 93% of them right but 50-85% of the default task (measured; see its card).
 PRETRAIN_ARITHMETIC = ArithmeticConfig(max_value=15, max_multiplier=4, max_result=120)
@@ -89,8 +92,9 @@ class PretrainConfig:
     """Training texts the BPE tokenizer is trained on."""
     mix: dict[str, float] = field(default_factory=lambda: {
         "clean": 0.65, "recheck": 0.15, "false_start": 0.12, "rumination": 0.08})
-    """Share of training responses per variant: the reference solution, or one of the overthinking kinds
-    of :func:`repro_env.arithmetic.overthink` (1 or 2 insertions)."""
+    """Share of training responses per variant (:data:`MIX_VARIANTS`): the reference solution, one of
+    the overthinking kinds of :func:`repro_env.arithmetic.overthink` (1 or 2 insertions), or
+    ``recheck_all``, a re-check after **every** computing step."""
     threads: int = 2
     """torch intra-op threads (the reference machine has 2 cores; when other jobs share them, 1 thread
     was measured 3.5x faster than 2, whose threads wait on each other)."""
@@ -108,10 +112,21 @@ class PretrainConfig:
         check(self.lr > 0, "lr", self.lr, "a number > 0")
         check(self.max_positions >= 64, "max_positions", self.max_positions, "an int >= 64")
         check(self.vocab_size >= 300, "vocab_size", self.vocab_size, "an int >= 300 (256 bytes + merges)")
-        kinds = ("clean", *OVERTHINK_KINDS)
-        check(set(self.mix) <= set(kinds) and all(v >= 0 for v in self.mix.values())
+        kinds = MIX_VARIANTS
+        check(isinstance(self.mix, dict) and set(self.mix) <= set(kinds) and all(v >= 0 for v in self.mix.values())
               and abs(sum(self.mix.values()) - 1.0) < 1e-6, "mix", self.mix,
               f"non-negative shares over {', '.join(kinds)} summing to 1")
+
+
+PRESETS: dict[str, PretrainConfig] = {
+    "bundled": PretrainConfig(threads=1),
+    "overthinker": PretrainConfig(
+        steps=3000, threads=1,
+        mix={"clean": 0.20, "recheck_all": 0.65, "rumination": 0.15}),
+}
+"""Named configs, one per shipped model: ``bundled`` (``tiny-math``, overthinking a minority of its
+data) and ``overthinker`` (``tiny-math-overthinker``: re-checking every step is the majority, so
+that greedy decoding takes it and outcome-only RL cannot see it; issue 24)."""
 
 
 # ---------------------------------------------------------------- data
@@ -120,7 +135,9 @@ class PretrainConfig:
 def training_text(problem: Problem, variant: str, rng: random.Random) -> tuple[str, str]:
     """``(prompt, response)`` for one problem: the policy sees the prompt, then the segments."""
     segments = problem.solution
-    if variant != "clean":
+    if variant == "recheck_all":
+        segments = overthink(segments, rng, "recheck", count=len(solution_steps(segments)))
+    elif variant != "clean":
         segments = overthink(segments, rng, variant, count=rng.choice((1, 1, 2)))
     return DEFAULT_PROMPT_TEMPLATE.format(question=problem.question), "".join(segments)
 
@@ -469,27 +486,29 @@ def write_model_card(out_dir: Path, info: dict, figures: dict | None, command: s
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m repro_env.pretrain`` / ``repro-env pretrain-tiny``: train, evaluate, write the card."""
     parser = argparse.ArgumentParser(prog="repro-env pretrain-tiny", description=main.__doc__)
-    defaults = PretrainConfig()
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--hidden-size", type=int, default=defaults.hidden_size)
-    parser.add_argument("--layers", type=int, default=defaults.num_layers)
-    parser.add_argument("--threads", type=int, default=defaults.threads,
-                        help="torch threads; 1 is faster when other jobs share the cores")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="bundled",
+                        help="named config (data mix, steps, threads) that the other options override: "
+                             "'bundled' (tiny-math) or 'overthinker' (tiny-math-overthinker)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: the preset's asset directory)")
+    overrides = {"seed": int, "steps": int, "batch_size": int, "lr": float, "hidden_size": int,
+                 "num_layers": int, "threads": int}
+    for name, kind in overrides.items():
+        flag = "--layers" if name == "num_layers" else "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, type=kind, default=None,
+                            help="override the preset's value" + (
+                                "; 1 is faster when other jobs share the cores" if name == "threads" else ""))
     parser.add_argument("--eval-only", action="store_true", help="evaluate the model saved in --out")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     parser.add_argument("--eval-problems", type=int, default=200)
     parser.add_argument("--eval-seed", type=int, default=1234)
     parser.add_argument("--quiet", action="store_true", help="no progress bar or figures")
     args = parser.parse_args(argv)
-    out = args.out
-    torch.set_num_threads(args.threads)
+    out = args.out if args.out is not None else PRESET_DIRS[args.preset]
+    config = dataclasses.replace(PRESETS[args.preset], **{
+        name: getattr(args, name) for name in overrides if getattr(args, name) is not None})
+    torch.set_num_threads(config.threads)
     if not args.eval_only:
-        config = PretrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                hidden_size=args.hidden_size, num_layers=args.layers, threads=args.threads)
         info = pretrain(config, out, progress=not args.quiet)
         info["command"] = "python -m repro_env.pretrain " + " ".join(
             argv if argv is not None else __import__("sys").argv[1:])
