@@ -4,7 +4,8 @@ One update, top to bottom::
 
     indices  = P problems from the train split; each is given to G sub-envs (a group)
     episodes = one rollout per sub-env (agents.rollout.collect_episodes)
-    A        = (R − mean_g R) / (std_g R + 1e-6)                       per rollout
+    R'       = R + w_len·len_reward        Kimi k1.5 length reward, off unless length_penalty > 0
+    A        = (R' − mean_g R') / (std_g R' + 1e-6)                    per rollout
     r̃'       = (r̃ − μ_g) / (σ_g + 1e-6)    over the group's scored segments
     Ã_j      = Σ_{j' ≥ j} r̃'_{j'}                                       return-to-go per segment
     Â        = A + α·Ã                     broadcast to the segment's generated tokens
@@ -28,6 +29,7 @@ from repro_env.agents.learner import LearnerConfig, LMLearner
 from repro_env.agents.losses import clipped_policy_loss, kl_k3
 from repro_env.agents.rollout import Episode, TokenBatch, pack, summarize
 from repro_env.config import check
+from repro_env.length_penalty import length_rewards
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class GRPOConfig(LearnerConfig):
     """P: problems per update."""
     group_size: int = 8
     """G: rollouts per problem (the paper's n = 8); the update runs P·G envs in parallel."""
+    length_penalty: float = 0.0
+    """w_len: weight of Kimi k1.5's group-relative length reward (:mod:`repro_env.length_penalty`),
+    added to the outcome reward before the group normalisation; 0 turns it off. A baseline, not RePro."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -45,6 +50,9 @@ class GRPOConfig(LearnerConfig):
               self.prompts_per_update, "an int >= 1")
         check(isinstance(self.group_size, int) and self.group_size >= 2, "group_size", self.group_size,
               "an int >= 2 (a group needs a spread to normalise)")
+        check(isinstance(self.length_penalty, int | float) and not isinstance(self.length_penalty, bool)
+              and 0 <= self.length_penalty < np.inf, "length_penalty", self.length_penalty,
+              "a finite number >= 0 (the weight of the length reward; 0 turns it off)")
 
     @property
     def rollouts_per_update(self) -> int:
@@ -62,19 +70,28 @@ class GRPOBatch:
     seconds: float = 0.0
 
 
-def grpo_token_advantages(episodes: Sequence[Episode], groups: Sequence[int],
-                          alpha: float) -> list[np.ndarray]:
+def episode_length_rewards(episodes: Sequence[Episode], groups: Sequence[int]) -> np.ndarray:
+    """(N,) Kimi k1.5 length reward of each episode within its group, length = its generated tokens."""
+    return length_rewards([e.response_tokens for e in episodes], [e.correct for e in episodes], groups)
+
+
+def grpo_token_advantages(episodes: Sequence[Episode], groups: Sequence[int], alpha: float,
+                          length_penalty: float = 0.0) -> list[np.ndarray]:
     """Per generated token Â = A + α·Ã of every episode, grouped by ``groups`` (REPRO_SPEC §5).
 
     Unscored segments take no part in the pooled normalisation and add 0 to the return-to-go.
-    Returns one (N_i,) array per episode, N_i its generated tokens in order.
+    ``length_penalty`` w_len > 0 forms each group's outcome reward as R' = R + w_len·len_reward
+    (:func:`episode_length_rewards`) before A normalises it. Returns one (N_i,) array per episode,
+    N_i its generated tokens in order.
     """
     groups = np.asarray(groups)
+    R = np.array([e.outcome for e in episodes], dtype=np.float64)  # (N,)
+    if length_penalty:
+        R = R + length_penalty * episode_length_rewards(episodes, groups)
     out: list[np.ndarray | None] = [None] * len(episodes)
     for g in np.unique(groups):
         members = np.flatnonzero(groups == g)
-        R = [episodes[i].outcome for i in members]
-        A, segment_adv = rp.grpo_advantages(R, [episodes[i].process_rewards for i in members],
+        A, segment_adv = rp.grpo_advantages(R[members], [episodes[i].process_rewards for i in members],
                                             [episodes[i].scored for i in members], alpha)
         for i, a, adv in zip(members, A, segment_adv, strict=True):
             counts = episodes[i].segment_token_counts()
@@ -107,13 +124,16 @@ class GRPO(LMLearner):
     def update(self, batch: GRPOBatch) -> dict[str, float]:
         """Advantages, then ``epochs`` × ``minibatches`` clipped-surrogate steps; returns metrics."""
         t0 = time.perf_counter()
-        advantages = grpo_token_advantages(batch.episodes, batch.groups, self.alpha)
+        weight = self.config.length_penalty
+        advantages = grpo_token_advantages(batch.episodes, batch.groups, self.alpha, weight)
         tokens = pack(batch.episodes, self.pad_id, {"advantages": advantages}, device=self.policy.device)
         self.add_reference_log_probs(tokens)
         stats = self.optimise(tokens, self.loss)
         self.finish_update()
-        return {**summarize(batch.episodes), **stats, "collect_seconds": batch.seconds,
-                "update_seconds": time.perf_counter() - t0}
+        metrics = {**summarize(batch.episodes), **stats}
+        if weight:  # the mean term added to R, w_len·len_reward
+            metrics["length_reward"] = float(np.mean(weight * episode_length_rewards(batch.episodes, batch.groups)))
+        return {**metrics, "collect_seconds": batch.seconds, "update_seconds": time.perf_counter() - t0}
 
     def loss(self, micro: TokenBatch, num_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
         """PPO-clip token-mean surrogate plus ``kl_coef`` · k3 KL, for one micro-batch."""

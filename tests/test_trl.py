@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from repro_env.assets import bundled_model_dir  # noqa: E402
 from repro_env.errors import ConfigError  # noqa: E402
 from repro_env.integrations.trl import (  # noqa: E402
     ReProGRPOTrainer,
+    length_penalty_reward_func,
     outcome_reward_func,
     segment_token_counts,
     task_dataset,
@@ -36,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TASK = "RePro-Math-v0"
 
 
-def make_trainer(per_device: int = 8, steps: int = 2, **overrides) -> ReProGRPOTrainer:
+def make_trainer(per_device: int = 8, steps: int = 2, reward_funcs=None, **overrides) -> ReProGRPOTrainer:
     tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir(), padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=torch.float32)
     settings = dict(output_dir=str(ROOT / ".tmp" / "trl-test"), max_steps=steps, learning_rate=5e-5, seed=0,
@@ -46,7 +48,8 @@ def make_trainer(per_device: int = 8, steps: int = 2, **overrides) -> ReProGRPOT
     settings.update(overrides)
     args = GRPOConfig(**settings)
     prompts = max(16, steps * per_device // args.num_generations)
-    return ReProGRPOTrainer(model=model, args=args, processing_class=tokenizer, reward_funcs=outcome_reward_func(TASK),
+    return ReProGRPOTrainer(model=model, args=args, processing_class=tokenizer,
+                            reward_funcs=reward_funcs or outcome_reward_func(TASK),
                             train_dataset=task_dataset(TASK, size=prompts), task=TASK)
 
 
@@ -137,6 +140,8 @@ def test_two_processes_give_the_advantages_of_one(tmp_path):
         n = int(mask[b].sum())
         np.testing.assert_allclose(both[b][:n], alone[b, :n].numpy(), atol=1e-6, rtol=0)
     assert ranks[0]["metrics"] == pytest.approx(metrics) and ranks[1]["metrics"] == pytest.approx(metrics)
+    # the length reward's group straddles both ranks too: each rank gets its rows of the one-process values
+    assert [x for r in ranks for x in r["length_rewards"]] == pytest.approx(fixed_length_rewards(ids, mask))
     assert width == ids.shape[1]
 
 
@@ -158,6 +163,54 @@ def test_dataset_and_outcome_reward_func():
     reward = outcome_reward_func(TASK)
     answer = data[0]["answer"]
     assert reward([f"So \\boxed{{{answer}}}.", "So \\boxed{-12345}."], [answer, answer]) == [1.0, 0.0]
+
+
+def fixed_length_rewards(ids: torch.Tensor, mask: torch.Tensor, rows: slice = slice(None)) -> list[float]:
+    """:func:`length_penalty_reward_func` (weight 1, groups of 4) on rows of :func:`fixed_batch`."""
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    problem = task_dataset(TASK, size=1)[0]
+    completion_ids = [row[:n].tolist() for row, n in zip(ids[rows], mask[rows].sum(dim=1), strict=True)]
+    reward = length_penalty_reward_func(TASK, weight=1.0, num_generations=4)
+    return reward(prompts=[problem["prompt"]] * len(completion_ids), completion_ids=completion_ids,
+                  completions=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
+                  answer=[problem["answer"]] * len(completion_ids))
+
+
+def test_length_penalty_reward_func_by_hand():
+    reward = length_penalty_reward_func(TASK, weight=0.5, num_generations=4)
+    right, wrong = "So \\boxed{7}.", "So \\boxed{8}."
+    # group 0 (lengths 10, 20, 30, 50): λ = 0.5 − (len − 10)/40 = [0.5, 0.25, 0, −0.5]; the wrong ones
+    # get min(0, λ) = [0, −0.5]. Group 1: equal lengths, no length signal, all 0.
+    completions = [right, wrong, right, wrong] + [right, right, wrong, wrong]
+    lengths = [10, 20, 30, 50] + [4, 4, 4, 4]
+    kwargs = dict(prompts=["Q"] * 8, completions=completions, answer=["7"] * 8,
+                  completion_ids=[[1] * n for n in lengths], trainer_state=None)
+    got = reward(**kwargs)
+    assert got == pytest.approx([0.25, 0.0, 0.0, -0.25, 0.0, 0.0, 0.0, 0.0], abs=1e-12)
+    # TRL sums its reward functions (reward_weights 1) before the group normalisation: R' = R + 0.5·len_reward
+    total = np.add(outcome_reward_func(TASK)(**kwargs), got)
+    np.testing.assert_allclose(total, [1.25, 0.0, 1.0, -0.25, 1.0, 1.0, 0.0, 0.0], atol=1e-12)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"weight": -1.0, "num_generations": 4}, "'weight' must be a finite number >= 0, got -1.0 (float)"),
+    ({"weight": 0.5, "num_generations": 0}, "'num_generations' must be an int >= 1 (the GRPOConfig's), got 0"),
+])
+def test_length_penalty_reward_func_errors(settings, message):
+    with pytest.raises(ConfigError, match=re.escape(f"length_penalty_reward_func: {message}")):
+        length_penalty_reward_func(TASK, **settings)
+    reward = length_penalty_reward_func(TASK, weight=1.0, num_generations=4)
+    with pytest.raises(ConfigError, match=re.escape("a batch of 6 completions is not whole groups of "
+                                                    "num_generations=4")):
+        reward(completions=["x"] * 6, answer=["1"] * 6, completion_ids=[[1]] * 6)
+
+
+def test_a_short_run_with_the_length_penalty_logs_it():
+    funcs = [outcome_reward_func(TASK), length_penalty_reward_func(TASK, weight=0.5, num_generations=4)]
+    trainer = make_trainer(steps=1, reward_funcs=funcs)
+    trainer.train()
+    logged = [r for r in trainer.state.log_history if "rewards/repro_length_penalty/mean" in r]
+    assert len(logged) == 1 and -0.25 <= logged[0]["rewards/repro_length_penalty/mean"] <= 0.25
 
 
 def test_segment_token_counts_follow_characters():

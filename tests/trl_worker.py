@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import torch
 
-from tests.test_trl import fixed_batch, make_trainer
+from tests.test_trl import fixed_batch, fixed_length_rewards, make_trainer
 
 
 def main(out: str) -> None:
@@ -18,8 +18,9 @@ def main(out: str) -> None:
     prompts, answers, ids, mask, R = fixed_batch(trainer.processing_class)
     rows = slice(2 * rank, 2 * rank + 2)
     advantages, metrics = trainer.repro_advantages(prompts[rows], answers[rows], ids[rows], mask[rows], R, group=4)
+    length = fixed_length_rewards(ids, mask, rows)
     with open(f"{out}.{rank}", "w") as f:
-        json.dump({"advantages": advantages.tolist(), "metrics": metrics,
+        json.dump({"advantages": advantages.tolist(), "metrics": metrics, "length_rewards": length,
                    "world": trainer.accelerator.num_processes}, f)
     torch.distributed.barrier()
 

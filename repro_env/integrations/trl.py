@@ -20,6 +20,9 @@ and ``repro/backtracks_per_response`` through TRL's own metrics.
     trainer = ReProGRPOTrainer(model=model, args=GRPOConfig(...), processing_class=tokenizer,
                                reward_funcs=outcome_reward_func("RePro-Math-v0"),
                                train_dataset=task_dataset("RePro-Math-v0", size=1000), task="RePro-Math-v0")
+
+:func:`length_penalty_reward_func` is a length-penalty baseline for TRL users: Kimi k1.5's length
+reward, to add to :func:`outcome_reward_func` as a second reward function.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ import torch
 from trl import GRPOTrainer
 
 from repro_env import reward as rp
+from repro_env.config import describe
 from repro_env.errors import ConfigError
+from repro_env.length_penalty import length_rewards
 from repro_env.problems import Problem
 from repro_env.reward import RewardConfig
 from repro_env.scoring.base import Scorer, ScorerConfig, ScoreRequest, make_scorer
@@ -57,18 +62,74 @@ def task_dataset(task: str | TaskSpec, split: str = "train", size: int | None = 
                               "answer": [p.answer for p in problems], "problem_id": [p.id for p in problems]})
 
 
-def outcome_reward_func(task: str | TaskSpec) -> Callable[..., list[float]]:
-    """TRL reward function: R = 1 when a completion's final answer verifies against ``answer`` (§5)."""
+def _answer_task(task: str | TaskSpec, func: str) -> TaskSpec:
+    """The task of a reward function that verifies against the dataset's ``answer`` column alone."""
     spec = resolve_task(task)
     if spec.verifier.kind == "reasoning_gym":
         raise ConfigError(f"{spec.id}: verifier.kind 'reasoning_gym' needs the dataset entry of each problem; "
-                          "outcome_reward_func supports 'math' and 'exact'")
+                          f"{func} supports 'math' and 'exact'")
+    return spec
+
+
+def outcome_reward_func(task: str | TaskSpec) -> Callable[..., list[float]]:
+    """TRL reward function: R = 1 when a completion's final answer verifies against ``answer`` (§5)."""
+    spec = _answer_task(task, "outcome_reward_func")
 
     def repro_outcome(completions: Sequence[Any], answer: Sequence[str], **_: Any) -> list[float]:
         return [spec.outcome_reward(_text(c), Problem(id="", question="", answer=str(a)))
                 for c, a in zip(completions, answer, strict=True)]
 
     return repro_outcome
+
+
+def length_penalty_reward_func(task: str | TaskSpec, *, weight: float, num_generations: int
+                               ) -> Callable[..., list[float]]:
+    """TRL reward function: ``weight`` · Kimi k1.5's length reward of each completion
+    (:mod:`repro_env.length_penalty`, arXiv 2501.12599 §2.3.3); a baseline, not part of RePro.
+
+    A group is TRL's ``num_generations`` consecutive completions of the global batch (pass the
+    ``GRPOConfig``'s; an evaluation with another ``num_generations_eval`` needs its own function).
+    A completion's length is its tokens (TRL's ``completion_ids``), its correctness the task's
+    verifier against the ``answer`` column, as in :func:`outcome_reward_func`. A group may straddle
+    processes, so the lengths and verdicts are gathered from every process before min and max.
+
+    TRL adds its reward functions, times ``GRPOConfig.reward_weights`` (default 1 each), before the
+    group normalisation, so ``reward_funcs=[outcome_reward_func(task), length_penalty_reward_func(task,
+    weight=0.5, num_generations=8)]`` trains on R' = R + 0.5·len_reward, like the GRPO learner's
+    ``length_penalty: 0.5``. (``weight=1`` with ``reward_weights=[1.0, 0.5]`` is the same reward.)
+    """
+    spec = _answer_task(task, "length_penalty_reward_func")
+    if not (isinstance(weight, int | float) and not isinstance(weight, bool) and 0 <= weight < np.inf):
+        raise ConfigError(f"length_penalty_reward_func: 'weight' must be a finite number >= 0, got {describe(weight)}")
+    if not (isinstance(num_generations, int) and not isinstance(num_generations, bool) and num_generations >= 1):
+        raise ConfigError(f"length_penalty_reward_func: 'num_generations' must be an int >= 1 (the GRPOConfig's), "
+                          f"got {describe(num_generations)}")
+
+    def repro_length_penalty(completions: Sequence[Any], answer: Sequence[str], completion_ids: Sequence[Sequence[int]],
+                             **_: Any) -> list[float]:
+        local = [(len(ids), spec.verify(_text(c), Problem(id="", question="", answer=str(a))))
+                 for c, a, ids in zip(completions, answer, completion_ids, strict=True)]
+        rows, offset = _gather_rows(local)
+        if len(rows) % num_generations:
+            raise ConfigError(f"length_penalty_reward_func: a batch of {len(rows)} completions is not whole groups "
+                              f"of num_generations={num_generations}; pass the GRPOConfig's num_generations")
+        lengths, correct = zip(*rows, strict=True) if rows else ((), ())
+        groups = np.arange(len(rows)) // num_generations  # (N_all,)
+        rewards = weight * length_rewards(lengths, list(correct), groups)  # (N_all,)
+        return rewards[offset:offset + len(local)].tolist()
+
+    return repro_length_penalty
+
+
+def _gather_rows(local: list[Any]) -> tuple[list[Any], int]:
+    """Every process's rows in TRL's global order, and where this process's rows start."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return local, 0
+    return gather_object(local), state.process_index * len(local)  # TRL: equal rows per process
 
 
 def _text(completion: Any) -> str:
