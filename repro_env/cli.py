@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     rollout = sub.add_parser("rollout", help="run episodes and print each segment's J, scores and rewards")
     rollout.add_argument("task")
     rollout.add_argument("--policy", default="reference",
-                         help="'reference' (the task's reference solutions), 'bundled' or a model dir")
+                         help="'reference' (the task's reference solutions), 'bundled', 'bundled-overthinker' "
+                              "or a model dir")
     rollout.add_argument("--episodes", type=int, default=3)
     rollout.add_argument("--seed", type=int, default=0)
     rollout.add_argument("--split", default="test")
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.set_defaults(run=cmd_rollout)
 
     serve = sub.add_parser("vllm-serve", help="serve a model for the vllm-server backend (prints the command)")
-    serve.add_argument("--model", default="bundled", help="model directory, hub id or 'bundled'")
+    serve.add_argument("--model", default="bundled", help="model directory, hub id, 'bundled' or 'bundled-overthinker'")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--max-model-len", type=int, default=None)
@@ -121,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="RePro diagnostics of existing reasoning traces: J curves, r~, backtracks")
     score.add_argument("traces", help="JSONL file: one {question, response, answer} object per line")
-    score.add_argument("--model", help="scorer model: a directory, hub id or 'bundled' (default: the task's)")
+    score.add_argument("--model", help="scorer model: a directory, hub id, 'bundled' or 'bundled-overthinker' "
+                            "(default: the task's)")
     score.add_argument("--backend", help="scorer backend: hf, vllm or vllm-server (default: the task's)")
     score.add_argument("--base-url", default=None, help="vllm-server: the server's address")
     score.add_argument("--task", default="RePro-Math-v0", help="task id or YAML: prompt/answer templates, delimiter")

@@ -1,4 +1,10 @@
-"""Package data: the bundled tiny math language model (``tiny-math/``), and where a model name points."""
+"""Package data: the bundled tiny math language models, and where a model name points.
+
+- ``bundled`` (``tiny-math/``): the default scorer and policy; overthinking is a minority behaviour.
+- ``bundled-overthinker`` (``tiny-math-overthinker/``): the same architecture and pretraining code
+  with a mix in which re-checking every step is the majority, so that it overthinks by default and
+  still answers right (the setting in which RePro's claim can be tested).
+"""
 
 from __future__ import annotations
 
@@ -11,38 +17,43 @@ from urllib.parse import urlparse
 
 from repro_env.errors import ConfigError, ScorerError
 
-TINY_MATH_DIR = Path(__file__).resolve().parent / "tiny-math"
+ASSETS_DIR = Path(__file__).resolve().parent
 BUNDLED_MODEL = "bundled"
 """The model name that means the bundled tiny math model, wherever a model is configured."""
+BUNDLED_MODELS = {BUNDLED_MODEL: ("tiny-math", "bundled"),
+                  "bundled-overthinker": ("tiny-math-overthinker", "overthinker")}
+"""Model names that mean a bundled model → (its directory under ``assets/``, its pretraining preset)."""
 HUB_PROBE_S = 3.0
 """How long to wait for the model hub to answer before calling the machine offline."""
 
 
-def bundled_model_dir() -> Path:
-    """Directory of the bundled model (config, safetensors weights, tokenizer, model card)."""
-    if not (TINY_MATH_DIR / "model.safetensors").is_file():
+def bundled_model_dir(name: str = BUNDLED_MODEL) -> Path:
+    """Directory of a bundled model (config, safetensors weights, tokenizer, model card)."""
+    subdir, preset = BUNDLED_MODELS[name]
+    path = ASSETS_DIR / subdir
+    if not (path / "model.safetensors").is_file():
         raise ScorerError(
-            f"the bundled model is missing from {TINY_MATH_DIR}: reinstall repro-env, "
-            "or rebuild it with `repro-env pretrain-tiny --out repro_env/assets/tiny-math`"
+            f"the bundled model {name!r} is missing from {path}: reinstall repro-env, "
+            f"or rebuild it with `repro-env pretrain-tiny --preset {preset}`"
         )
-    return TINY_MATH_DIR
+    return path
 
 
 def resolve_model(name: str | Path) -> str:
-    """What to load ``name`` from: ``bundled`` → the bundled model's directory; an existing
-    directory or a loadable hub id as is.
+    """What to load ``name`` from: ``bundled`` or ``bundled-overthinker`` → that bundled model's
+    directory; an existing directory or a loadable hub id as is.
 
     Local paths are checked first, and a name that cannot load fails at once with a
     ``ConfigError``, never after minutes of hub retries: a path with no directory there, or a hub
     id that is not in the local Hugging Face cache while the hub cannot be reached.
     """
     text = str(name)
-    if text == BUNDLED_MODEL:
-        return str(bundled_model_dir())
+    if text in BUNDLED_MODELS:
+        return str(bundled_model_dir(text))
     path = Path(text).expanduser()
     if path.is_dir():
         return str(path)
-    expected = "a model directory (with config.json), a hub id or 'bundled'"
+    expected = "a model directory (with config.json), a hub id, 'bundled' or 'bundled-overthinker'"
     if path.exists():
         raise ConfigError(f"field 'model' must be {expected}, got {text!r}, which is a file")
     local = f"there is no directory {text!r} (cwd: {Path.cwd()})"
