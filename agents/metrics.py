@@ -21,7 +21,8 @@ from repro_env.errors import TrainingError
 # Keys a learner's ``update`` metrics should use so plots and the summary find them.
 STANDARD_KEYS = (
     "accuracy", "outcome_reward", "process_reward", "process_return", "tokens_per_response",
-    "backtracks_per_response", "kl", "entropy", "loss", "policy_loss", "pg_loss", "value_loss",
+    "backtracks_per_response", "overthinking", "overthinking_segments", "overthinking_tokens",
+    "tokens_after_first_correct", "kl", "entropy", "loss", "policy_loss", "pg_loss", "value_loss",
     "generation_tokens_per_s", "scoring_tokens_per_s", "collect_seconds", "update_seconds",
 )
 

@@ -4,7 +4,8 @@
 ``gym.make_vec(..., vectorization_mode="vector_entry_point", autoreset_mode=DISABLED)`` env, with
 optional per-sub-env problem indices (a GRPO group: G sub-envs share one index). It reads only
 ``reset``/``step`` and the documented ``info`` keys (``process_reward`` r̃ before α, ``scored``,
-``outcome_reward``, ``correct``, ``backtrack``), so any env with the same contract works.
+``outcome_reward``, ``correct``, ``backtrack``, ``overthinking``, ``after_answer``,
+``answer_stated``), so any env with the same contract works.
 
 :func:`pack` lays episodes out for a forward pass: right-padded ``(B, L)`` ids, and per-position
 masks and values aligned with next-token log-probs ``(B, L−1)`` (position k predicts token k+1).
@@ -22,6 +23,7 @@ from gymnasium.vector import AutoresetMode
 from repro_env.agents.losses import TrainingError
 from repro_env.agents.policy import LMPolicy, Trace
 from repro_env.errors import ConfigError, ScorerError
+from repro_env.overthinking import FIGURE_KEYS, SegmentMarks, response_figures
 from repro_env.reward import RewardConfig, process_rewards, select_points
 
 
@@ -46,6 +48,13 @@ class Episode:
     J_baseline: float = float("nan")
     """J_0: the answer right after the question (REPRO_SPEC §2)."""
     backtracks: int = 0
+    overthinking: list[bool | None] = field(default_factory=list)
+    """Per step: a backtrack or a repeated computation (``info["overthinking"]``; None: not reported)."""
+    after_answer: list[bool] = field(default_factory=list)
+    """Per step: reasoning written after the gold answer was stated (``info["after_answer"]``)."""
+    answer_stated: bool | None = None
+    """The reasoning stated the gold answer (``info["answer_stated"]``); None: the env's task cannot
+    locate the answer inside the reasoning, so tokens after the first correct answer do not apply."""
     outcome: float = 0.0
     """R: 1 if the final answer verified, else 0 (REPRO_SPEC §5)."""
     correct: bool = False
@@ -127,6 +136,12 @@ def _record(episode: Episode, action, reward: float, info: dict, i: int, termina
     episode.J.append(float(get("J", float("nan"))))
     episode.J_baseline = float(get("J_baseline", episode.J_baseline))
     episode.backtracks += int(bool(get("backtrack", False)))
+    overthinking = get("overthinking", None)
+    episode.overthinking.append(None if overthinking is None else bool(overthinking))
+    stated = get("answer_stated", None)
+    if stated is not None:
+        episode.answer_stated = bool(stated)
+    episode.after_answer.append(bool(get("after_answer", False)))
     if terminated or truncated:
         episode.outcome = float(get("outcome_reward", 0.0))
         episode.correct = bool(get("correct", False))
@@ -217,6 +232,12 @@ def episode_metrics(episode: Episode) -> dict[str, float | None]:
     :func:`summarize` averages these over a batch, and ``repro-env compare`` bootstraps them
     over problems and seeds, so a new per-response metric is added here once.
     """
+    figures = dict.fromkeys(FIGURE_KEYS)
+    if episode.num_steps and None not in episode.overthinking and len(episode.overthinking) == episode.num_steps:
+        after = episode.after_answer if episode.answer_stated is not None else None
+        marks = SegmentMarks(tuple(episode.overthinking), None if after is None else tuple(after),
+                             episode.answer_stated)
+        figures = response_figures(marks, episode.segment_token_counts().tolist())
     return {
         "accuracy": float(episode.correct),
         "outcome_reward": episode.outcome,
@@ -226,6 +247,7 @@ def episode_metrics(episode: Episode) -> dict[str, float | None]:
         "segments_per_response": float(episode.num_steps),
         "backtracks_per_response": float(episode.backtracks),
         "truncated": float(episode.truncated),
+        **figures,
     }
 
 

@@ -10,7 +10,11 @@ functions of :mod:`repro_env.reward` turn that into the per-segment S_magn, S_st
     S_t = (1−w)·S_magn,t + w·S_stab,t,   r̃_t = S_t − S_{t−1}   (S_0 = 0)
 
 Per trace: J_T − J_0 (the J gain), the process return Σ_t r̃_t = S_T, backtracks (task patterns,
-§6), and whether the final answer verifies (``verify.outcome_reward``).
+§6), whether the final answer verifies (``verify.outcome_reward``), and the overthinking measures of
+:mod:`repro_env.overthinking`: whether any segment overthinks (a backtrack or a repeated
+computation), the overthinking segments and their tokens, and the tokens after the first correct
+answer (``None`` where the trace never states the gold answer in its reasoning or the task's
+``answer_location`` is ``none``; its mean is over the traces where it applies, "n/a" when none).
 
 How a response becomes segments:
 
@@ -48,6 +52,7 @@ import numpy as np
 from repro_env import reward as rp
 from repro_env.config import describe
 from repro_env.errors import ConfigError, TaskSpecError, TraceInputError
+from repro_env.overthinking import mark_segments, response_figures
 from repro_env.problems import _record_text
 from repro_env.segments import split_segments, tokenize_with_boundaries
 from repro_env.tasks import TaskSpec, resolve_task
@@ -56,8 +61,10 @@ from repro_env.verify import extract_answer, final_part, is_collection, outcome_
 RESPONSE_FIELDS = ("response", "reasoning", "solution", "completion", "output")
 """Tried in this order when :attr:`TraceFields.response` is not set."""
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-CSV_COLUMNS = ("line", "id", "correct", "J_0", "J_gain", "process_return", "backtracks", "t", "J", "S_magn",
-               "S_stab", "S", "r", "backtrack", "tokens", "entropy", "text")
+TRACE_CSV_COLUMNS = ("line", "id", "correct", "J_0", "J_gain", "process_return", "backtracks", "overthinking",
+                     "tokens_after_first_correct")
+CSV_COLUMNS = (*TRACE_CSV_COLUMNS, "t", "J", "S_magn", "S_stab", "S", "r", "backtrack", "overthinking_segment",
+               "after_answer", "tokens", "entropy", "text")
 
 
 @dataclass(frozen=True)
@@ -235,13 +242,19 @@ def trace_row(trace: Trace, J: np.ndarray, entropies: np.ndarray, task: TaskSpec
     score = rp.process_scores(J, cfg.stability_weight, cfg.ema, cfg.eps)  # (T,)
     rewards = rp.rewards_for(cfg, J)  # (T,)
     backtracks = [task.is_backtrack(s) for s in trace.segments]
+    marks = mark_segments(trace.segments, trace.gold, location=task.answer_location, is_backtrack=task.is_backtrack,
+                          final_answer=None if trace.think else task.final_answer_regex)
+    figures = response_figures(marks, trace.tokens)
+    after = marks.after_answer or (None,) * len(trace.segments)
     pattern = task.final_answer_pattern if task.final_answer_regex.groups else None
     correct = outcome_reward(trace.response, trace.gold, verifier=task.verifier.kind, pattern=pattern,
                              timeout_s=task.verifier.timeout_s) >= 1.0
     segments = [{"t": t, "text": text, "J": float(J[t]), "S_magn": float(magnitude[t - 1]),
                  "S_stab": float(stability[t - 1]), "S": float(score[t - 1]), "r": float(rewards[t - 1]),
-                 "backtrack": bt, "tokens": int(n), "entropy": float(entropies[t - 1])}
-                for t, (text, bt, n) in enumerate(zip(trace.segments, backtracks, trace.tokens, strict=True), 1)]
+                 "backtrack": bt, "overthinking": ot, "after_answer": aa, "tokens": int(n),
+                 "entropy": float(entropies[t - 1])}
+                for t, (text, bt, ot, aa, n) in enumerate(zip(trace.segments, backtracks, marks.overthinking, after,
+                                                              trace.tokens, strict=True), 1)]
     return {
         "line": trace.line, "id": trace.id, "question": trace.question, "answer": trace.gold,
         "predicted": extract_answer(trace.response, pattern, all_boxes=is_collection(trace.gold)),
@@ -249,7 +262,9 @@ def trace_row(trace: Trace, J: np.ndarray, entropies: np.ndarray, task: TaskSpec
         "think": trace.think, "num_segments": len(segments), "num_tokens": int(sum(trace.tokens)),
         "J_0": float(J[0]), "J_T": float(J[-1]), "J_gain": float(J[-1] - J[0]),
         "process_return": float(rewards.sum()), "backtracks": int(sum(backtracks)),
-        "negative_rewards": int((rewards < 0).sum()), "segments": segments,
+        "negative_rewards": int((rewards < 0).sum()),
+        **{k: None if v is None else int(v) for k, v in figures.items() if k != "overthinking"},
+        "overthinking": bool(figures["overthinking"]), "segments": segments,
     }
 
 
@@ -330,6 +345,14 @@ class Summary:
     correct: int = 0
     J_gain: float = 0.0
     process_return: float = 0.0
+    overthinking: int = 0
+    overthinking_tokens: int = 0
+    tokens_after: int = 0
+    """Σ tokens after the first correct answer, over the ``answer_located`` traces."""
+    answer_located: int = 0
+    """Traces whose reasoning states the gold answer (where ``tokens_after_first_correct`` applies)."""
+    answer_location: str = "none"
+    """The task's ``answer_location``: ``none`` means no trace can have the tokens-after figure."""
     seconds: float = 0.0
 
     def add(self, row: Mapping[str, Any]) -> None:
@@ -340,6 +363,11 @@ class Summary:
         self.correct += row["correct"]
         self.J_gain += row["J_gain"]
         self.process_return += row["process_return"]
+        self.overthinking += row["overthinking"]
+        self.overthinking_tokens += row["overthinking_tokens"]
+        if row["tokens_after_first_correct"] is not None:
+            self.answer_located += 1
+            self.tokens_after += row["tokens_after_first_correct"]
 
     def as_dict(self) -> dict[str, Any]:
         n = max(self.traces, 1)
@@ -348,14 +376,31 @@ class Summary:
                 "mean_J_gain": self.J_gain / n, "mean_process_return": self.process_return / n,
                 "backtracks_per_trace": self.backtracks / n, "accuracy": self.correct / n,
                 "segments_per_trace": self.segments / n,
-                "negative_reward_share": self.negative_segments / max(self.segments, 1)}
+                "negative_reward_share": self.negative_segments / max(self.segments, 1),
+                "overthinking_share": self.overthinking / n,
+                "overthinking_tokens_per_trace": self.overthinking_tokens / n,
+                "mean_tokens_after_first_correct": (self.tokens_after / self.answer_located
+                                                    if self.answer_located else None),
+                "traces_with_answer_located": self.answer_located, "answer_location": self.answer_location}
 
 
 def csv_rows(row: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """One CSV row per segment, the trace's columns repeated."""
-    head = {k: row[k] for k in ("line", "id", "correct", "J_0", "J_gain", "process_return", "backtracks")}
+    """One CSV row per segment, the trace's columns repeated (the segment's ``overthinking`` flag is
+    the column ``overthinking_segment``; ``overthinking`` is the trace's)."""
+    head = {k: row[k] for k in TRACE_CSV_COLUMNS}
     for segment in row["segments"]:
-        yield {**head, **{k: segment[k] for k in CSV_COLUMNS if k in segment}}
+        cells = {k: segment[k] for k in CSV_COLUMNS[len(TRACE_CSV_COLUMNS):] if k in segment}
+        yield {**head, **cells, "overthinking_segment": segment["overthinking"]}
+
+
+def format_tokens_after(summary: Mapping[str, Any]) -> str:
+    """The mean tokens after the first correct answer, or "n/a" and why (never a made-up 0)."""
+    mean = summary["mean_tokens_after_first_correct"]
+    if summary["answer_location"] == "none":
+        return "n/a (the task cannot locate the answer in the reasoning: answer_location none)"
+    if mean is None:
+        return "n/a (no trace states the gold answer in its reasoning)"
+    return f"{mean:.1f} (over the {summary['traces_with_answer_located']} traces that state the answer)"
 
 
 def format_summary(summary: Mapping[str, Any], worst: list[Mapping[str, Any]], limit: int = 10) -> str:
@@ -367,7 +412,9 @@ def format_summary(summary: Mapping[str, Any], worst: list[Mapping[str, Any]], l
              f"  mean process return (S_T)      {summary['mean_process_return']:+.4f}",
              f"  backtracks per trace           {summary['backtracks_per_trace']:.2f}",
              f"  segments with negative r~      {100 * summary['negative_reward_share']:.1f}%",
-             f"  accuracy (answer verifies)     {100 * summary['accuracy']:.1f}%"]
+             f"  accuracy (answer verifies)     {100 * summary['accuracy']:.1f}%",
+             f"  with an overthinking segment   {100 * summary['overthinking_share']:.1f}%",
+             f"  tokens after first correct    {format_tokens_after(summary)}"]
     if worst:
         lines += ["", f"  worst {min(limit, len(worst))} by process return:",
                   f"  {'line':>5} {'id':<28} {'segs':>4} {'J gain':>8} {'return':>8} {'bt':>3} {'r~<0':>4} correct"]
@@ -415,7 +462,7 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
     engine = TraceScorer(scorer, spec, reader)
     out_dir = Path(out) if out is not None else None
     result: dict[str, Any] = {"traces": [], "worst": [], "skipped": [], "files": {}}
-    summary, worst, start = Summary(), [], time.perf_counter()
+    summary, worst, start = Summary(answer_location=spec.answer_location), [], time.perf_counter()
     with _Writers(out_dir) as writers, _progress(progress, total) as bar:
         for row in engine.rows(lines, skip_bad=skip_bad):
             bar.update(1)

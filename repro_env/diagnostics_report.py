@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from repro_env.diagnostics import format_tokens_after
+
 GRID_MAX = 16
 """Traces in ``curves.png``."""
 _PNG_METADATA = {"Software": None}
@@ -106,6 +108,10 @@ def _colour(r: float, scale: float) -> str:
     return f"rgba({rgb}, {strength:.2f})"
 
 
+def _or_na(value: Any) -> str:
+    return "n/a" if value is None else str(value)
+
+
 def trace_html(rank: int, row: Mapping[str, Any], png: bytes) -> str:
     """One report entry: the header, the embedded curve and the segments coloured by r̃."""
     scale = max((abs(s["r"]) for s in row["segments"][1:]), default=0.0) or 1.0
@@ -124,6 +130,8 @@ def trace_html(rank: int, row: Mapping[str, Any], png: bytes) -> str:
             f'<p>process return {row["process_return"]:+.4f} · J gain {row["J_gain"]:+.4f} '
             f'(J_0 {row["J_0"]:.4f} → J_T {row["J_T"]:.4f}) · {row["num_segments"]} segments, '
             f'{row["num_tokens"]} tokens · {row["backtracks"]} backtracks · {row["negative_rewards"]} with r~ &lt; 0'
+            f' · {row["overthinking_segments"]} overthinking segments ({row["overthinking_tokens"]} tokens) · '
+            f'tokens after the first correct answer: {_or_na(row["tokens_after_first_correct"])}'
             f'{" · think block" if row["think"] else ""}</p>\n'
             f'<p class="q">{html.escape(row["question"])}</p>\n'
             f'<img alt="J curve of {html.escape(str(row["id"]))}" src="data:image/png;base64,{image}">\n'
@@ -147,7 +155,9 @@ def report_html(rows: Sequence[Mapping[str, Any]], pngs: Sequence[bytes], summar
              ("mean process return (S_T)", f"{summary['mean_process_return']:+.4f}"),
              ("backtracks per trace", f"{summary['backtracks_per_trace']:.2f}"),
              ("segments with r~ < 0", f"{100 * summary['negative_reward_share']:.1f}%"),
-             ("accuracy", f"{100 * summary['accuracy']:.1f}%")]
+             ("accuracy", f"{100 * summary['accuracy']:.1f}%"),
+             ("with an overthinking segment", f"{100 * summary['overthinking_share']:.1f}%"),
+             ("tokens after the first correct answer", format_tokens_after(summary))]
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in stats)
     shown = (f"the {len(rows)} traces of lowest process return" if len(rows) < summary["traces"]
              else f"all {len(rows)} traces")

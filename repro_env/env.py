@@ -17,6 +17,7 @@ from gymnasium.vector.utils import shared_memory
 from repro_env import reward as rp
 from repro_env.config import describe
 from repro_env.errors import ActionError, ContextLengthError, TaskSpecError
+from repro_env.overthinking import mark_segments
 from repro_env.problems import Problem
 from repro_env.scoring import (
     Scorer,
@@ -196,7 +197,10 @@ class ReasoningEnv(gym.Env[str, str]):
     ``info`` carries every component: ``J``, ``J_baseline``, ``magnitude``, ``stability``,
     ``process_score``, ``process_reward`` (r̃, before α), ``outcome_reward``, ``correct`` (last step),
     ``scored``, ``entropy``, ``segment_tokens``, ``total_tokens``, ``backtrack``, ``context_overflow``;
-    unscored steps report NaN for the J-derived components.
+    unscored steps report NaN for the J-derived components. Overthinking marks
+    (:mod:`repro_env.overthinking`): ``overthinking`` (a backtrack or a repeated ``a op b``) and,
+    for tasks with ``answer_location: step_result`` only, ``answer_stated`` (the reasoning so far
+    has stated the gold answer) and ``after_answer`` (this reasoning segment comes after it).
 
     ## Starting state
 
@@ -366,6 +370,7 @@ class ReasoningEnv(gym.Env[str, str]):
             "segment_tokens": 0 if overflow else step.segment_tokens,
             "total_tokens": episode.session.total_tokens,
             "backtrack": task.is_backtrack(segment), "context_overflow": overflow,
+            **self._overthinking_info(episode, segment, overflow),
         }
         if not overflow and self._selected(step, last=terminated or truncated):
             info.update(self._score_point(episode, step.J))
@@ -399,6 +404,18 @@ class ReasoningEnv(gym.Env[str, str]):
         episode.last_score = score
         return {"J": J, "magnitude": float(magnitude), "stability": float(stability),
                 "process_score": float(score), "process_reward": float(process_reward), "scored": True}
+
+    def _overthinking_info(self, episode: Episode, segment: str, overflow: bool) -> dict[str, bool]:
+        """The segment's marks of :func:`repro_env.overthinking.mark_segments`: ``overthinking``;
+        ``after_answer`` and ``answer_stated`` only for tasks that locate the answer in the reasoning."""
+        task = self.spec_task
+        segments = [*episode.segments, segment] if overflow else episode.segments
+        marks = mark_segments(segments, episode.problem.answer, location=task.answer_location,
+                              is_backtrack=task.is_backtrack, final_answer=task.final_answer_regex)
+        info = {"overthinking": marks.overthinking[-1]}
+        if marks.answer_stated is not None:
+            info.update(after_answer=marks.after_answer[-1], answer_stated=marks.answer_stated)
+        return info
 
     def _is_final(self, segment: str) -> bool:
         eos = self.scorer.eos_token

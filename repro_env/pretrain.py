@@ -25,6 +25,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -38,7 +39,10 @@ from repro_env.arithmetic import (
     solution_steps,
 )
 from repro_env.config import check, from_mapping
+from repro_env.overthinking import mark_segments, overthinking_segments, response_figures
 from repro_env.problems import DEFAULT_ANSWER_TEMPLATE, DEFAULT_PROMPT_TEMPLATE, Problem
+from repro_env.segments import split_segments
+from repro_env.tasks import TaskSpec, load_task
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 PRESET_DIRS = {"bundled": ASSETS_DIR / "tiny-math", "overthinker": ASSETS_DIR / "tiny-math-overthinker"}
@@ -49,8 +53,6 @@ SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
 # punctuation or "\n"), so the answer span "\boxed{N}" appended after "q + τ≤t" has the ids it has
 # in context, and the prompt and the segments can be tokenised separately.
 PRETOKENIZE_PATTERN = r" ?\p{L}+|\p{N}|[^\s\p{L}\p{N}]|\s"
-BACKTRACK_PATTERN = re.compile(
-    r"wait|hmm|actually|let me re-check|let me double-check|alternatively|no,", re.IGNORECASE)
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 TRAIN_SPLIT, TEST_SPLIT = "train", "test"
 MIX_VARIANTS = ("clean", *OVERTHINK_KINDS, "recheck_all")
@@ -293,17 +295,30 @@ def answers_match(predicted: str | None, answer: str) -> bool:
         return predicted == answer
 
 
+@lru_cache(maxsize=1)
+def _default_task() -> TaskSpec:
+    """The default task, whose backtrack patterns and answer convention the evaluation uses."""
+    return load_task("RePro-Math-v0")
+
+
 def has_overthinking(response: str) -> bool:
-    """A segment matches the backtrack patterns (REPRO_SPEC §6) or repeats an earlier ``a op b``."""
-    seen: set[tuple[int, str, int]] = set()
-    for segment in response.split("\n\n"):
-        if BACKTRACK_PATTERN.search(segment):
-            return True
-        for _, a, op, b, _ in solution_steps([segment]):
-            if (a, op, b) in seen:
-                return True
-            seen.add((a, op, b))
-    return False
+    """A segment is an overthinking segment (:func:`repro_env.overthinking.overthinking_segments`): a
+    backtrack by the default task's patterns (REPRO_SPEC §6) or a repeat of an earlier ``a op b``."""
+    return any(overthinking_segments(response.split("\n\n"), _default_task().is_backtrack))
+
+
+def tokens_after_first_correct(response: str, answer: str, tokenizer) -> int | None:
+    """Reasoning tokens after the first segment that states ``answer`` (:mod:`repro_env.overthinking`,
+    the default task's ``answer_location``); None when the reasoning never states it."""
+    task = _default_task()
+    segments = split_segments(response, task.delimiter)
+    marks = mark_segments(segments, answer, location=task.answer_location, is_backtrack=task.is_backtrack,
+                          final_answer=task.final_answer_regex)
+    if not marks.answer_stated:
+        return None
+    # Segments tokenise alone as in context: no merge crosses "\n" (PRETOKENIZE_PATTERN).
+    tokens = [len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in segments]
+    return int(response_figures(marks, tokens)["tokens_after_first_correct"])
 
 
 @torch.no_grad()
@@ -390,6 +405,9 @@ def evaluate(model_dir: Path, num_problems: int = 200, seed: int = 1234, progres
         "sampled_accuracy": _accuracy(sampled, problems),
         "sampled_overthinking_share": _mean(has_overthinking(r) for r in sampled),
         "greedy_overthinking_share": _mean(has_overthinking(r) for r in greedy),
+        **{f"{name}_tokens_after_first_correct": _mean_defined(
+            tokens_after_first_correct(r, p.answer, tokenizer) for r, p in zip(responses, problems, strict=True))
+           for name, responses in (("greedy", greedy), ("sampled", sampled))},
         "sampled_mean_segments": _mean(len([s for s in r.split("\n\n") if s.strip()]) for r in sampled),
         "j_gain_positive_share": _mean(g > 0 for g in gains),
         "mean_j0": _mean(c[0] for c in curves), "mean_jT": _mean(c[-1] for c in curves),
@@ -403,6 +421,12 @@ def evaluate(model_dir: Path, num_problems: int = 200, seed: int = 1234, progres
 
 def _accuracy(responses: Sequence[str], problems: Sequence[Problem]) -> float:
     return _mean(answers_match(extract_boxed(r), p.answer) for r, p in zip(responses, problems, strict=True))
+
+
+def _mean_defined(values) -> float | None:
+    """The mean of the values that are not None; None when there are none (never a made-up 0)."""
+    values = [v for v in values if v is not None]
+    return _mean(values) if values else None
 
 
 def _mean(values) -> float:
@@ -420,9 +444,16 @@ def format_figures(figures: dict) -> str:
         f"sampled responses with a backtrack or redundant segment: "
         f"{figures['sampled_overthinking_share']:.1%} (target >= 20%)",
         f"greedy responses with a backtrack or redundant segment: {figures['greedy_overthinking_share']:.1%}",
+        "tokens after the first correct answer (responses whose reasoning states it): greedy "
+        f"{_tokens_after(figures, 'greedy')}, sampled {_tokens_after(figures, 'sampled')}",
         f"reference solutions with J_T - J_0 > 0: {figures['j_gain_positive_share']:.1%} (target >= 90%); "
         f"mean J_0 {figures['mean_j0']:.3f}, mean J_T {figures['mean_jT']:.3f}",
     ])
+
+
+def _tokens_after(figures: dict, name: str) -> str:
+    value = figures.get(f"{name}_tokens_after_first_correct")
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 # ---------------------------------------------------------------- model card and CLI

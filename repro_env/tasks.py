@@ -30,6 +30,7 @@ import yaml
 
 from repro_env.config import check, describe, from_mapping, read_yaml_file, replace, suggest, to_dict
 from repro_env.errors import TaskSpecError
+from repro_env.overthinking import ANSWER_LOCATIONS, AnswerLocation
 from repro_env.problems import (
     DEFAULT_ANSWER_TEMPLATE,
     DEFAULT_DELIMITER,
@@ -153,6 +154,11 @@ class TaskSpec:
     """RePro reward defaults (α, w, selection, k, EMA β)."""
     backtrack_patterns: tuple[str, ...] = DEFAULT_BACKTRACK_PATTERNS
     """Case-insensitive regexes; a matching segment counts as a backtrack (REPRO_SPEC §6)."""
+    answer_location: AnswerLocation = "none"
+    """Where the gold answer shows inside the reasoning, for the tokens-after-first-correct measure
+    (:mod:`repro_env.overthinking`): ``step_result`` (a segment whose ``a op b = c`` has ``c`` equal
+    to the answer; the arithmetic tasks) or ``none`` (it cannot be located: the measure is not
+    reported)."""
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     """The default model that computes J."""
     splits: SplitConfig = field(default_factory=SplitConfig)
@@ -167,6 +173,8 @@ class TaskSpec:
         for i, pattern in enumerate(self.backtrack_patterns):
             _check_regex(pattern, f"backtrack_patterns[{i}]", re.IGNORECASE)
         check(self.delimiter != "", "delimiter", self.delimiter, "a non-empty string", TaskSpecError)
+        check(self.answer_location in ANSWER_LOCATIONS, "answer_location", self.answer_location,
+              " or ".join(map(repr, ANSWER_LOCATIONS)), TaskSpecError)
         reasoning_gym = isinstance(self.source.options, ReasoningGymOptions)
         check(self.verifier.kind != "reasoning_gym" or reasoning_gym, "verifier.kind",
               self.verifier.kind, f"'math' or 'exact' for source kind '{self.source.kind}' ('reasoning_gym' "

@@ -21,14 +21,20 @@ from repro_env.pretrain import (
     answers_match,
     encode_batch,
     extract_boxed,
+    format_figures,
     generate_responses,
     has_overthinking,
     held_out_problems,
     learning_rate,
     main,
+    tokens_after_first_correct,
     training_example,
 )
 from repro_env.problems import DEFAULT_PROMPT_TEMPLATE
+
+FIGURES = {"num_problems": 2, "split": "test", "eval_seed": 1, "greedy_accuracy": 0.5, "sampled_accuracy": 0.5,
+           "sampled_overthinking_share": 0.5, "greedy_overthinking_share": 0.0, "j_gain_positive_share": 1.0,
+           "mean_j0": -3.0, "mean_jT": -1.0}
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +147,17 @@ def test_extract_boxed_and_answers_match():
 ])
 def test_has_overthinking(response, expected):
     assert has_overthinking(response) is expected
+
+
+def test_tokens_after_first_correct_counts_the_recheck_with_the_bundled_tokenizer(bundled):
+    _, _, tokenizer = bundled
+    clean = "12 + 5 = 17.\n\nThe answer is \\boxed{17}.\n\n"
+    recheck = "12 + 5 = 17.\n\nLet me double-check: 12 + 5 = 17. Yes.\n\nThe answer is \\boxed{17}."
+    assert tokens_after_first_correct(clean, "17", tokenizer) == 0
+    assert tokens_after_first_correct(recheck, "17", tokenizer) == 23  # the re-check with its "\n\n"
+    assert tokens_after_first_correct("12 + 5 = 18.\n\nThe answer is \\boxed{18}.", "17", tokenizer) is None
+    figures = {"greedy_tokens_after_first_correct": 1.5, "sampled_tokens_after_first_correct": None}
+    assert "greedy 1.5, sampled n/a" in format_figures({**FIGURES, **figures})
 
 
 def test_training_examples_are_seeded_and_follow_the_mix():

@@ -16,7 +16,14 @@ import pytest
 
 import repro_env
 from repro_env.cli import main
-from repro_env.diagnostics import TraceFields, TraceReader, TraceScorer, score_traces, split_think
+from repro_env.diagnostics import (
+    TraceFields,
+    TraceReader,
+    TraceScorer,
+    format_summary,
+    score_traces,
+    split_think,
+)
 from repro_env.errors import TraceInputError
 from repro_env.scoring import ScoreRequest, ScoreResult, make_scorer
 from repro_env.tasks import resolve_task
@@ -90,7 +97,8 @@ def test_api_returns_plain_data_and_import_stays_light(bundled):
     row = result["traces"][2]
     assert row["id"] == "backtrack-tom" and row["backtracks"] == 3 and row["correct"] is True
     for segment in row["segments"]:
-        assert set(segment) == {"t", "text", "J", "S_magn", "S_stab", "S", "r", "backtrack", "tokens", "entropy"}
+        assert set(segment) == {"t", "text", "J", "S_magn", "S_stab", "S", "r", "backtrack", "overthinking",
+                                "after_answer", "tokens", "entropy"}
     assert row["process_return"] == pytest.approx(row["segments"][-1]["S"])  # Σ r̃ telescopes to S_T
     code = "import sys, repro_env; assert 'torch' not in sys.modules; repro_env.score_traces; " \
            "assert 'torch' not in sys.modules"
@@ -202,3 +210,39 @@ def test_a_thousand_traces_are_streamed_not_loaded(tmp_path, bundled):
     result = score_traces(path, scorer=stub, out=tmp_path / "out", keep_rows=False, report_limit=5, plots=False)
     assert result["summary"]["traces"] == 1000 and result["traces"] == [] and len(result["worst"]) == 5
     assert sum(1 for _ in open(tmp_path / "out" / "scores.jsonl")) == 1000
+
+
+def test_overthinking_fields_per_trace_in_the_summary_and_the_csv(tmp_path, bundled):
+    """Tokens after the first correct answer (bundled tokenizer: 23 for the re-check), None for a trace
+    that never states the gold answer, and "n/a" (never 0) for a task that cannot locate it."""
+    question = "Mia has 12 apples. She buys 5 more apples. How many apples does Mia have now?"
+    records = [{"id": "clean", "question": question, "answer": "17",
+                "response": "12 + 5 = 17.\n\nThe answer is \\boxed{17}."},
+               {"id": "recheck", "question": question, "answer": "17",
+                "response": "12 + 5 = 17.\n\nLet me double-check: 12 + 5 = 17. Yes.\n\nThe answer is \\boxed{17}."},
+               {"id": "wrong", "question": question, "answer": "17",
+                "response": "12 + 5 = 18.\n\nThe answer is \\boxed{18}."}]
+    result = score_traces(records, scorer=bundled, out=tmp_path / "out", plots=True, report_limit=3)
+    rows = result["traces"]
+    assert [r["tokens_after_first_correct"] for r in rows] == [0, 23, None]
+    assert [r["overthinking"] for r in rows] == [False, True, False]
+    assert [(r["overthinking_segments"], r["overthinking_tokens"]) for r in rows] == [(0, 0), (1, 23), (0, 0)]
+    assert [s["after_answer"] for s in rows[1]["segments"]] == [False, True, False]
+    summary = result["summary"]
+    assert summary["mean_tokens_after_first_correct"] == pytest.approx(11.5)  # over the 2 that state it
+    assert summary["traces_with_answer_located"] == 2 and summary["overthinking_share"] == pytest.approx(1 / 3)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+    with open(tmp_path / "out" / "scores.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [t["overthinking_segment"] for t in table if t["id"] == "recheck"] == ["False", "True", "False"]
+    assert {t["tokens_after_first_correct"] for t in table if t["id"] == "wrong"} == {""}
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "tokens after the first correct answer" in page and "11.5 (over the 2 traces" in page
+    assert "tokens after first correct    11.5" in format_summary(summary, [])
+
+    located_nowhere = score_traces(records, scorer=bundled, task=resolve_task("RePro-Math-v0",
+                                                                              {"answer_location": "none"}))
+    assert [r["tokens_after_first_correct"] for r in located_nowhere["traces"]] == [None, None, None]
+    assert located_nowhere["summary"]["mean_tokens_after_first_correct"] is None
+    assert "tokens after first correct    n/a (the task cannot locate the answer" in format_summary(
+        located_nowhere["summary"], [])

@@ -113,7 +113,7 @@ def test_jsonl_path_is_relative_to_the_yaml(tmp_path):
 BAD = [
     ({"id": "X-v0", "promt_template": "Q: {question}"},
      r"task.yaml: unknown key 'promt_template'. Did you mean 'prompt_template'\? Valid "
-     r"keys: answer_template"),
+     r"keys: answer_location, answer_template"),
     ({"id": "X-v0", "limits": {"max_step": 3}},
      r"task.yaml: unknown key 'limits.max_step'. Did you mean 'max_steps'\?"),
     ({"id": "X-v0", "limits": {"max_steps": "ten"}},
@@ -160,6 +160,8 @@ BAD = [
      r"\(\[namespace/\]Name-vN\), got 'Math' \(str\)"),
     ({"description": "no id"}, r"task.yaml: TaskSpec: .*missing 1 required positional argument: 'id'"),
     ({"id": "X-v0", "delimiter": ""}, r"task.yaml: field 'delimiter' must be a non-empty string, got ''"),
+    ({"id": "X-v0", "answer_location": "boxed"},
+     r"task.yaml: field 'answer_location' must be one of 'step_result', 'none', got 'boxed' \(str\)"),
     ({"id": "X-v0", "source": {"kind": "arithmetic", "dataset": "chain_sum"}},
      r"task.yaml: field 'source.dataset' must be unset for source kind 'arithmetic' \(it applies to: "
      r"reasoning_gym\), got 'chain_sum' \(str\)"),
@@ -277,3 +279,8 @@ def test_yaml_uses_libyaml_when_installed():
     from repro_env.config import _YamlLoader
 
     assert issubclass(_YamlLoader, yaml.CSafeLoader) or not yaml.__with_libyaml__
+
+
+def test_answer_location_is_checked_when_the_spec_is_built_in_code():
+    with pytest.raises(TaskSpecError, match=r"field 'answer_location' must be 'step_result' or 'none', got 'boxed'"):
+        TaskSpec(id="X-v0", answer_location="boxed")
