@@ -1,8 +1,9 @@
-"""PNG curves of a run (``RUN_DIR/plots/*.png``) drawn from its ``metrics.jsonl`` and ``eval.jsonl``.
+"""PNG curves of a run (``RUN_DIR/plots/*.png``, from its metrics.jsonl and eval.jsonl) and of a compare grid.
 
 One figure per concern, each against the update number; a figure is skipped when none of its
 metrics was logged (PPO logs a value loss, GRPO does not). Matplotlib runs on the Agg backend, so
-plotting works without a display.
+plotting works without a display. ``plot_grid_curves`` draws ``repro-env compare``'s training
+curves: one line per method, the mean over seeds with a 95% t-interval band.
 """
 
 from __future__ import annotations
@@ -87,6 +88,80 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend()
         path = out / f"{stem}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# -- repro-env compare: one line per method, mean over seeds with a 95% band ----------------------
+
+GRID_CURVES = ("accuracy", "tokens_per_response", "backtracks_per_response", "process_return")
+"""Per-update training metrics that ``repro-env compare`` keeps and plots (and any overthinking metric)."""
+# t_{0.975, df} for df = 1..30; beyond, 1.96 + 2.5/df is within 0.002 of it
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def is_curve_key(key: str) -> bool:
+    """Whether ``repro-env compare`` keeps a metrics.jsonl column as a training curve."""
+    return key in ("update", *GRID_CURVES) or key.startswith(("overthinking", "tokens_after_first_correct"))
+
+
+def t_quantile(df: int) -> float:
+    """t_{0.975} with ``df`` degrees of freedom (the half-width factor of a 95% t-interval)."""
+    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.5 / df
+
+
+def mean_band(curves: list[list[float]]) -> tuple[Any, Any]:
+    """(mean, half-width) per update over seeds: the 95% t-interval mean ± t_{0.975, n−1}·s/√n
+    (half-width 0 with one seed); curves are cut to the shortest."""
+    import numpy as np
+
+    n = min(len(c) for c in curves)
+    values = np.array([c[:n] for c in curves], dtype=np.float64)  # (seeds, n)
+    mean = values.mean(axis=0)
+    if len(curves) < 2:
+        return mean, np.zeros(n)
+    return mean, t_quantile(len(curves) - 1) * values.std(axis=0, ddof=1) / math.sqrt(len(curves))
+
+
+def plot_grid_curves(histories: dict[str, list[list[dict[str, Any]]]], out: Path, smooth: int) -> list[Path]:
+    """``out/<metric>.png`` per training metric: one line per method (row → each seed's history rows),
+    each seed's curve a rolling mean over ``smooth`` updates, then mean over seeds ± 95% t-interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = list(dict.fromkeys(k for runs in histories.values() for rows in runs for r in rows
+                              for k in r if is_curve_key(k) and k != "update"))
+    written = []
+    for key in keys:
+        fig, ax = plt.subplots(figsize=(6.4, 4), dpi=100)
+        fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.12)
+        for i, (method, runs) in enumerate(histories.items()):
+            curves = [_series(rows, key)[1] for rows in runs]
+            if not all(curves):
+                continue
+            window = min(smooth, *(len(c) for c in curves))
+            smoothed = [list(np.convolve(c, np.ones(window) / window, mode="valid")) for c in curves]
+            mean, half = mean_band(smoothed)  # (n,), (n,)
+            x = np.arange(window, window + len(mean))
+            ax.plot(x, mean, color=f"C{i % 10}", label=f"{method} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+            ax.fill_between(x, mean - half, mean + half, color=f"C{i % 10}", alpha=0.2, linewidth=0)
+        if not ax.lines:
+            plt.close(fig)
+            continue
+        ax.set(title=f"{key.replace('_', ' ')} (training rollouts; band: 95% t-interval over seeds)",
+               xlabel=f"update (rolling mean over {smooth})", ylabel=key.replace("_", " "))
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{key}.png"
         fig.savefig(path)
         plt.close(fig)
         written.append(path)

@@ -1,147 +1,145 @@
-"""``repro-env compare``'s report: results tables, RePro vs baseline against the targets, curves.
+"""``repro-env compare``'s report: results.md and results.json from the runs' per-episode rows.
 
-Inputs are the grid's result rows (``{"method", "algorithm", "repro", "metrics", "history"}``);
-the learner's label plus ``REPRO`` names a process-reward row.
+Every metric of ``agents.rollout.episode_metrics`` gets, per method and decoding mode, its mean over
+the applicable episodes and a 95% bootstrap interval over seeds and problems; every method with a
+baseline gets the paired difference (absolute and relative in %) with its own interval
+(agents.bootstrap has the definitions). results.md shows the metrics of ``SHOWN`` that were
+measured; results.json holds them all, the per-run means and the training curves.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from repro_env.agents.bootstrap import Bootstrap, cells
+from repro_env.agents.grid import EPISODES
+from repro_env.agents.metrics import read_jsonl
+from repro_env.agents.plots import plot_grid_curves
 
-REPRO = " + RePro"  # suffix of a learner's label in the rows of its process-reward runs
-# (results.json key, column title); ``sampled_*`` are the avg@n episodes at temperature 1.0
-COLUMNS = (
-    ("greedy_accuracy", "accuracy (greedy)"),
-    ("sampled_accuracy", "avg@n (T=1)"),
-    ("sampled_tokens_per_response", "tokens/response (T=1)"),
-    ("greedy_tokens_per_response", "tokens/response (greedy)"),
-    ("sampled_backtracks_per_response", "backtracks/response (T=1)"),
-    ("greedy_backtracks_per_response", "backtracks/response (greedy)"),
-    ("sampled_process_return", "process return (T=1)"),
-)
-TARGETS = {"tokens": -0.15, "backtracks": -0.30}
-"""Relative changes RePro vs baseline that the issue aims for (measured, never asserted)."""
+MODES = ("greedy", "sampled")
+SHOWN = ("accuracy", "tokens_per_response", "backtracks_per_response", "tokens_after_first_correct",
+         "overthinking", "overthinking_tokens", "process_return")
+"""Metrics of the Markdown tables, in column order (when measured)."""
+_NOT_METRICS = ("mode", "problem", "sample")
 
 
-def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
-    """method → metric → (mean, sample std over seeds; 0 with one seed)."""
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for method in dict.fromkeys(r["method"] for r in rows):
-        runs = [r["metrics"] for r in rows if r["method"] == method]
-        out[method] = {}
-        for key, _ in COLUMNS:
-            values = np.array([m[key] for m in runs], dtype=np.float64)  # (seeds,)
-            std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-            out[method][key] = (float(values.mean()), std)
-    return out
+def statistics(out: Path, config: Any, table: Mapping[str, Mapping[int, str]], baselines: Mapping[str, str | None]
+               ) -> dict[str, Any]:
+    """``{"methods": {row: {seeds, runs, baseline, metrics}}, "paired": [...]}`` with every interval."""
+    names = dict.fromkeys(name for runs in table.values() for name in runs.values())
+    episodes = {name: read_jsonl(out / "runs" / name / EPISODES) for name in names}
+    problems = 1 + max(r["problem"] for rows in episodes.values() for r in rows)
+    metrics = list(dict.fromkeys(k for rows in episodes.values() for r in rows for k in r if k not in _NOT_METRICS))
+    boot = Bootstrap(problems, draws=config.bootstrap_samples, seed=config.bootstrap_seed)
 
+    def data(row: str, seeds: Sequence[int], key: str) -> tuple[Any, Any]:
+        mode, _, metric = key.partition("_")
+        return cells([episodes[table[row][s]] for s in seeds], metric, mode, problems)
 
-def _cell(mean: float, std: float, seeds: int) -> str:
-    return f"{mean:.3f} ± {std:.3f}" if seeds > 1 else f"{mean:.3f}"
-
-
-def comparisons(stats: Mapping[str, Mapping[str, tuple[float, float]]]) -> list[dict[str, Any]]:
-    """RePro vs baseline per learner (each ``L`` row that has an ``L + RePro`` row): accuracy
-    difference and relative token/backtrack changes.
-
-    Accuracy meets its target when RePro's mean >= the baseline's mean − one std (the larger of the
-    two methods' seed stds); tokens and backtracks use the T=1 episodes (4× the greedy sample).
-    """
-    out = []
-    for label in stats:
-        base, repro = stats[label], stats.get(label + REPRO)
-        if repro is None:
+    keys = [f"{mode}_{m}" for mode in MODES for m in metrics]
+    methods = {}
+    for row, runs in table.items():
+        seeds = list(runs)
+        methods[row] = {"seeds": seeds, "runs": [runs[s] for s in seeds], "baseline": baselines.get(row),
+                        "metrics": {k: boot.summary(*data(row, seeds, k), seeds) for k in keys}}
+    paired = []
+    for row, base in baselines.items():
+        if base is None:
             continue
-        row: dict[str, Any] = {"algorithm": label}
-        for key in ("greedy_accuracy", "sampled_accuracy"):
-            tolerance = max(base[key][1], repro[key][1])
-            row[key] = {"change": repro[key][0] - base[key][0], "tolerance": tolerance,
-                        "met": repro[key][0] >= base[key][0] - tolerance}
-        for name, key in (("tokens", "sampled_tokens_per_response"),
-                          ("backtracks", "sampled_backtracks_per_response")):
-            b, r = base[key][0], repro[key][0]
-            change = (r - b) / b if b > 0 else float("nan")
-            row[name] = {"baseline": b, "repro": r, "change": change, "target": TARGETS[name],
-                         "met": bool(change <= TARGETS[name])}
-        out.append(row)
-    return out
+        seeds = list(table[row])
+        paired.append({"method": row, "baseline": base, "seeds": seeds,
+                       "metrics": {k: boot.paired(data(row, seeds, k), data(base, seeds, k), seeds) for k in keys}})
+    bootstrap = {"draws": config.bootstrap_samples, "seed": config.bootstrap_seed, "level": 0.95,
+                 "interval": "percentile", "resampled": "seeds and problems (the same problem draws for every "
+                                                        "method and seed), episodes kept together per problem",
+                 "problems": problems}
+    return {"bootstrap": bootstrap, "methods": methods, "paired": paired}
 
 
-def results_table(start: Mapping[str, Any], stats: Mapping[str, Mapping[str, tuple[float, float]]],
-                  seeds: int, samples: int) -> str:
-    """The Markdown results table: one row per method plus the starting model."""
-    titles = [title.replace("avg@n", f"avg@{samples}") for _, title in COLUMNS]
-    lines = ["| method | " + " | ".join(titles) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines.append("| starting model | " + " | ".join(f"{start[k]:.3f}" for k, _ in COLUMNS) + " |")
-    for method, values in stats.items():
-        lines.append(f"| {method} | " + " | ".join(_cell(*values[k], seeds) for k, _ in COLUMNS) + " |")
+def _number(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.1f}" if abs(x) >= 100 else f"{x:.3f}"
+
+
+def _interval(ci: Sequence[float] | None) -> str:
+    return "[n/a]" if ci is None else f"[{_number(ci[0])}, {_number(ci[1])}]"
+
+
+def _percent(x: float | None, ci: Sequence[float] | None) -> str:
+    if x is None:
+        return "n/a (a baseline draw is 0)"
+    return f"{x:+.1f}% " + ("[n/a]" if ci is None else f"[{ci[0]:+.1f}%, {ci[1]:+.1f}%]")
+
+
+def _columns(stats: Mapping[str, Any]) -> list[str]:
+    measured = {k for m in stats["methods"].values() for k, v in m["metrics"].items() if v["mean"] is not None}
+    return [m for m in SHOWN if any(f"{mode}_{m}" in measured for mode in MODES)]
+
+
+def results_tables(stats: Mapping[str, Any], samples: int) -> str:
+    """Per mode: mean [95% CI] of each shown metric per method, then the paired differences."""
+    columns = _columns(stats)
+    head = " | ".join(c.replace("_", " ") for c in columns)
+    titles = {"greedy": "Greedy", "sampled": f"Sampled (T = 1, {samples} per problem)"}
+    lines = []
+    for mode in MODES:
+        lines += [f"### {titles[mode]}", "", f"| method | seeds | {head} |", "|---" * (len(columns) + 2) + "|"]
+        for row, m in stats["methods"].items():
+            cells_ = [f"{_number(m['metrics'][f'{mode}_{c}']['mean'])} {_interval(m['metrics'][f'{mode}_{c}']['ci'])}"
+                      if f"{mode}_{c}" in m["metrics"] else "-" for c in columns]
+            lines.append(f"| {row} | {len(m['seeds'])} | " + " | ".join(cells_) + " |")
+        lines.append("")
+    if stats["paired"]:
+        lines += ["## Paired differences to the baseline", "",
+                  "Δ = method − baseline on the method's seeds and the same problems and sampling seeds "
+                  "[95% CI]; then the relative difference in % [95% CI].", ""]
+        for mode in MODES:
+            lines += [f"### {titles[mode]}", "", f"| method | baseline | {head} |", "|---" * (len(columns) + 2) + "|"]
+            for p in stats["paired"]:
+                cells_ = []
+                for c in columns:
+                    d = p["metrics"].get(f"{mode}_{c}")
+                    cells_.append("-" if d is None else f"{_number(d['difference'])} {_interval(d['ci'])}; "
+                                  + _percent(d['relative_percent'], d['relative_ci']))
+                lines.append(f"| {p['method']} | {p['baseline']} | " + " | ".join(cells_) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
-def comparison_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """RePro vs baseline against the issue's targets."""
-    def mark(ok: bool) -> str:
-        return "yes" if ok else "**no**"
-
-    lines = ["| algorithm | Δ accuracy greedy (target ≥ −1 std) | Δ avg@n | tokens (target ≤ −15%) "
-             "| backtracks (target ≤ −30%) |", "|---|---|---|---|---|"]
-    for r in rows:
-        acc = [f"{r[k]['change']:+.3f} (std {r[k]['tolerance']:.3f}; {mark(r[k]['met'])})"
-               for k in ("greedy_accuracy", "sampled_accuracy")]
-        rel = [f"{r[k]['baseline']:.2f} → {r[k]['repro']:.2f} ({_percent(r[k]['change'])}; {mark(r[k]['met'])})"
-               for k in ("tokens", "backtracks")]
-        lines.append(f"| {r['algorithm']} | " + " | ".join(acc + rel) + " |")
-    return "\n".join(lines)
-
-
-def _percent(change: float) -> str:
-    return f"{change:+.1%}" if np.isfinite(change) else "n/a: baseline 0"
-
-
-def ablation_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """One row per ablation variant (one seed each)."""
-    keys = [k for k, _ in COLUMNS]
-    lines = ["| variant | " + " | ".join(t for _, t in COLUMNS) + " |", "|---" * (len(keys) + 1) + "|"]
-    for r in rows:
-        lines.append(f"| {r['variant']} | " + " | ".join(f"{r['metrics'][k]:.3f}" for k in keys) + " |")
-    return "\n".join(lines)
-
-
-def plot_curves(rows: Sequence[Mapping[str, Any]], out: Path, smooth: int) -> list[Path]:
-    """plots/{accuracy,tokens,backtracks}.png: training rollouts per update, mean over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    algorithms = list(dict.fromkeys(r["algorithm"] for r in rows))  # in the order of the config's list
-    figures = {"accuracy": ("accuracy", "Training accuracy (rollouts at T=1)"),
-               "tokens": ("tokens_per_response", "Tokens per response (training rollouts)"),
-               "backtracks": ("backtracks_per_response", "Backtracks per response (training rollouts)")}
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    written = []
-    for stem, (key, title) in figures.items():
-        fig, ax = plt.subplots(figsize=(6.4, 4), dpi=100)
-        fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.12)
-        for method in dict.fromkeys(r["method"] for r in rows):
-            runs = [r for r in rows if r["method"] == method]
-            curves = [[h[key] for h in r["history"]] for r in runs]
-            n = min(len(c) for c in curves)
-            mean = np.mean([c[:n] for c in curves], axis=0)  # (n,)
-            window = min(smooth, n)
-            smoothed = np.convolve(mean, np.ones(window) / window, mode="valid")  # (n − window + 1,)
-            colour = f"C{algorithms.index(runs[0]['algorithm']) % 10}"  # one per learner, by position
-            ax.plot(np.arange(window, n + 1), smoothed, label=method, color=colour,
-                    linestyle="-" if runs[0]["repro"] else "--")
-        ax.set(title=title, xlabel=f"update (rolling mean over {smooth})", ylabel=key.replace("_", " "))
-        ax.grid(alpha=0.3)
-        ax.legend()
-        path = out / "plots" / f"{stem}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
-    return written
+def write_results(out: Path, config: Any, table: Mapping[str, Mapping[int, str]],
+                  baselines: Mapping[str, str | None], results: Mapping[str, Mapping[str, Any]],
+                  seconds: float, command: str) -> str:
+    """results.md, results.json and plots/ in ``out``; returns results.md's text."""
+    stats = statistics(out, config, table, baselines)
+    curves = {row: [results[name]["history"] for name in runs.values()] for row, runs in table.items()
+              if any(results[name]["history"] for name in runs.values())}
+    plots = plot_grid_curves(curves, out / "plots", config.smooth)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    compute = sum(r["wall_seconds"] for r in results.values())
+    text = "\n".join([
+        "# RePro vs outcome-only", "",
+        f"Command: `{command}`  ", f"Machine: {machine}; workers {config.workers} × {config.threads} "
+        f"torch thread(s)  ",
+        f"Run time: {seconds / 60:.1f} min in this invocation; runs' own time {compute / 60:.1f} min "
+        f"(wall time of each run's last start: training + evaluation)", "",
+        f"{len(config.seeds)} paired seed(s) per method unless its row says otherwise, {config.updates} updates "
+        f"per run; held-out: {stats['bootstrap']['problems']} test problems, greedy and {config.eval_samples} "
+        f"samples at T = 1.0, with the sampling seeds shared by every method of a seed. Mean [95% CI]: "
+        f"percentile bootstrap, B = {config.bootstrap_samples} draws resampling seeds and problems (the same "
+        f"problem draws for every method), seed {config.bootstrap_seed}.", "",
+        results_tables(stats, config.eval_samples),
+        "Training curves (mean over seeds, 95% t-interval band): "
+        + ", ".join(str(p.relative_to(out)) for p in plots), ""])
+    (out / "results.md").write_text(text, encoding="utf-8")
+    payload = {"command": command, "machine": machine, "seconds": seconds,
+               "config": json.loads(json.dumps(dataclasses.asdict(config))), **stats,
+               "runs": dict(results)}
+    (out / "results.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    return text

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from repro_env.agents.compare import load_compare_config, main_jobs
+from repro_env.agents.compare import load_compare_config, plan
 from repro_env.agents.train import build_learner, load_config, parse_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -80,16 +80,21 @@ def test_gpu_configs_build_on_cuda_as_shipped_but_for_the_model(name, tiny_llama
 @pytest.mark.parametrize("name", COMPARE_CONFIGS)
 def test_every_compare_config_builds_each_of_its_learners(name, tiny_llama_dir, tmp_path):
     config = load_compare_config(CONFIGS / name, [f"model={tiny_llama_dir}"])
-    jobs = [job for job in main_jobs(config, tmp_path) if job.train is not None and job.seed == config.seeds[0]]
-    assert {(job.algorithm, job.repro) for job in jobs} == {(a, r) for a in config.algorithms for r in (False, True)}
-    for job in (job for job in jobs if job.repro):
+    jobs = {job.name: job for job in plan(config, tmp_path)[0] if job.trains}
+    repro = {}  # algorithm → the first RePro run of it
+    for row, runs in plan(config, tmp_path)[1].items():
+        method = config.methods.get(row)
+        if method is not None and method.process_reward:
+            repro.setdefault(method.algorithm, jobs[next(iter(runs.values()))])
+    assert set(repro) == {m.algorithm for m in config.methods.values()}
+    for algorithm, job in repro.items():
         train_config, learner_config = parse_config(job.train, source=job.name)
         learner = build_learner(train_config, learner_config)
         try:
-            assert type(learner).__name__ == job.algorithm.upper()
+            assert type(learner).__name__ == algorithm.upper()
             assert learner.envs.num_envs == learner_config.rollouts_per_update
             assert learner.alpha > 0 and (learner.reference is not None) == (learner_config.kl_coef > 0)
-            for key, value in config.learners.get(job.algorithm, {}).items():
+            for key, value in config.learners.get(algorithm, {}).items():
                 assert getattr(learner_config, key) == value, key
         finally:
             del learner
