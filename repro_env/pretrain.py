@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import random
 import re
 import time
@@ -38,14 +39,14 @@ from repro_env.arithmetic import (
     problem_rng,
     solution_steps,
 )
+from repro_env.assets import ASSETS_DIR, BUNDLED_MODELS
 from repro_env.config import check, from_mapping
 from repro_env.overthinking import mark_segments, overthinking_segments, response_figures
 from repro_env.problems import DEFAULT_ANSWER_TEMPLATE, DEFAULT_PROMPT_TEMPLATE, Problem
 from repro_env.segments import split_segments
 from repro_env.tasks import TaskSpec, load_task
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-PRESET_DIRS = {"bundled": ASSETS_DIR / "tiny-math", "overthinker": ASSETS_DIR / "tiny-math-overthinker"}
+PRESET_DIRS = {preset: ASSETS_DIR / subdir for subdir, preset in BUNDLED_MODELS.values()}
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
 # Every word (with its leading space), digit, punctuation mark and other whitespace character is its
 # own pre-token: numbers tokenise one digit per token (column arithmetic is learnable), and a string
@@ -464,13 +465,25 @@ def write_model_card(out_dir: Path, info: dict, figures: dict | None, command: s
     cfg = info["config"]
     mix = ", ".join(f"{share:.0%} {kind.replace('_', ' ')}" for kind, share in cfg["mix"].items())
     arith = cfg["arithmetic"]
+    intro = {
+        "bundled": ["# tiny-math: the bundled arithmetic model of repro-env (`model: bundled`)", "",
+                    "A small Llama-architecture causal LM trained from scratch on generated multi-step arithmetic",
+                    "word problems (`repro_env.arithmetic`). It is repro-env's default scorer and starting policy:",
+                    "it runs on a laptop CPU and needs no download. It was trained to *overthink* on part of its",
+                    "data (re-checks, \"Wait\" corrections, rumination), the behaviour the RePro process reward is",
+                    "meant to remove."],
+        "overthinker": ["# tiny-math-overthinker: a bundled model that overthinks by default "
+                        "(`model: bundled-overthinker`)", "",
+                        "The same architecture and pretraining code as `tiny-math` (`model: bundled`), with a",
+                        "different response mix: in most training responses every computing step is followed by",
+                        "a redundant re-check (\"Let me double-check: 5 + 3 = 8. Yes.\"), and some hold idle",
+                        "rumination. The re-check is the likelier continuation after each step, so greedy decoding",
+                        "overthinks and still reaches the right answer: the setting of R1-style models, where an",
+                        "outcome reward cannot see the waste and RePro's claim can be tested."],
+    }[info.get("preset", "bundled")]
+    load = info.get("load_average")
     lines = [
-        "# tiny-math: the bundled arithmetic model of repro-env", "",
-        "A small Llama-architecture causal LM trained from scratch on generated multi-step arithmetic",
-        "word problems (`repro_env.arithmetic`). It is repro-env's default scorer and starting policy:",
-        "it runs on a laptop CPU and needs no download. It was trained to *overthink* on part of its data",
-        "(re-checks, \"Wait\" corrections, rumination), the behaviour the RePro process reward is meant",
-        "to remove.", "",
+        *intro, "",
         "## Model", "",
         f"- `LlamaForCausalLM`: {cfg['num_layers']} layers, hidden {cfg['hidden_size']}, "
         f"{cfg['num_heads']} heads, MLP {cfg['intermediate_size']}, context {cfg['max_positions']} tokens, "
@@ -492,9 +505,10 @@ def write_model_card(out_dir: Path, info: dict, figures: dict | None, command: s
         f"- Command: `{command}`",
         f"- {cfg['steps']} steps x {cfg['batch_size']} problems, AdamW (lr {cfg['lr']}, warm-up "
         f"{cfg['warmup_steps']}, cosine to 10%), seed {cfg['seed']}, {cfg['threads']} CPU threads.",
-        f"- Wall time: {info['seconds'] / 60:.1f} min (tokenizer + model, on a 2-core CPU shared with "
-        f"other jobs); final training loss (response tokens, mean of the last 50 steps) "
-        f"{info['final_loss']}.", "",
+        f"- Wall time: {info['seconds'] / 60:.1f} min (tokenizer + model, on a 2-core CPU"
+        + (f", load average {load[0]:.2f} at the start and {load[1]:.2f} at the end" if load else
+           " shared with other jobs")
+        + f"); final training loss (response tokens, mean of the last 50 steps) {info['final_loss']}.", "",
         "- Only arithmetic word problems in this format: it is a test model for RePro, not a general LM.",
         "",
     ]
@@ -539,10 +553,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = dataclasses.replace(PRESETS[args.preset], **{
         name: getattr(args, name) for name in overrides if getattr(args, name) is not None})
     torch.set_num_threads(config.threads)
+    load_at_start = os.getloadavg()[0]
     if not args.eval_only:
         info = pretrain(config, out, progress=not args.quiet)
-        info["command"] = "python -m repro_env.pretrain " + " ".join(
+        info["command"] = "repro-env pretrain-tiny " + " ".join(
             argv if argv is not None else __import__("sys").argv[1:])
+        info["preset"] = args.preset
+        info["load_average"] = [load_at_start, os.getloadavg()[0]]
         (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
         if not args.quiet:
             print(f"trained {info['params']:,} parameters in {info['seconds']:.0f} s -> {out}")

@@ -202,7 +202,7 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth():
     ({"max_positions": 32}, r"field 'max_positions' must be an int >= 64, got 32 \(int\)"),
     ({"vocab_size": 100}, r"field 'vocab_size' must be an int >= 300 \(256 bytes \+ merges\), got 100"),
     ({"mix": {"clean": 0.5, "recheck": 0.4}}, r"field 'mix' must be non-negative shares over clean, "
-                                              r"recheck, false_start, rumination summing to 1"),
+                                              r"recheck, false_start, rumination, recheck_all summing to 1"),
     ({"mix": {"clean": 0.9, "ramble": 0.1}}, r"field 'mix' must be non-negative shares"),
 ])
 def test_pretrain_config_rejects_bad_values(kwargs, message):
