@@ -149,13 +149,16 @@ def _record(episode: Episode, action, reward: float, info: dict, i: int, termina
 
 
 def rescore_topk(episode: Episode, reward: RewardConfig) -> None:
-    """Keep process rewards only at the top-k segments by first-token entropy plus the last (§4).
+    """Keep process rewards only at the top-k segments by first-token entropy plus the end of the
+    reasoning (§4).
 
     The paper's ``selection = "topk_entropy"`` needs the whole trajectory, so the env scores every
     boundary online and this re-selects afterwards: J_t depends only on ``q + τ≤t``, so the J the env
     recorded at the chosen points are exactly what a batch re-score would return. Then, over the
     chosen points only, r̃ = process_rewards([J_0, J_p1, ..]) (S_T differs from the all-points one
-    through the stability term). Steps without a J (a context overflow) are never chosen.
+    through the stability term). Steps without a J are never chosen: a context overflow, and the
+    segment that states the final answer (the env scores no J there, REPRO_SPEC §4). So the last step
+    with a J, the end of the reasoning, is always chosen, and the final-answer segment never is.
     """
     J = np.asarray(episode.J, dtype=np.float64)  # (T,)
     valid = np.flatnonzero(np.isfinite(J))  # (V,) steps the env scored

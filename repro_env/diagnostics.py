@@ -25,9 +25,15 @@ How a response becomes segments:
 - a response with a ``</think>`` block (R1 style, the ``<think>`` tag optional) is split on its
   think part, as in the paper: the text up to and including ``<think>`` joins the prompt, the
   think part is τ, and the text after ``</think>`` is where the final answer is read. **(choice)**
-  J appends ``a`` right after ``q + τ≤t`` (§2), without a ``</think>`` tag in between.
+  J appends ``a`` right after ``q + τ≤t`` (§2), without a ``</think>`` tag in between;
+- without a think block, the reasoning ends before the segment that states the final answer (the
+  first that matches the task's ``final_answer_pattern``, ``segments.reasoning_length``; REPRO_SPEC
+  §4), as in the env: that segment and any after it are shown, marked ``"scored": false``, with
+  ``r`` 0 and ``None`` for J, S_magn, S_stab and S, and no J is computed for them. J_T, the J gain
+  and S_T are those of the end of the reasoning.
 
-Every point is scored, whatever the task's ``reward.selection``: a diagnostic wants the whole curve.
+Every point of the reasoning is scored, whatever the task's ``reward.selection``: a diagnostic wants
+the whole curve.
 Input is streamed: lines are read, scored and written in chunks, so memory does not grow with the
 file (only the ``report_limit`` worst traces are kept for the report). A bad line (missing field,
 invalid JSON or UTF-8, no final answer, longer than the scorer's context) is a
@@ -54,7 +60,7 @@ from repro_env.config import describe
 from repro_env.errors import ConfigError, TaskSpecError, TraceInputError
 from repro_env.overthinking import mark_segments, response_figures
 from repro_env.problems import _record_text
-from repro_env.segments import split_segments, tokenize_with_boundaries
+from repro_env.segments import reasoning_length, split_segments, tokenize_with_boundaries
 from repro_env.tasks import TaskSpec, resolve_task
 from repro_env.verify import extract_answer, final_part, is_collection, outcome_reward
 
@@ -63,8 +69,8 @@ RESPONSE_FIELDS = ("response", "reasoning", "solution", "completion", "output")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 TRACE_CSV_COLUMNS = ("line", "id", "correct", "J_0", "J_gain", "process_return", "backtracks", "overthinking",
                      "tokens_after_first_correct")
-CSV_COLUMNS = (*TRACE_CSV_COLUMNS, "t", "J", "S_magn", "S_stab", "S", "r", "backtrack", "overthinking_segment",
-               "after_answer", "tokens", "entropy", "text")
+CSV_COLUMNS = (*TRACE_CSV_COLUMNS, "t", "scored", "J", "S_magn", "S_stab", "S", "r", "backtrack",
+               "overthinking_segment", "after_answer", "tokens", "entropy", "text")
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,9 @@ class Trace:
     """The whole response, for verification."""
     think: bool
     """The response had a ``</think>`` block and τ is its think part."""
+    reasoning: int
+    """How many leading segments are reasoning, the scored ones: all of a think block; without one,
+    those before the segment that states the final answer (REPRO_SPEC §4)."""
     response_field: str = "response"
     """The field the response came from (named in errors)."""
     tokens: tuple[int, ...] = ()
@@ -186,10 +195,11 @@ class TraceReader:
                              f"'answer is ...' or match of the task's final_answer_pattern "
                              f"{task.final_answer_pattern!r}); a truncated trace cannot be verified")
         trace_id = record.get(f.id)
+        reasoning = len(segments) if parts is not None else reasoning_length(segments, task.final_answer_regex)
         return Trace(line=line, id=str(trace_id) if trace_id not in (None, "") else f"line-{line}",
                      question=question, prefix=prefix, segments=tuple(segments), gold=gold,
                      answer=task.answer_template.format(answer=gold), response=response,
-                     think=parts is not None, response_field=name)
+                     think=parts is not None, reasoning=reasoning, response_field=name)
 
     def _text(self, line: int, record: Mapping[str, Any], name: str) -> str:
         if name not in record:
@@ -235,12 +245,17 @@ def _keys(record: Mapping[str, Any]) -> str:
 
 
 def trace_row(trace: Trace, J: np.ndarray, entropies: np.ndarray, task: TaskSpec) -> dict[str, Any]:
-    """The plain-data row of one scored trace. ``J``: (T+1,) = [J_0, J_1..J_T]; ``entropies``: (T,)."""
+    """The plain-data row of one scored trace. ``J``: (R+1,) = [J_0, J_1..J_R] over the R =
+    ``trace.reasoning`` scored segments; ``entropies``: (T,), every segment."""
     cfg = task.reward
-    magnitude = rp.magnitude_scores(J, cfg.eps)  # (T,)
-    stability = rp.stability_scores(J, cfg.ema)  # (T,)
-    score = rp.process_scores(J, cfg.stability_weight, cfg.ema, cfg.eps)  # (T,)
-    rewards = rp.rewards_for(cfg, J)  # (T,)
+    R = trace.reasoning
+    if R > 0:
+        magnitude = rp.magnitude_scores(J, cfg.eps)  # (R,)
+        stability = rp.stability_scores(J, cfg.ema)  # (R,)
+        score = rp.process_scores(J, cfg.stability_weight, cfg.ema, cfg.eps)  # (R,)
+        rewards = rp.rewards_for(cfg, J)  # (R,)
+    else:  # the first segment states the answer: nothing to score but J_0
+        magnitude = stability = score = rewards = np.zeros(0)
     backtracks = [task.is_backtrack(s) for s in trace.segments]
     marks = mark_segments(trace.segments, trace.gold, location=task.answer_location, is_backtrack=task.is_backtrack,
                           final_answer=None if trace.think else task.final_answer_regex)
@@ -249,8 +264,13 @@ def trace_row(trace: Trace, J: np.ndarray, entropies: np.ndarray, task: TaskSpec
     pattern = task.final_answer_pattern if task.final_answer_regex.groups else None
     correct = outcome_reward(trace.response, trace.gold, verifier=task.verifier.kind, pattern=pattern,
                              timeout_s=task.verifier.timeout_s) >= 1.0
-    segments = [{"t": t, "text": text, "J": float(J[t]), "S_magn": float(magnitude[t - 1]),
-                 "S_stab": float(stability[t - 1]), "S": float(score[t - 1]), "r": float(rewards[t - 1]),
+    def point(t: int) -> dict[str, Any]:
+        if t > R:  # the segment that states the final answer, or after it: not scored (REPRO_SPEC §4)
+            return {"scored": False, "J": None, "S_magn": None, "S_stab": None, "S": None, "r": 0.0}
+        return {"scored": True, "J": float(J[t]), "S_magn": float(magnitude[t - 1]), "S_stab": float(stability[t - 1]),
+                "S": float(score[t - 1]), "r": float(rewards[t - 1])}
+
+    segments = [{"t": t, "text": text, **point(t),
                  "backtrack": bt, "overthinking": ot, "after_answer": aa, "tokens": int(n),
                  "entropy": float(entropies[t - 1])}
                 for t, (text, bt, ot, aa, n) in enumerate(zip(trace.segments, backtracks, marks.overthinking, after,
@@ -259,7 +279,8 @@ def trace_row(trace: Trace, J: np.ndarray, entropies: np.ndarray, task: TaskSpec
         "line": trace.line, "id": trace.id, "question": trace.question, "answer": trace.gold,
         "predicted": extract_answer(trace.response, pattern, all_boxes=is_collection(trace.gold)),
         "correct": bool(correct),
-        "think": trace.think, "num_segments": len(segments), "num_tokens": int(sum(trace.tokens)),
+        "think": trace.think, "num_segments": len(segments), "scored_segments": R,
+        "num_tokens": int(sum(trace.tokens)),
         "J_0": float(J[0]), "J_T": float(J[-1]), "J_gain": float(J[-1] - J[0]),
         "process_return": float(rewards.sum()), "backtracks": int(sum(backtracks)),
         "negative_rewards": int((rewards < 0).sum()),
@@ -291,7 +312,8 @@ class TraceScorer:
     def score(self, traces: list[Trace]) -> list[dict[str, Any]]:
         from repro_env.scoring import ScoreRequest
 
-        requests = [ScoreRequest(t.prefix, t.segments, t.answer) for t in traces]
+        requests = [ScoreRequest(t.prefix, t.segments, t.answer, points=tuple(range(1, t.reasoning + 1)))
+                    for t in traces]
         results = self.scorer.score(requests)
         return [trace_row(t, r.J, r.entropies, self.task) for t, r in zip(traces, results, strict=True)]
 
@@ -340,6 +362,7 @@ class Summary:
     traces: int = 0
     skipped: int = 0
     segments: int = 0
+    scored_segments: int = 0
     negative_segments: int = 0
     backtracks: int = 0
     correct: int = 0
@@ -358,6 +381,7 @@ class Summary:
     def add(self, row: Mapping[str, Any]) -> None:
         self.traces += 1
         self.segments += row["num_segments"]
+        self.scored_segments += row["scored_segments"]
         self.negative_segments += row["negative_rewards"]
         self.backtracks += row["backtracks"]
         self.correct += row["correct"]
@@ -376,7 +400,7 @@ class Summary:
                 "mean_J_gain": self.J_gain / n, "mean_process_return": self.process_return / n,
                 "backtracks_per_trace": self.backtracks / n, "accuracy": self.correct / n,
                 "segments_per_trace": self.segments / n,
-                "negative_reward_share": self.negative_segments / max(self.segments, 1),
+                "negative_reward_share": self.negative_segments / max(self.scored_segments, 1),
                 "overthinking_share": self.overthinking / n,
                 "overthinking_tokens_per_trace": self.overthinking_tokens / n,
                 "mean_tokens_after_first_correct": (self.tokens_after / self.answer_located

@@ -1,11 +1,11 @@
 """Pictures of scored traces (:mod:`repro_env.diagnostics`): J curves as PNG and a self-contained HTML report.
 
 - ``plots/<rank>-<id>.png``: J_0..J_T along the reasoning; backtrack segments shaded, segments with
-  negative r̃ drawn as red points;
+  negative r̃ drawn as red points, unscored segments (the final answer, REPRO_SPEC §4) shaded grey;
 - ``curves.png``: a grid of the worst traces' curves (lowest process return first);
 - ``report.html``: every reported trace, worst first, with its curve embedded as a base64 PNG and
-  its segments coloured by r̃ (green > 0, red < 0). No script, style sheet or image is fetched:
-  the file opens offline.
+  its segments coloured by r̃ (green > 0, red < 0, grey: not scored). No script, style sheet or
+  image is fetched: the file opens offline.
 
 Matplotlib runs on the Agg backend, so drawing works without a display.
 """
@@ -26,6 +26,8 @@ GRID_MAX = 16
 """Traces in ``curves.png``."""
 _PNG_METADATA = {"Software": None}
 """Matplotlib writes its URL into the PNG by default; the report must not hold any."""
+UNSCORED_COLOUR = "rgba(128, 128, 128, 0.15)"
+"""Background of a segment that is not scored (the final answer, REPRO_SPEC §4)."""
 
 
 def _pyplot():
@@ -38,20 +40,26 @@ def _pyplot():
 
 
 def draw_curve(ax: Any, row: Mapping[str, Any], *, legend: bool = True) -> None:
-    """J_t against t = 0..T on ``ax``: backtracks shaded orange, negative-r̃ points red."""
+    """J_t against the scored t = 0..T on ``ax``: backtracks shaded orange, negative-r̃ points red,
+    unscored segments (the final answer and after) shaded grey."""
     segments = row["segments"]
-    t = list(range(len(segments) + 1))
-    J = [row["J_0"], *(s["J"] for s in segments)]
+    scored = [s for s in segments if s["scored"]]
+    t = [0, *(s["t"] for s in scored)]
+    J = [row["J_0"], *(s["J"] for s in scored)]
     ax.plot(t, J, "-o", color="tab:blue", markersize=3.5, linewidth=1.4, label="J")
     for s in segments:
         if s["backtrack"]:
             ax.axvspan(s["t"] - 0.5, s["t"] + 0.5, color="tab:orange", alpha=0.18, linewidth=0)
-    negative = [s for s in segments if s["r"] < 0]
+        if not s["scored"]:
+            ax.axvspan(s["t"] - 0.5, s["t"] + 0.5, color="tab:gray", alpha=0.15, linewidth=0)
+    negative = [s for s in scored if s["r"] < 0]
     if negative:
         ax.plot([s["t"] for s in negative], [s["J"] for s in negative], "o", color="tab:red", markersize=6,
                 label="r~ < 0")
     if any(s["backtrack"] for s in segments):
         ax.plot([], [], "s", color="tab:orange", alpha=0.4, label="backtrack")
+    if len(scored) < len(segments):
+        ax.plot([], [], "s", color="tab:gray", alpha=0.3, label="not scored")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -117,11 +125,17 @@ def trace_html(rank: int, row: Mapping[str, Any], png: bytes) -> str:
     scale = max((abs(s["r"]) for s in row["segments"][1:]), default=0.0) or 1.0
     cells = []
     for s in row["segments"]:
-        tip = (f"t={s['t']}  J={s['J']:.4f}  S_magn={s['S_magn']:.4f}  S_stab={s['S_stab']:.4f}  "
-               f"S={s['S']:.4f}  r~={s['r']:+.4f}  tokens={s['tokens']}  entropy={s['entropy']:.3f}")
+        if s["scored"]:
+            tip = (f"t={s['t']}  J={s['J']:.4f}  S_magn={s['S_magn']:.4f}  S_stab={s['S_stab']:.4f}  "
+                   f"S={s['S']:.4f}  r~={s['r']:+.4f}  tokens={s['tokens']}  entropy={s['entropy']:.3f}")
+            label, background = f"r~ {s['r']:+.4f}", _colour(s["r"], scale)
+        else:
+            tip = (f"t={s['t']}  not scored: the reasoning ends before the final answer  "
+                   f"tokens={s['tokens']}  entropy={s['entropy']:.3f}")
+            label, background = "not scored (final answer)", UNSCORED_COLOUR
         flag = ' <b class="bt">backtrack</b>' if s["backtrack"] else ""
-        cells.append(f'<div class="seg" style="background:{_colour(s["r"], scale)}" title="{html.escape(tip)}">'
-                     f'<span class="num">{s["t"]} · r~ {s["r"]:+.4f}{flag}</span>{html.escape(s["text"])}</div>')
+        cells.append(f'<div class="seg" style="background:{background}" title="{html.escape(tip)}">'
+                     f'<span class="num">{s["t"]} · {label}{flag}</span>{html.escape(s["text"])}</div>')
     image = base64.b64encode(png).decode("ascii")
     verdict = "correct" if row["correct"] else "wrong"
     return (f'<section class="trace" id="trace-{rank}">\n'
@@ -165,7 +179,8 @@ def report_html(rows: Sequence[Mapping[str, Any]], pngs: Sequence[bytes], summar
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<title>RePro trace diagnostics ({html.escape(task_id)})</title><style>{_STYLE}</style></head>\n'
             f'<body><h1>RePro trace diagnostics</h1>\n<p>Task {html.escape(task_id)}. Showing {shown}, worst '
-            f'first. Segment colour: r~ (green: J moved towards the answer, red: away); orange: backtrack; '
+            f'first. Segment colour: r~ (green: J moved towards the answer, red: away; grey: not scored, the '
+            f'final answer); orange: backtrack; '
             f'hover a segment for its numbers.</p>\n<table class="sum">{table}</table>\n{body}</body></html>\n')
 
 

@@ -28,6 +28,7 @@ from repro_env.scoring import (
     shared_scorer,
     start_sessions,
 )
+from repro_env.segments import reasoning_length
 from repro_env.tasks import TaskSpec, load_task, make_source, resolve_task
 
 # Characters Text.sample() draws from; `contains` accepts any string (model output is arbitrary unicode).
@@ -162,8 +163,9 @@ class ReasoningEnv(gym.Env[str, str]):
     segment is a paragraph: text up to a blank line). After every segment a scorer model computes
     J, the mean log-probability of the true answer given the question and the reasoning so far
     (REPRO_SPEC §2), and the env pays the RePro process reward: how much this segment moved J
-    towards the answer, and how steadily (§3–§4). The last step also pays the outcome reward:
-    1 if the final answer verifies against the ground truth.
+    towards the answer, and how steadily (§3–§4). The reasoning ends before the segment that states
+    the final answer; that segment is not scored and pays the outcome reward: 1 if the final answer
+    verifies against the ground truth.
 
     ## Observation space
 
@@ -190,9 +192,22 @@ class ReasoningEnv(gym.Env[str, str]):
         r̃_t      = S_t − S_{t'}                             t' the previous scored point (S_0 = 0)
         reward_t = α · r̃_t  +  [final step] · 1{answer verifies}
 
-    with α, w, β, ε from the task's ``reward`` section. Unscored segments (``selection:
-    entropy_threshold``) earn 0 and the next scored one earns the difference since the last scored
-    point, so the process rewards of an episode always sum to α·S_T (telescoping).
+    with α, w, β, ε from the task's ``reward`` section. The end of the reasoning is always a scored
+    point: the segment before the one that states the final answer, or the last segment of a
+    truncated episode (which states none).
+
+    The segment that states the final answer (matches the task's ``final_answer_pattern``) is not
+    scored (REPRO_SPEC §4): once the answer is written, J no longer measures confidence in it (the
+    model expects the end of the text, not the answer again), so scoring it would punish the act of
+    concluding. Its process reward is 0, its J-derived components are NaN, and no J is computed for
+    it (the scorer only appends it); trainers give its tokens the outcome advantage only.
+
+    Unscored segments earn 0 and the next scored one earns the difference since the last scored
+    point, so the process rewards of an episode always sum to α·S at its last scored point
+    (telescoping). With ``selection: entropy_threshold`` the env cannot know that a segment ends
+    the reasoning until the next one states the answer, so a terminated episode's end of the
+    reasoning is scored only when its entropy passes the threshold (use ``all``, and re-select
+    points afterwards, for the paper's top-k rule).
 
     ``info`` carries every component: ``J``, ``J_baseline``, ``magnitude``, ``stability``,
     ``process_score``, ``process_reward`` (r̃, before α), ``outcome_reward``, ``correct`` (last step),
@@ -226,6 +241,9 @@ class ReasoningEnv(gym.Env[str, str]):
     ## Version history
 
     * v0: initial release.
+    * v0, changed in place (issue 24): the segment that states the final answer is no longer
+      scored and needs no J (REPRO_SPEC §4); it used to be the last scored point, so episodes that
+      end with an answer now pay α·S at the end of the reasoning instead of α·S_T.
     """
 
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
@@ -274,7 +292,7 @@ class ReasoningEnv(gym.Env[str, str]):
         episode = self._require_episode()
         segment = self.prepare_segment(action)
         try:
-            step = episode.session.append(segment)
+            step = episode.session.append(segment, score=not self.states_answer(segment))
         except ContextLengthError:
             step = None
         return self.finish_step(episode, segment, step)
@@ -359,7 +377,8 @@ class ReasoningEnv(gym.Env[str, str]):
         if not overflow:
             episode.segments.append(segment)
         t = len(episode.segments)
-        terminated = not overflow and self._is_final(segment)
+        answered = not overflow and self.states_answer(segment)
+        terminated = answered or (not overflow and self._ends_text(segment))
         truncated = not terminated and (
             overflow or t >= limits.max_steps or step.total_tokens >= limits.max_total_tokens)
         info: dict[str, Any] = {
@@ -372,7 +391,7 @@ class ReasoningEnv(gym.Env[str, str]):
             "backtrack": task.is_backtrack(segment), "context_overflow": overflow,
             **self._overthinking_info(episode, segment, overflow),
         }
-        if not overflow and self._selected(step, last=terminated or truncated):
+        if not overflow and not answered and self._selected(step, last=terminated or truncated):
             info.update(self._score_point(episode, step.J))
         if terminated or truncated:
             correct = terminated and task.verify("".join(episode.segments), episode.problem)
@@ -417,9 +436,14 @@ class ReasoningEnv(gym.Env[str, str]):
             info.update(after_answer=marks.after_answer[-1], answer_stated=marks.answer_stated)
         return info
 
-    def _is_final(self, segment: str) -> bool:
+    def states_answer(self, segment: str) -> bool:
+        """Whether ``segment`` states the final answer: it ends the episode and is not scored, so no J
+        is computed for it (REPRO_SPEC §4). The one place the env and the vector env decide this."""
+        return reasoning_length([segment], self.spec_task.final_answer_regex) == 0
+
+    def _ends_text(self, segment: str) -> bool:
         eos = self.scorer.eos_token
-        return bool(self.spec_task.final_answer_regex.search(segment)) or bool(eos and eos in segment)
+        return bool(eos and eos in segment)
 
     @staticmethod
     def transcript(episode: Episode, colour: bool = False) -> str:

@@ -52,6 +52,17 @@ def split_segments(text: str, delimiter: str = DEFAULT_DELIMITER) -> list[str]:
     return segments
 
 
+def reasoning_length(segments: Sequence[str], final_answer: re.Pattern[str]) -> int:
+    """How many leading ``segments`` are reasoning: those before the first one that states the final
+    answer (matches ``final_answer``, the task's ``final_answer_regex``); all of them when none does.
+
+    REPRO_SPEC §4 **(choice)**: without a think block the reasoning ends *before* the segment that
+    states the final answer. That segment and any after it are not scored: once the answer is
+    written, J no longer measures confidence in it. ``["a\\n\\n", "so \\boxed{2}"]`` → 1.
+    """
+    return next((t for t, segment in enumerate(segments) if final_answer.search(segment)), len(segments))
+
+
 def segment_char_ends(segments: Sequence[str], start: int = 0) -> list[int]:
     """Character offset of the end of each segment, counting from ``start`` (e.g. ``len(q)``)."""
     ends = []

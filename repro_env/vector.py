@@ -159,15 +159,16 @@ class ReasoningVectorEnv(VectorEnv):
 
     def _append_all(self, live: list[int], segments: dict[int, str]) -> dict[int, StepScore | None]:
         sessions = [self.envs[i]._require_episode().session for i in live]
+        score = {i: not self.envs[i].states_answer(segments[i]) for i in live}  # no J for a final answer
         try:
-            results = self.scorer.sessions_append(sessions, [segments[i] for i in live])
+            results = self.scorer.sessions_append(sessions, [segments[i] for i in live], [score[i] for i in live])
             return dict(zip(live, results, strict=True))
         except ContextLengthError:
             # Some sub-env overflowed its context: find which by appending one at a time.
             scores: dict[int, StepScore | None] = {}
             for i, session in zip(live, sessions, strict=True):
                 try:
-                    scores[i] = session.append(segments[i])
+                    scores[i] = session.append(segments[i], score=score[i])
                 except ContextLengthError:
                     scores[i] = None
             return scores

@@ -6,16 +6,29 @@ solution with two recheck, false-start or rumination segments inserted (``arithm
 For every overthinking replay we ask whether its inserted segments' mean process advantage Ã
 (group-normalised r̃, return-to-go, REPRO_SPEC §5) is below that of its reference segments.
 
+The segment that states the final answer is not scored (REPRO_SPEC §4): its Ã is 0, as the
+trainers give its tokens, and it counts among the reference segments (in 20 of the 120 replays,
+false starts that rewrite every step, it is the only one).
+
 A reward that carries no information about which segments were inserted must not pass, so the
 share is compared with two nulls computed on the same replays:
 
-- ``permuted``: each episode's r̃ in a random order (same values and insertion positions);
-- ``last``: the episode's whole process return paid on its last segment only (α·S_T, the same
-  total as RePro's telescoped return), which passed the test this one replaces 100% of the time.
+- ``permuted``: each episode's r̃ in a random order over its scored segments (same values and
+  insertion positions);
+- ``last``: the episode's whole process return paid on its last scored segment only (α·S at the end
+  of the reasoning, the same total as RePro's telescoped return), which passed the test this one
+  replaces 100% of the time.
 
-Measured on 40 problems (120 overthinking replays): RePro 82%, ``permuted`` 51% on average over 200
-orders (95th percentile 59%), ``last`` 57%. On the segments' own centred r̃ (no return-to-go) the
-figure is 65% against 49%. The test asserts RePro beats both nulls by 0.1.
+Measured on 40 problems (120 overthinking replays): RePro 90%, ``permuted`` 53% on average over 200
+orders (95th percentile 60%), ``last`` 8%. On the segments' own centred r̃ (no return-to-go) the
+figure is 86% against 58%. Left out of both means, the final-answer segment leaves 100 replays with
+reference segments to compare: there RePro 75%, ``permuted`` 48% (95th percentile 56%), ``last``
+13%; centred r̃ 82% against 49%.
+
+Before the final-answer segment was left unscored (issue 24), when it was the last scored point
+and J fell there in 81% of these replays, the same measure gave RePro 82%, ``permuted`` 52% (95th
+percentile 59%), ``last`` 57%; centred r̃ 65% against 49%. The test asserts RePro beats both nulls
+by 0.1.
 """
 
 from __future__ import annotations
@@ -35,19 +48,22 @@ KINDS = ("recheck", "false_start", "rumination")
 GROUP = 1 + len(KINDS)
 
 
-def replay(envs, plans: list[list[str]], indices: list[int]) -> list[np.ndarray]:
-    """Process reward α·r̃ of every segment when sub-env i replays ``plans[i]`` on test problem ``indices[i]``."""
+def replay(envs, plans: list[list[str]], indices: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Process reward α·r̃ of every segment, and whether it was scored, when sub-env i replays
+    ``plans[i]`` on test problem ``indices[i]``."""
     envs.reset(options={"split": "test", "index": indices})
     plans = [list(p) for p in plans]
     rewards: list[list[float]] = [[] for _ in plans]
+    scored: list[list[bool]] = [[] for _ in plans]
     done = np.zeros(len(plans), dtype=bool)
     while not done.all():
         actions = [plan.pop(0) if plan else "." for plan in plans]
         _, step_rewards, terminated, truncated, infos = envs.step(actions)
         for i in np.flatnonzero(infos["_outcome_reward"] & ~done):
             rewards[i].append(float(step_rewards[i] - infos["outcome_reward"][i]))
+            scored[i].append(bool(infos["scored"][i]))
         done |= terminated | truncated
-    return [np.array(r) for r in rewards]
+    return [np.array(r) for r in rewards], [np.array(s) for s in scored]
 
 
 def inserted(clean: list[str], noisy: list[str]) -> np.ndarray:
@@ -58,11 +74,11 @@ def inserted(clean: list[str], noisy: list[str]) -> np.ndarray:
     return flags
 
 
-def share_below(rewards: list[np.ndarray], flags: list[np.ndarray]) -> float:
+def share_below(rewards: list[np.ndarray], flags: list[np.ndarray], scored: list[np.ndarray]) -> float:
     """Share of overthinking replays whose inserted segments' mean Ã is below their reference segments'."""
     wins = []
     for g in range(0, len(rewards), GROUP):
-        advantages = grpo_process_advantages(rewards[g:g + GROUP])
+        advantages = grpo_process_advantages(rewards[g:g + GROUP], scored[g:g + GROUP])
         for j in range(1, GROUP):
             f = flags[g + j]
             wins.append(advantages[j][f].mean() < advantages[j][~f].mean())
@@ -82,14 +98,27 @@ def test_inserted_overthinking_gets_lower_advantages_than_the_reference_segments
             plans.append(plan)
             indices.append(i)
             flags.append(inserted(clean, plan))
-    rewards = replay(envs, plans, indices)
+    rewards, scored = replay(envs, plans, indices)
     assert all(len(r) == len(p) for r, p in zip(rewards, plans, strict=True))  # one reward per segment
     assert all(f.any() and not f.all() for f in flags[1::GROUP] + flags[2::GROUP] + flags[3::GROUP])
+    # the segment that states the answer (the last) is the only unscored one, and pays no process reward
+    assert all(s[:-1].all() and not s[-1] and r[-1] == 0.0 for r, s in zip(rewards, scored, strict=True))
 
-    repro = share_below(rewards, flags)
-    last = share_below([np.r_[np.zeros(r.size - 1), r.sum()] for r in rewards], flags)
+    def on_last_scored(r: np.ndarray, s: np.ndarray) -> np.ndarray:
+        out = np.zeros(r.size)
+        out[np.flatnonzero(s)[-1]] = r.sum()
+        return out
+
+    def permute_scored(r: np.ndarray, s: np.ndarray) -> np.ndarray:
+        out = r.copy()
+        out[s] = order.permutation(r[s])
+        return out
+
+    repro = share_below(rewards, flags, scored)
+    last = share_below([on_last_scored(r, s) for r, s in zip(rewards, scored, strict=True)], flags, scored)
     order = np.random.default_rng(0)
-    permuted = [share_below([order.permutation(r) for r in rewards], flags) for _ in range(50)]
+    permuted = [share_below([permute_scored(r, s) for r, s in zip(rewards, scored, strict=True)], flags, scored)
+                for _ in range(50)]
     print(f"\ninserted segments' mean advantage below the reference segments' ({len(rewards) - NUM_PROBLEMS} "
           f"overthinking replays): RePro {repro:.0%}; nulls: last-segment total {last:.0%}, permuted "
           f"{np.mean(permuted):.0%} (95th percentile {np.percentile(permuted, 95):.0%})")

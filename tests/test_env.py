@@ -96,20 +96,28 @@ def test_rewards_equal_repro_math_on_batch_scored_J(make_env):
     assert steps[-1][2] and not steps[-1][3]  # terminated by the boxed answer
     assert all(INFO_KEYS <= set(info) for info in infos) and infos[-1]["correct"] is True
 
+    # The last segment states the answer: it is not scored (REPRO_SPEC §4); the reasoning is the rest.
+    final = infos[-1]
+    assert final["scored"] is False and final["process_reward"] == 0.0
+    assert all(math.isnan(final[k]) for k in ("J", "magnitude", "stability", "process_score"))
+    assert all(i["scored"] for i in infos[:-1])
+
     # J from the env's cached session equals one shared-prefix batch pass over the whole response.
     scorer = env.unwrapped.scorer
-    batch = scorer.score([ScoreRequest(episode.prompt, tuple(episode.segments), episode.answer)])[0]
-    np.testing.assert_allclose([i["J"] for i in infos], batch.J[1:], atol=1e-5)
+    reasoning = len(episode.segments) - 1
+    batch = scorer.score([ScoreRequest(episode.prompt, tuple(episode.segments), episode.answer,
+                                       points=tuple(range(1, reasoning + 1)))])[0]
+    np.testing.assert_allclose([i["J"] for i in infos[:-1]], batch.J[1:], atol=1e-5)
     np.testing.assert_allclose([i["entropy"] for i in infos], batch.entropies, atol=1e-5)
 
     alpha = env.unwrapped.spec_task.reward.alpha
-    expected = rp.process_rewards(batch.J, stability_weight=0.1, ema=0.01)
+    expected = np.r_[rp.process_rewards(batch.J, stability_weight=0.1, ema=0.01), 0.0]
     np.testing.assert_allclose([i["process_reward"] for i in infos], expected, atol=1e-5)
     rewards = [s[1] for s in steps]
     np.testing.assert_allclose(rewards, alpha * expected + np.r_[np.zeros(len(steps) - 1), 1.0], atol=1e-5)
-    # Telescoping: the process rewards sum to S_T, here computed by hand from the batch J (REPRO_SPEC §3),
-    # not from the env's own scores or the reward module.
-    J = [float(j) for j in batch.J]  # J_0..J_T
+    # Telescoping: the process rewards sum to S at the end of the reasoning, here computed by hand from
+    # the batch J (REPRO_SPEC §3), not from the env's own scores or the reward module.
+    J = [float(j) for j in batch.J]  # J_0..J_{T−1}
     delta = (J[-1] - J[0]) / max(abs(J[0]), 1e-6)
     ema = [J[0]]
     for j in J[1:]:
@@ -119,6 +127,31 @@ def test_rewards_equal_repro_math_on_batch_scored_J(make_env):
     S_T = 0.9 * (math.tanh(delta - 1) + 1) + 0.1 * (tau + 1) / 2
     assert sum(i["process_reward"] for i in infos) == pytest.approx(S_T, abs=1e-6)
     assert sum(rewards) == pytest.approx(alpha * S_T + 1.0, abs=1e-6)
+
+
+def test_the_final_answer_segment_is_not_scored_and_costs_no_J(make_env, monkeypatch):
+    """REPRO_SPEC §4: the reasoning ends before the segment that states the answer; the env asks the
+    scorer for no J there (``score=False``: the segment is only appended to the prefix)."""
+    env = make_env()
+    env.reset(options={"split": "test", "index": 0})
+    scorer = env.unwrapped.scorer
+    flags = []
+    original = scorer.sessions_append
+
+    def counting(sessions, segments, score=None):
+        flags.extend([True] * len(sessions) if score is None else score)
+        return original(sessions, segments, score)
+
+    monkeypatch.setattr(scorer, "sessions_append", counting)
+    steps = play(env, ["First, 3 + 4 = 7.", "Then 7 * 2 = 14.", "The answer is \\boxed{14}."])
+    assert flags == [True, True, False]
+    assert [s[4]["scored"] for s in steps] == [True, True, False]
+    *_, (_, reward, term, trunc, info) = steps
+    assert (term, trunc) == (True, False) and info["process_reward"] == 0.0 and math.isnan(info["J"])
+    assert math.isfinite(info["entropy"]) and info["segment_tokens"] > 0  # still appended and measured
+    assert reward == info["outcome_reward"]  # the outcome only
+    # the process rewards telescope to α·S at the end of the reasoning, the second segment
+    assert sum(s[1] for s in steps[:2]) == pytest.approx(0.1 * steps[1][4]["process_score"], abs=1e-9)
 
 
 def test_delimiter_is_appended_and_backtracks_flagged(make_env):
@@ -155,8 +188,8 @@ def test_wrong_final_answer_terminates_with_outcome_zero(make_env):
 def test_end_of_text_token_terminates(make_env):
     env = make_env()
     env.reset(seed=0)
-    _, _, term, _, _ = env.step("I give up.</s>")
-    assert term
+    _, _, term, _, info = env.step("I give up.</s>")
+    assert term and info["scored"]  # no answer stated: this segment ends the reasoning and is scored
 
 
 def test_truncation_at_max_total_tokens(make_env):
@@ -202,16 +235,31 @@ def test_step_after_end_or_before_reset_needs_reset(make_env):
 
 
 def test_entropy_threshold_selection_carries_the_difference_to_the_next_scored_point(make_env):
-    env = make_env(reward={"selection": "entropy_threshold", "entropy_threshold": 1e9})
+    reasoning = 3  # the test problem's solution: 3 steps, then the answer
+    env = make_env(reward={"selection": "entropy_threshold", "entropy_threshold": 1e9},
+                   limits={"max_steps": reasoning})
     env.reset(options={"split": "test", "index": 0})
-    steps = play(env, env.unwrapped.episode.problem.solution)
+    solution = env.unwrapped.episode.problem.solution
+    assert len(solution) == reasoning + 1
+    steps = play(env, solution)
     infos = [s[4] for s in steps]
+    assert steps[-1][3]  # truncated before the answer: the last segment ends the reasoning
     assert [i["scored"] for i in infos] == [False] * (len(infos) - 1) + [True]
     assert all(i["process_reward"] == 0.0 and math.isnan(i["J"]) for i in infos[:-1])
     # Only J_0 and J_T count: the last step earns S computed from those two points alone.
     J_T = infos[-1]["J"]
     expected = rp.process_scores(np.array([infos[0]["J_baseline"], J_T]), 0.1, 0.01)[-1]
     assert infos[-1]["process_reward"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_entropy_threshold_cannot_score_an_end_of_reasoning_it_only_learns_about_later(make_env):
+    """Online, a segment is known to end the reasoning only when the next one states the answer; the
+    answer segment itself is never scored (REPRO_SPEC §4), so below the threshold nothing is (env docs)."""
+    env = make_env(reward={"selection": "entropy_threshold", "entropy_threshold": 1e9})
+    env.reset(options={"split": "test", "index": 0})
+    steps = play(env, env.unwrapped.episode.problem.solution)
+    assert steps[-1][2] and not any(s[4]["scored"] for s in steps)
+    assert [s[1] for s in steps] == [0.0] * (len(steps) - 1) + [1.0]
 
 
 def test_topk_selection_is_refused_online(make_env):

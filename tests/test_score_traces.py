@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import subprocess
@@ -97,9 +98,15 @@ def test_api_returns_plain_data_and_import_stays_light(bundled):
     row = result["traces"][2]
     assert row["id"] == "backtrack-tom" and row["backtracks"] == 3 and row["correct"] is True
     for segment in row["segments"]:
-        assert set(segment) == {"t", "text", "J", "S_magn", "S_stab", "S", "r", "backtrack", "overthinking",
-                                "after_answer", "tokens", "entropy"}
-    assert row["process_return"] == pytest.approx(row["segments"][-1]["S"])  # Σ r̃ telescopes to S_T
+        assert set(segment) == {"t", "text", "scored", "J", "S_magn", "S_stab", "S", "r", "backtrack",
+                                "overthinking", "after_answer", "tokens", "entropy"}
+    # the last segment states the answer and is not scored (REPRO_SPEC §4); Σ r̃ telescopes to S at the
+    # end of the reasoning, the segment before it
+    *reasoning, final = row["segments"]
+    assert all(s["scored"] for s in reasoning) and row["scored_segments"] == len(reasoning)
+    assert final["scored"] is False and final["r"] == 0.0 and final["J"] is None and final["S"] is None
+    assert row["process_return"] == pytest.approx(reasoning[-1]["S"])
+    assert row["J_T"] == reasoning[-1]["J"]
     code = "import sys, repro_env; assert 'torch' not in sys.modules; repro_env.score_traces; " \
            "assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
@@ -123,10 +130,13 @@ def test_rows_equal_the_env_online_values(bundled):
             assert row["num_segments"] == len(episode.infos)
             assert row["J_0"] == pytest.approx(episode.infos[0]["J_baseline"], abs=TOL)
             assert row["correct"] == episode.correct
+            assert [s["scored"] for s in row["segments"]] == [info["scored"] for info in episode.infos]
+            assert not row["segments"][-1]["scored"]  # the final answer: scored by neither
             for segment, info in zip(row["segments"], episode.infos, strict=True):
                 for ours, theirs in (("J", "J"), ("S_magn", "magnitude"), ("S_stab", "stability"),
                                      ("S", "process_score"), ("r", "process_reward"), ("entropy", "entropy")):
-                    assert segment[ours] == pytest.approx(info[theirs], abs=TOL), (i, segment["t"], ours)
+                    expected = None if math.isnan(info[theirs]) else pytest.approx(info[theirs], abs=TOL)
+                    assert segment[ours] == expected, (i, segment["t"], ours)
                 assert segment["backtrack"] == info["backtrack"]
                 assert segment["tokens"] == info["segment_tokens"]
     env.close()
@@ -145,6 +155,33 @@ def test_think_block_is_split_on_its_think_part(bundled):
     direct = bundled.score([ScoreRequest(prompt + "<think>\n", tuple(s["text"] for s in row["segments"]),
                                          "\\boxed{30}")])[0]
     np.testing.assert_allclose([row["J_0"], *(s["J"] for s in row["segments"])], direct.J, rtol=0, atol=TOL)
+
+
+def test_the_final_answer_segment_is_not_scored_without_a_think_block(tmp_path, bundled, monkeypatch):
+    """REPRO_SPEC §4, as in the env: the reasoning ends before the segment that states the answer; that
+    segment and those after it get no J (none is asked of the scorer) and are shown as not scored."""
+    requests = []
+    score = bundled.score
+    monkeypatch.setattr(bundled, "score", lambda batch: requests.extend(batch) or score(batch))
+    response = "6 * 5 = 30.\n\nSo 30 in all.\n\nThe answer is \\boxed{30}.\n\nDone."
+    result = score_traces([{"question": QUESTION, "response": response, "answer": "30"}], scorer=bundled,
+                          out=tmp_path / "out", report_limit=1)
+    row = result["traces"][0]
+    assert [r.points for r in requests] == [(1, 2)]
+    assert [s["scored"] for s in row["segments"]] == [True, True, False, False]
+    assert [s["r"] for s in row["segments"][2:]] == [0.0, 0.0] and row["scored_segments"] == 2
+    prompt = resolve_task("RePro-Math-v0").prompt_template.format(question=QUESTION)
+    direct = score([ScoreRequest(prompt, ("6 * 5 = 30.\n\n", "So 30 in all.\n\n"), "\\boxed{30}")])[0]
+    np.testing.assert_allclose([row["J_0"], *(s["J"] for s in row["segments"][:2])], direct.J, rtol=0, atol=TOL)
+    assert row["J_T"] == row["segments"][1]["J"] and row["process_return"] == pytest.approx(row["segments"][1]["S"])
+    with open(tmp_path / "out" / "scores.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [(t["scored"], t["J"], t["r"]) for t in table][2:] == [("False", "", "0.0")] * 2
+    assert (tmp_path / "out" / "report.html").read_text().count("not scored (final answer)") == 2
+    # inside a think block every segment is reasoning, one that writes \boxed{} too (the answer is read after it)
+    think = score_traces([{"question": QUESTION, "answer": "30",
+                           "response": f"<think>\n{response}\n</think>\nSo \\boxed{{30}}."}], scorer=bundled)
+    assert [s["scored"] for s in think["traces"][0]["segments"]] == [True] * 4
 
 
 GOOD = {"id": "good", "question": QUESTION, "response": "6 * 5 = 30.\n\nThe answer is \\boxed{30}.", "answer": "30"}

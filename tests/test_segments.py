@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -10,6 +11,7 @@ from repro_env.errors import ConfigError, ScorerError
 from repro_env.segments import (
     char_spans,
     char_to_token_boundaries,
+    reasoning_length,
     segment_char_ends,
     split_segments,
     tokenize_with_boundaries,
@@ -44,6 +46,15 @@ def test_split_segments_custom_delimiter():
 def test_split_segments_rejects_empty_delimiter():
     with pytest.raises(ConfigError, match="field 'delimiter' must be a non-empty string, got ''"):
         split_segments("abc", delimiter="")
+
+
+def test_reasoning_ends_before_the_first_segment_that_states_the_final_answer():
+    boxed = re.compile(r"\\boxed\{")
+    assert reasoning_length(["a\n\n", "b\n\n", "So \\boxed{2}.\n\n", "Done."], boxed) == 2
+    assert reasoning_length(["a\n\n", "\\boxed{1} or \\boxed{2}"], boxed) == 1  # the first match counts
+    assert reasoning_length(["\\boxed{2}"], boxed) == 0  # the answer at once: no reasoning
+    assert reasoning_length(["a\n\n", "b"], boxed) == 2  # no answer stated (truncated): all reasoning
+    assert reasoning_length([], boxed) == 0
 
 
 def test_char_ends_and_spans():

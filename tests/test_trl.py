@@ -72,7 +72,10 @@ def fixed_batch(tokenizer):
 
 
 def by_hand(tokenizer, prompts, answers, completion_ids, mask, R) -> list[np.ndarray]:
-    """Token advantages straight from repro_env.reward, with J from a fresh scorer on the same model."""
+    """Token advantages straight from repro_env.reward, with J from a fresh scorer on the same model.
+
+    Each completion's last segment states the answer: it is not scored (REPRO_SPEC §4), so J is asked
+    at the T − 1 reasoning segments only and the last segment's r̃ is 0 and out of the pool."""
     spec = resolve_task(TASK)
     scorer = HFScorer.from_model(AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=torch.float32),
                                  tokenizer)
@@ -81,10 +84,11 @@ def by_hand(tokenizer, prompts, answers, completion_ids, mask, R) -> list[np.nda
         n = int(mask[b].sum())
         text = tokenizer.decode(completion_ids[b, :n], skip_special_tokens=True)
         segments = split_segments(text, spec.delimiter)
-        result = scorer.score([ScoreRequest(prompts[b], tuple(segments), f"\\boxed{{{answers[b]}}}")])[0]
         T = len(segments)
-        rewards.append(rp.spread_rewards(range(1, T + 1), rp.rewards_for(spec.reward, result.J), T))
-        masks.append(np.ones(T, dtype=bool))
+        assert "boxed" in segments[-1] and not any("boxed" in s for s in segments[:-1])
+        result = scorer.score([ScoreRequest(prompts[b], tuple(segments[:-1]), f"\\boxed{{{answers[b]}}}")])[0]
+        rewards.append(rp.spread_rewards(range(1, T), rp.rewards_for(spec.reward, result.J), T))
+        masks.append(np.arange(T) < T - 1)
         counts.append(segment_token_counts(tokenizer, completion_ids[b, :n].tolist(), segments))
         tails.append(n - sum(counts[-1]))
     return rp.grpo_token_advantages(R, rewards, masks, counts, tails, alpha=spec.reward.alpha)
@@ -112,6 +116,27 @@ def test_advantages_equal_the_reward_module_by_hand():
         assert torch.all(got[b, n:] == 0)
     # the process term really is there: the tokens of one completion do not all share A
     assert len(set(np.round(got[1, :int(mask[1].sum())].numpy(), 6))) > 2
+
+
+def test_the_final_answer_segment_gets_the_outcome_advantage_only():
+    trainer = make_trainer()
+    tokenizer = trainer.processing_class
+    prompts, answers, ids, mask, R = fixed_batch(tokenizer)
+    requests = []
+    scorer = trainer.repro_scorer()
+    score = scorer.score
+    scorer.score = lambda batch: requests.extend(batch) or score(batch)
+    trainer._repro_scorer = scorer
+    got, _ = trainer.repro_advantages(prompts, answers, ids, mask, R, group=4)
+    A = rp.grpo_outcome_advantages(R)  # (4,)
+    for b in range(4):
+        n = int(mask[b].sum())
+        segments = split_segments(tokenizer.decode(ids[b, :n], skip_special_tokens=True), "\n\n")
+        assert requests[b].segments == tuple(segments[:-1])  # no J point at the final answer
+        answer_start = sum(segment_token_counts(tokenizer, ids[b, :n].tolist(), segments)[:-1])
+        # Ã = 0 on the final-answer segment and the EOS after it: Â = A exactly
+        np.testing.assert_allclose(got[b, answer_start:n].numpy(), A[b], atol=1e-6, rtol=0)
+        assert not np.allclose(got[b, :answer_start].numpy(), A[b], atol=1e-6)  # the reasoning is credited
 
 
 def test_two_processes_give_the_advantages_of_one(tmp_path):

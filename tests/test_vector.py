@@ -66,11 +66,28 @@ def test_one_batched_scorer_call_per_step(scorer_cfg, monkeypatch):
 
     def counting(sessions, segments, score=None):
         calls.append(len(sessions))
-        return original(sessions, segments)
+        return original(sessions, segments, score)
 
     monkeypatch.setattr(envs.scorer, "sessions_append", counting)
     envs.step(("a step.", "another step.", "a third step."))
     assert calls == [3]
+
+
+def test_a_final_answer_segment_is_appended_without_a_J(scorer_cfg, monkeypatch):
+    envs = make_vec(scorer_cfg, 3)
+    envs.reset(seed=0)
+    flags = []
+    original = envs.scorer.sessions_append
+
+    def recording(sessions, segments, score=None):
+        flags.append(list(score))
+        return original(sessions, segments, score)
+
+    monkeypatch.setattr(envs.scorer, "sessions_append", recording)
+    _, _, terms, _, infos = envs.step(("a step.", "The answer is \\boxed{3}.", "a third step."))
+    assert flags == [[True, False, True]]
+    assert terms.tolist() == [False, True, False] and infos["scored"].tolist() == [True, False, True]
+    assert np.isnan(infos["J"][1]) and infos["process_reward"][1] == 0.0
 
 
 def test_disabled_autoreset_leaves_finished_envs_alone(scorer_cfg):

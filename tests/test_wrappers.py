@@ -329,10 +329,12 @@ def test_episode_statistics_of_a_scripted_episode(make_env):
         assert ("episode" in info) == (terminated or truncated)
     stats = infos[-1]["episode"]
     alpha = 0.1  # RePro-Math-v0's reward.alpha
-    # selection "all": every point is scored, so the process rewards telescope to S_3 (§4).
-    # Totals checked against quantities the wrapper never adds up: S_3 from the last info, outcome 1.
-    assert stats["process_r"] == pytest.approx(alpha * infos[-1]["process_score"])
-    assert stats["r"] == pytest.approx(alpha * infos[-1]["process_score"] + 1.0)  # the answer verifies
+    # selection "all": every point of the reasoning is scored, so the process rewards telescope to S_2,
+    # the end of the reasoning; the segment that states the answer is not scored (§4).
+    # Totals checked against quantities the wrapper never adds up: S_2 from its info, outcome 1.
+    assert not infos[-1]["scored"] and infos[-2]["scored"]
+    assert stats["process_r"] == pytest.approx(alpha * infos[-2]["process_score"])
+    assert stats["r"] == pytest.approx(alpha * infos[-2]["process_score"] + 1.0)  # the answer verifies
     assert rewards[-1] != pytest.approx(stats["r"])  # earlier segments' rewards are in the total too
     assert stats["outcome"] == 1.0 and stats["correct"] is True
     assert stats["backtracks"] == 1 and stats["l"] == 3

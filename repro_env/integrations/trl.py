@@ -5,9 +5,11 @@ number per completion, so RePro's per-segment credit cannot pass through them; T
 subclass hand ``_compute_loss`` a (B, T) advantage instead of (B,). After TRL has generated the
 completions and computed their rewards, :class:`ReProGRPOTrainer`
 
-1. splits each completion into segments by the task's delimiter (characters, REPRO_SPEC §1);
-2. computes J at every segment end with one batch-scoring call (the policy's current weights by
-   default, as in the paper; or any scorer: frozen, vLLM, remote), picks the points
+1. splits each completion into segments by the task's delimiter (characters, REPRO_SPEC §1); without
+   a think block, the reasoning ends before the segment that states the final answer (§4): that
+   segment and any after it are not scored, and their tokens get the outcome advantage only;
+2. computes J at every reasoning segment end with one batch-scoring call (the policy's current
+   weights by default, as in the paper; or any scorer: frozen, vLLM, remote), picks the points
    (``selection: all`` or ``topk_entropy``) and turns them into segment rewards r̃ (§3–§4);
 3. gathers what the group statistics need from every process (a group may straddle ranks) and sets
    each token's advantage to Â = A + α·Ã (§5), A the group-normalised outcome advantage of TRL's
@@ -42,9 +44,10 @@ from repro_env.length_penalty import length_rewards
 from repro_env.problems import Problem
 from repro_env.reward import RewardConfig
 from repro_env.scoring.base import Scorer, ScorerConfig, ScoreRequest, make_scorer
-from repro_env.segments import split_segments
+from repro_env.segments import reasoning_length, split_segments
 from repro_env.tasks import TaskSpec, make_source, resolve_task
 
+THINK_CLOSE = "</think>"
 SEQUENCE_LOSSES = ("luspo", "vespo")
 """TRL loss types whose loss assumes one advantage per sequence."""
 
@@ -281,20 +284,31 @@ class ReProGRPOTrainer(GRPOTrainer):
         }
         return advantages, metrics
 
+    def num_reasoning_segments(self, segments: Sequence[str]) -> int:
+        """How many leading segments of a completion are reasoning, the ones that can be scored: without
+        a think block, those before the segment that states the final answer (REPRO_SPEC §4); with one,
+        all (this path does not split think blocks: the whole completion is segmented)."""
+        if any(THINK_CLOSE in segment for segment in segments):
+            return len(segments)
+        return reasoning_length(segments, self.repro_task.final_answer_regex)
+
     def _score(self, prompts: Sequence[str], answers: Sequence[str], segments: Sequence[list[str]],
                lengths: Sequence[int]) -> list[_Scored]:
-        """r̃ per segment of each local completion, from one batch-scoring call (§2–§4)."""
+        """r̃ per segment of each local completion, from one batch-scoring call over the reasoning
+        segments (§2–§4); the final-answer segment and those after it get r̃ = 0, unscored."""
         spec, config = self.repro_task, self.repro_reward
-        requests = [ScoreRequest(q, tuple(s), spec.answer_template.format(answer=a))
-                    for q, a, s in zip(prompts, answers, segments, strict=True) if s]
+        reasoning = [self.num_reasoning_segments(s) for s in segments]
+        requests = [ScoreRequest(q, tuple(s[:R]), spec.answer_template.format(answer=a))
+                    for q, a, s, R in zip(prompts, answers, segments, reasoning, strict=True) if R]
         results = iter(self.repro_scorer().score(requests))
         out = []
-        for s, tokens in zip(segments, lengths, strict=True):
+        for s, R, tokens in zip(segments, reasoning, lengths, strict=True):
             T = len(s)
-            if T == 0:  # an empty completion has no reasoning to credit
-                out.append(_Scored(np.zeros(0), np.zeros(0, dtype=bool), 0.0, 0.0, 0, tokens))
+            if R == 0:  # an empty completion, or the answer at once: no reasoning to credit
+                out.append(_Scored(np.zeros(T), np.zeros(T, dtype=bool), 0.0, 0.0,
+                                   sum(spec.is_backtrack(seg) for seg in s), tokens))
                 continue
-            result = next(results)
+            result = next(results)  # over the R reasoning segments: entropies (R,)
             points = rp.points_for(config, result.entropies)
             J = result.J[[0, *points]]  # (1 + M,): J_0 and J at the chosen points
             r = rp.rewards_for(config, J)  # (M,)
