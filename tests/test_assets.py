@@ -32,7 +32,7 @@ def no_network(monkeypatch):
 def test_a_mistyped_local_path_fails_fast_naming_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     start = time.perf_counter()
-    with pytest.raises(ConfigError, match=r"field 'model' must be a model directory \(with config.json\), a hub id "
+    with pytest.raises(ConfigError, match=r"field 'model' must be a model directory \(with config.json\), a hub id"
                                           r", 'bundled' or 'bundled-overthinker', got 'runs/my-model': "
                                           r"there is no directory 'runs/my-model' "
                                           rf"\(cwd: {tmp_path}\), and as a hub id it is not in the local Hugging Face "
