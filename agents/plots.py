@@ -94,6 +94,60 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     return written
 
 
+# -- repro-env plot RUN_DIR RUN_DIR ...: the held-out curves of several runs, one line per run ----
+
+HELD_OUT = ("accuracy", "tokens_per_response", "backtracks_per_response", "tokens_after_first_correct",
+            "overthinking")
+
+
+def plot_runs(run_dirs: list[Path], out: Path) -> list[Path]:
+    """``out/held_out.png`` (greedy and sampled rows × :data:`HELD_OUT` panels, one line per run) and
+    ``out/held_out.md`` (every evaluation of every run, and each run's median seconds per update)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [d.name for d in run_dirs]
+    labels = names if len(set(names)) == len(names) else [str(d) for d in run_dirs]
+    evals = {label: read_jsonl(d / "eval.jsonl") for label, d in zip(labels, run_dirs, strict=True)}
+    metrics = {label: read_jsonl(d / "metrics.jsonl") for label, d in zip(labels, run_dirs, strict=True)}
+    modes = [m for m in ("greedy", "sampled") if any(f"{m}_accuracy" in r for rows in evals.values() for r in rows)]
+    keys = [k for k in HELD_OUT if any(f"{m}_{k}" in r for m in modes for rows in evals.values() for r in rows)]
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(len(modes), len(keys), figsize=(3.6 * len(keys), 3.2 * len(modes)), dpi=90,
+                             squeeze=False)
+    for row, mode in enumerate(modes):
+        for col, key in enumerate(keys):
+            ax = axes[row][col]
+            for name, rows in evals.items():
+                xs, ys = _series(rows, f"{mode}_{key}")
+                ax.plot(xs, ys, marker="o", markersize=3, label=name)
+            ax.set(title=f"{key.replace('_', ' ')} ({mode})", xlabel="update")
+            ax.title.set_fontsize(9)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    png = out / "held_out.png"
+    fig.savefig(png)
+    plt.close(fig)
+
+    columns = [f"{m}_{k}" for m in modes for k in keys]
+    lines = ["| run | update | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for name, rows in evals.items():
+        for r in rows:
+            cells = [f"{r[c]:.3f}" if isinstance(r.get(c), int | float) else "-" for c in columns]
+            lines.append(f"| {name} | {r['update']} | " + " | ".join(cells) + " |")
+    lines += ["", "| run | updates | median s/update (collect + update) |", "|---|---|---|"]
+    for name, rows in metrics.items():
+        seconds = sorted(r["collect_seconds"] + r["update_seconds"] for r in rows if "collect_seconds" in r)
+        if seconds:
+            lines.append(f"| {name} | {len(rows)} | {seconds[len(seconds) // 2]:.2f} |")
+    table = out / "held_out.md"
+    table.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [png, table]
+
+
 # -- repro-env compare: one line per method, mean over seeds with a 95% band ----------------------
 
 GRID_CURVES = ("accuracy", "tokens_per_response", "backtracks_per_response", "process_return")

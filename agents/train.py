@@ -577,18 +577,28 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
 
 
 def main_plot(argv: Sequence[str] | None = None) -> int:
-    """``repro-env plot RUN_DIR``: redraw ``RUN_DIR/plots/*.png`` and ``summary.md`` from the metrics."""
-    from repro_env.agents.plots import plot_run
+    """``repro-env plot RUN_DIR``: redraw ``RUN_DIR/plots/*.png`` and ``summary.md`` from the metrics;
+    ``repro-env plot RUN_DIR RUN_DIR ... --out DIR``: the runs' held-out curves side by side."""
+    from repro_env.agents.plots import plot_run, plot_runs
 
-    parser = argparse.ArgumentParser(prog="repro-env plot", description="Redraw a run's plots.")
-    parser.add_argument("run_dir")
+    parser = argparse.ArgumentParser(prog="repro-env plot", description=main_plot.__doc__)
+    parser.add_argument("run_dirs", nargs="+", metavar="run_dir")
+    parser.add_argument("--out", help="with several runs: where held_out.png and held_out.md go")
     args = parser.parse_args(argv)
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise TrainingError(f"{run_dir}: no metrics.jsonl; expected a run directory written by "
-                            f"repro-env train")
-    (run_dir / "summary.md").write_text(summary_table(run_dir), encoding="utf-8")
-    for path in plot_run(run_dir):
+    run_dirs = [Path(d) for d in args.run_dirs]
+    for run_dir in run_dirs:
+        if not (run_dir / "metrics.jsonl").is_file():
+            raise TrainingError(f"{run_dir}: no metrics.jsonl; expected a run directory written by "
+                                f"repro-env train")
+    if len(run_dirs) > 1:
+        if args.out is None:
+            raise ConfigError(f"--out is needed with several run directories ({len(run_dirs)} given): "
+                              "the directory for held_out.png and held_out.md")
+        paths = plot_runs(run_dirs, Path(args.out))
+    else:
+        (run_dirs[0] / "summary.md").write_text(summary_table(run_dirs[0]), encoding="utf-8")
+        paths = plot_run(run_dirs[0])
+    for path in paths:
         print(path)
     return 0
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The pilot of issue 24 (see configs/pilot_overthinker.yaml): GRPO from the overthinker, one seed,
 # outcome-only vs RePro (alpha 0.1, 0.3) vs the length penalty at a few weights, two runs at a time
-# (one torch thread each, as the grid runs). Rerunning skips finished runs. Then draws the curves:
+# (one torch thread each, as the grid runs). Rerunning skips finished runs. Then draws the held-out
+# curves side by side (OUT/held_out.png, OUT/held_out.md with the seconds per update):
 #   bash benchmarks/pilot_overthinker.sh [OUT_DIR=runs/pilot]      (run it alone on the machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,4 +31,4 @@ wait
 run lp-0.2 --set learner.process_reward=false --set learner.length_penalty=0.2 &
 run lp-1.0 --set learner.process_reward=false --set learner.length_penalty=1.0 &
 wait
-.venv/bin/python benchmarks/plot_pilot.py "$OUT"
+"$CLI" plot "$OUT"/grpo "$OUT"/repro-a0.1 "$OUT"/repro-a0.3 "$OUT"/lp-* --out "$OUT"

@@ -445,6 +445,21 @@ def test_plot_redraws(tmp_path, capsys):
         main_plot([str(tmp_path)])
 
 
+def test_plot_several_runs_side_by_side(tmp_path, capsys):
+    _, first = run(tmp_path, "updates=2", name="first")
+    _, second = run(tmp_path, "updates=2", "seed=1", name="second")
+    with pytest.raises(ConfigError, match=r"--out is needed with several run directories \(2 given\)"):
+        main_plot([str(first), str(second)])
+    capsys.readouterr()
+    assert main_plot([str(first), str(second), "--out", str(tmp_path / "both")]) == 0
+    assert f"{tmp_path}/both/held_out.png" in capsys.readouterr().out
+    assert (tmp_path / "both" / "held_out.png").stat().st_size > 5000
+    table = (tmp_path / "both" / "held_out.md").read_text()
+    evals = {d: len((d / "eval.jsonl").read_text().splitlines()) for d in (first, second)}
+    assert sum(line.startswith(f"| {first.name} | ") for line in table.splitlines()) == evals[first] + 1
+    assert f"| {second.name} | 2 | " in table  # its seconds per update
+
+
 def test_module_entry_point(tmp_path, capsys):
     assert main(["bogus"]) == 2
     assert main(["plot", str(tmp_path)]) == 2
