@@ -29,6 +29,6 @@ run repro-a0.3 --set learner.alpha=0.3 &
 run lp-0.5 --set learner.process_reward=false --set learner.length_penalty=0.5 &
 wait
 run lp-0.2 --set learner.process_reward=false --set learner.length_penalty=0.2 &
-run lp-1.0 --set learner.process_reward=false --set learner.length_penalty=1.0 &
+run lp-0.1 --set learner.process_reward=false --set learner.length_penalty=0.1 &
 wait
-"$CLI" plot "$OUT"/grpo "$OUT"/repro-a0.1 "$OUT"/repro-a0.3 "$OUT"/lp-* --out "$OUT"
+"$CLI" plot "$OUT"/grpo "$OUT"/repro-a0.1 "$OUT"/repro-a0.3 "$OUT"/lp-0.1 "$OUT"/lp-0.2 "$OUT"/lp-0.5 --out "$OUT"
