@@ -115,9 +115,10 @@ def main() -> None:
             for name, run in (("1 env x N", run_single), ("vector env", run_vector)):
                 FED.update(tokens=0, rows=0)
                 steps, tokens, seconds = run(args.task, n, args.episodes, scorer)
-                raw = raw_forward(model, n, max(1, round(FED["tokens"] / FED["rows"]))) if name == "vector env" else None
+                row_len = max(1, round(FED["tokens"] / FED["rows"]))
+                raw = raw_forward(model, n, row_len) if name == "vector env" else None
                 runs[name].append((n, name, steps, steps / seconds, tokens / seconds, FED["tokens"] / seconds, raw))
-        for name, done in runs.items():
+        for done in runs.values():
             rows.append(sorted(done, key=lambda row: row[3])[len(done) // 2])  # the median run by steps/s
     print(f"\n{'N':>4}  {'setup':<11} {'steps':>6} {'steps/s':>9} {'scored tok/s':>13} {'fed tok/s':>10} "
           f"{'raw fwd tok/s':>14} {'scored/raw':>11} {'fed/raw':>8} {'vector/1xN':>11}")

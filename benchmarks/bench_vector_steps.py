@@ -18,6 +18,7 @@ import statistics
 import time
 
 import torch
+from bench_scoring import build_model  # noqa: E402  (benchmarks/ is the script's directory)
 from tqdm import tqdm
 from transformers import AutoTokenizer
 from transformers.cache_utils import Cache
@@ -25,8 +26,6 @@ from transformers.cache_utils import Cache
 from repro_env.assets import bundled_model_dir
 from repro_env.scoring import hf
 from repro_env.scoring.prefill import buffer_layers
-
-from bench_scoring import build_model  # noqa: E402  (benchmarks/ is the script's directory)
 
 LINE = "Next, 17 + 25 = 42 and 42 * 3 = 126, so we carry 126 to the next step of the sum.\n\n"
 

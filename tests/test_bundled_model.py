@@ -217,11 +217,12 @@ def test_held_out_problems_refuse_the_training_seed():
 
 
 @pytest.mark.slow
-def test_pretraining_is_deterministic(tmp_path):
+@pytest.mark.parametrize("preset", ["bundled", "overthinker"])
+def test_pretraining_is_deterministic(tmp_path, preset):
     from safetensors.torch import load_file
 
-    args = ["--steps", "3", "--batch-size", "2", "--hidden-size", "48", "--layers", "1", "--quiet",
-            "--eval-problems", "2"]
+    args = ["--preset", preset, "--steps", "3", "--batch-size", "2", "--hidden-size", "48", "--layers", "1",
+            "--quiet", "--eval-problems", "2"]
     for name in ("a", "b"):
         assert main([*args, "--out", str(tmp_path / name)]) == 0
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")

@@ -37,6 +37,35 @@ def test_the_name_resolves_to_its_own_asset_with_a_model_card():
     assert "bundled-overthinker" in card and "Measured on held-out problems" in card
 
 
+def test_the_asset_was_trained_from_its_preset():
+    """``repro-env pretrain-tiny --preset overthinker`` is the config the shipped weights came from."""
+    import dataclasses
+
+    from repro_env.config import from_mapping
+    from repro_env.pretrain import PRESETS, PretrainConfig
+
+    info = json.loads((bundled_model_dir(NAME) / "train_info.json").read_text())
+    assert from_mapping(PretrainConfig, info["config"]) == PRESETS["overthinker"]
+    assert PRESETS["overthinker"] != dataclasses.replace(PRESETS["bundled"], steps=PRESETS["overthinker"].steps)
+
+
+def test_the_overthinker_mix_rechecks_every_step_in_most_examples():
+    from repro_env.arithmetic import solution_steps
+    from repro_env.pretrain import PRESETS, training_example
+
+    config = PRESETS["overthinker"]
+    variants = [training_example(config, i) for i in range(1000)]
+    shares = {v: sum(x[2] == v for x in variants) / len(variants) for v in config.mix}
+    assert shares == pytest.approx(config.mix, abs=0.04)
+    for _, response, variant in variants[:200]:
+        steps = [s for s in response.split("\n\n") if solution_steps([s])]
+        rechecks = [s for s in steps if "check" in s]
+        if variant == "recheck_all":  # every computing step is followed by its re-check
+            assert len(rechecks) * 2 == len(steps) > 0
+        elif variant == "clean":
+            assert not rechecks
+
+
 def _first_weight(path: Path) -> torch.Tensor:
     from safetensors.torch import load_file
 
