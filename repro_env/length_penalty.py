@@ -28,6 +28,7 @@ from numpy.typing import ArrayLike
 
 from repro_env.config import describe
 from repro_env.errors import RewardInputError
+from repro_env.reward import check_vector
 
 
 def length_rewards(lengths: ArrayLike, correct: Sequence[bool], groups: ArrayLike | None = None) -> np.ndarray:
@@ -52,13 +53,8 @@ def length_rewards(lengths: ArrayLike, correct: Sequence[bool], groups: ArrayLik
 
 
 def _lengths(lengths: ArrayLike) -> np.ndarray:
-    try:
-        arr = np.asarray(lengths, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise RewardInputError(f"lengths must be a 1-D sequence of numbers, got {describe(lengths)}") from e
-    if arr.ndim != 1:
-        raise RewardInputError(f"lengths must be 1-D, got shape {arr.shape}")
-    bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0))
+    arr = check_vector(lengths, "lengths", what="a finite number >= 0 (tokens)")
+    bad = np.flatnonzero(arr < 0)
     if bad.size:
         i = int(bad[0])
         raise RewardInputError(f"lengths[{i}] must be a finite number >= 0 (tokens), got {float(arr[i])!r}")

@@ -80,7 +80,7 @@ def _is_number(x: Any) -> bool:
 # Input checks
 
 
-def _vector(x: ArrayLike, name: str, *, min_len: int = 0, what: str = "a finite number") -> np.ndarray:
+def check_vector(x: ArrayLike, name: str, *, min_len: int = 0, what: str = "a finite number") -> np.ndarray:
     """``x`` as a finite float64 1-D array, else RewardInputError naming ``name[i]`` and the value."""
     try:
         arr = np.asarray(x, dtype=np.float64)
@@ -99,7 +99,7 @@ def _vector(x: ArrayLike, name: str, *, min_len: int = 0, what: str = "a finite 
 
 def _check_J(J: ArrayLike, name: str = "J") -> np.ndarray:
     """[J_0, J_1..J_T] as float64 (T ≥ 1), finite, ≤ 0 up to ``J_POSITIVE_TOLERANCE`` (clipped to 0)."""
-    arr = _vector(J, name, min_len=2, what="a finite mean log-prob (<= 0)")
+    arr = check_vector(J, name, min_len=2, what="a finite mean log-prob (<= 0)")
     bad = np.flatnonzero(arr > J_POSITIVE_TOLERANCE)
     if bad.size:
         i = int(bad[0])
@@ -216,7 +216,7 @@ def select_points(entropies: ArrayLike, k: int = 20, *, mode: Selection = "topk_
       earlier segment.
     - ``"entropy_threshold"``: segments with entropy >= ``threshold``, plus T.
     """
-    h = _vector(entropies, "entropies", min_len=1, what="a finite entropy")
+    h = check_vector(entropies, "entropies", min_len=1, what="a finite entropy")
     T = h.size
     if mode == "all":
         return tuple(range(1, T + 1))
@@ -259,7 +259,7 @@ def spread_rewards(points: Sequence[int], rewards: ArrayLike, T: int) -> np.ndar
     """
     _check_count(T, "T")
     p = _check_points(points, int(T))
-    r = _vector(rewards, "rewards")
+    r = check_vector(rewards, "rewards")
     if r.size != p.size:
         raise RewardInputError(f"rewards has {r.size} values but points has {p.size}; "
                                "expected one reward per point")
@@ -294,14 +294,14 @@ def grpo_outcome_advantages(R: ArrayLike) -> np.ndarray:
 
     ``R``: (G,) outcome rewards of the G rollouts of one prompt. Returns (G,).
     """
-    r = _vector(R, "R", min_len=1)
+    r = check_vector(R, "R", min_len=1)
     mean, std = group_stats(r)
     return (r - mean) / (std + ADV_EPS)
 
 
 def _group_segments(segment_rewards: Sequence[ArrayLike], scored_masks: Sequence[ArrayLike] | None
                     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    rewards = [_vector(r, f"segment_rewards[{i}]") for i, r in enumerate(segment_rewards)]
+    rewards = [check_vector(r, f"segment_rewards[{i}]") for i, r in enumerate(segment_rewards)]
     if scored_masks is None:
         return rewards, [np.ones(r.size, dtype=bool) for r in rewards]
     if len(scored_masks) != len(rewards):
@@ -372,7 +372,7 @@ def token_advantages(segment_advantage: ArrayLike, segment_token_counts: Sequenc
     since Ã = 0 there. ``segment_advantage``: (T,); ``segment_token_counts``: (T,) ints.
     Returns (Σ counts + trailing_tokens,).
     """
-    adv = _vector(segment_advantage, "segment_advantage")
+    adv = check_vector(segment_advantage, "segment_advantage")
     counts = np.asarray(segment_token_counts)
     if counts.shape != adv.shape or (counts.size and not np.issubdtype(counts.dtype, np.integer)):
         raise RewardInputError(f"segment_token_counts must be {adv.size} ints (one per segment), "

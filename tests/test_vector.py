@@ -58,34 +58,33 @@ def test_vector_env_equals_independent_envs(scorer_cfg):
             single_done[i] = term or trunc
 
 
-def test_one_batched_scorer_call_per_step(scorer_cfg, monkeypatch):
-    envs = make_vec(scorer_cfg, 3)
-    envs.reset(seed=0)
+def recorded_appends(envs, monkeypatch) -> list[tuple[int, list[bool] | None]]:
+    """Every ``sessions_append`` call of the env's scorer, as (sessions, score flags)."""
     calls = []
     original = envs.scorer.sessions_append
 
-    def counting(sessions, segments, score=None):
-        calls.append(len(sessions))
+    def recording(sessions, segments, score=None):
+        calls.append((len(sessions), None if score is None else list(score)))
         return original(sessions, segments, score)
 
-    monkeypatch.setattr(envs.scorer, "sessions_append", counting)
+    monkeypatch.setattr(envs.scorer, "sessions_append", recording)
+    return calls
+
+
+def test_one_batched_scorer_call_per_step(scorer_cfg, monkeypatch):
+    envs = make_vec(scorer_cfg, 3)
+    envs.reset(seed=0)
+    calls = recorded_appends(envs, monkeypatch)
     envs.step(("a step.", "another step.", "a third step."))
-    assert calls == [3]
+    assert [n for n, _ in calls] == [3]
 
 
 def test_a_final_answer_segment_is_appended_without_a_J(scorer_cfg, monkeypatch):
     envs = make_vec(scorer_cfg, 3)
     envs.reset(seed=0)
-    flags = []
-    original = envs.scorer.sessions_append
-
-    def recording(sessions, segments, score=None):
-        flags.append(list(score))
-        return original(sessions, segments, score)
-
-    monkeypatch.setattr(envs.scorer, "sessions_append", recording)
+    calls = recorded_appends(envs, monkeypatch)
     _, _, terms, _, infos = envs.step(("a step.", "The answer is \\boxed{3}.", "a third step."))
-    assert flags == [[True, False, True]]
+    assert calls == [(3, [True, False, True])]
     assert terms.tolist() == [False, True, False] and infos["scored"].tolist() == [True, False, True]
     assert np.isnan(infos["J"][1]) and infos["process_reward"][1] == 0.0
 
