@@ -157,8 +157,8 @@ class CompareConfig:
     """Plots: rolling mean over this many updates."""
 
     def __post_init__(self) -> None:
-        check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds,
-              "a non-empty list of distinct ints")
+        check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds) and all(s >= 0 for s in self.seeds),
+              "seeds", self.seeds, "a non-empty list of distinct ints >= 0")
         for name in ("updates", "eval_problems", "checkpoint_every", "bootstrap_samples", "workers", "threads",
                      "smooth"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "an int >= 1")
@@ -243,7 +243,8 @@ def with_ablation(config: CompareConfig) -> CompareConfig:
     ab = config.ablation
     label = learner_spec(ab.algorithm, "ablation.algorithm").label + REPRO
     reward = resolve_task(config.task, config.task_overrides).reward
-    alpha0 = config.learners.get(ab.algorithm, {}).get("alpha", reward.alpha)
+    alpha = config.learners.get(ab.algorithm, {}).get("alpha")  # null means the task's
+    alpha0 = reward.alpha if alpha is None else alpha
     variants: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     variants += [(f"w={w:g}", {}, {"stability_weight": w}) for w in ab.stability_weight
                  if w != reward.stability_weight]

@@ -250,9 +250,18 @@ def _run_parallel(jobs: Sequence[Job], config: Any, bar: Any,
     with ProcessPoolExecutor(config.workers, mp_context=context, initializer=_init_worker,
                              initargs=(config.threads, worker_learners(config), events)) as pool:
         futures = {j.name: pool.submit(run_job, j, _queue_tick, config.threads, units[j.name][1]) for j in jobs}
-        while not all(f.done() for f in futures.values()):
+        try:
+            while not all(f.done() for f in futures.values()):
+                try:
+                    bar.update(events.get(timeout=0.5))
+                except queue_module.Empty:
+                    pass
+        except BaseException:  # Ctrl-C: the running runs checkpoint and stop, the queued ones never start
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        while True:  # ticks sent just before the last run finished
             try:
-                bar.update(events.get(timeout=0.5))
+                bar.update(events.get_nowait())
             except queue_module.Empty:
-                pass
+                break
         return {name: f.result() for name, f in futures.items()}

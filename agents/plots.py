@@ -197,20 +197,22 @@ def plot_grid_curves(histories: dict[str, list[list[dict[str, Any]]]], out: Path
         fig, ax = plt.subplots(figsize=(6.4, 4), dpi=100)
         fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.12)
         for i, (method, runs) in enumerate(histories.items()):
-            curves = [_series(rows, key)[1] for rows in runs]
-            if not all(curves):
+            series = [dict(zip(*_series(rows, key), strict=True)) for rows in runs]  # update → value, per seed
+            updates = sorted(set.intersection(*(set(s) for s in series)))  # where every seed has the metric
+            if not updates:
                 continue
-            window = min(smooth, *(len(c) for c in curves))
+            curves = [[s[u] for u in updates] for s in series]
+            window = min(smooth, len(updates))
             smoothed = [list(np.convolve(c, np.ones(window) / window, mode="valid")) for c in curves]
             mean, half = mean_band(smoothed)  # (n,), (n,)
-            x = np.arange(window, window + len(mean))
+            x = np.asarray(updates[window - 1:])
             ax.plot(x, mean, color=f"C{i % 10}", label=f"{method} ({len(curves)} seed{'s' * (len(curves) > 1)})")
             ax.fill_between(x, mean - half, mean + half, color=f"C{i % 10}", alpha=0.2, linewidth=0)
         if not ax.lines:
             plt.close(fig)
             continue
         ax.set(title=f"{key.replace('_', ' ')} (training rollouts; band: 95% t-interval over seeds)",
-               xlabel=f"update (rolling mean over {smooth})", ylabel=key.replace("_", " "))
+               xlabel=f"update (rolling mean over {smooth} logged updates)", ylabel=key.replace("_", " "))
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

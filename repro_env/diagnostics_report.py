@@ -132,7 +132,7 @@ def trace_html(rank: int, row: Mapping[str, Any], png: bytes) -> str:
         else:
             tip = (f"t={s['t']}  not scored: the reasoning ends before the final answer  "
                    f"tokens={s['tokens']}  entropy={s['entropy']:.3f}")
-            label, background = "not scored (final answer)", UNSCORED_COLOUR
+            label, background = "not scored (after the reasoning)", UNSCORED_COLOUR
         flag = ' <b class="bt">backtrack</b>' if s["backtrack"] else ""
         cells.append(f'<div class="seg" style="background:{background}" title="{html.escape(tip)}">'
                      f'<span class="num">{s["t"]} · {label}{flag}</span>{html.escape(s["text"])}</div>')

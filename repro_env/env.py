@@ -192,9 +192,9 @@ class ReasoningEnv(gym.Env[str, str]):
         r̃_t      = S_t − S_{t'}                             t' the previous scored point (S_0 = 0)
         reward_t = α · r̃_t  +  [final step] · 1{answer verifies}
 
-    with α, w, β, ε from the task's ``reward`` section. The end of the reasoning is always a scored
-    point: the segment before the one that states the final answer, or the last segment of a
-    truncated episode (which states none).
+    with α, w, β, ε from the task's ``reward`` section. With ``selection: all`` the end of the
+    reasoning is always a scored point: the segment before the one that states the final answer, or
+    the last segment of a truncated episode (which states none).
 
     The segment that states the final answer (matches the task's ``final_answer_pattern``) is not
     scored (REPRO_SPEC §4): once the answer is written, J no longer measures confidence in it (the
@@ -292,7 +292,7 @@ class ReasoningEnv(gym.Env[str, str]):
         episode = self._require_episode()
         segment = self.prepare_segment(action)
         try:
-            step = episode.session.append(segment, score=not self.states_answer(segment))
+            step = episode.session.append(segment, score=not self.ends_reasoning_at(segment))
         except ContextLengthError:
             step = None
         return self.finish_step(episode, segment, step)
@@ -377,7 +377,7 @@ class ReasoningEnv(gym.Env[str, str]):
         if not overflow:
             episode.segments.append(segment)
         t = len(episode.segments)
-        answered = not overflow and self.states_answer(segment)
+        answered = not overflow and self.ends_reasoning_at(segment)
         terminated = answered or (not overflow and self._ends_text(segment))
         truncated = not terminated and (
             overflow or t >= limits.max_steps or step.total_tokens >= limits.max_total_tokens)
@@ -436,7 +436,7 @@ class ReasoningEnv(gym.Env[str, str]):
             info.update(after_answer=marks.after_answer[-1], answer_stated=marks.answer_stated)
         return info
 
-    def states_answer(self, segment: str) -> bool:
+    def ends_reasoning_at(self, segment: str) -> bool:
         """Whether ``segment`` states the final answer: it ends the episode and is not scored, so no J
         is computed for it (REPRO_SPEC §4). The one place the env and the vector env decide this."""
         return reasoning_length([segment], self.spec_task.final_answer_regex) == 0

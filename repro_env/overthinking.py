@@ -41,6 +41,7 @@ from typing import Literal
 
 from repro_env.arithmetic import solution_steps
 from repro_env.errors import ConfigError
+from repro_env.segments import reasoning_length
 
 AnswerLocation = Literal["step_result", "none"]
 ANSWER_LOCATIONS: tuple[AnswerLocation, ...] = ("step_result", "none")
@@ -85,15 +86,17 @@ def mark_segments(segments: Sequence[str], answer: str, *, location: AnswerLocat
                   is_backtrack: Callable[[str], bool], final_answer: re.Pattern[str] | None) -> SegmentMarks:
     """The :class:`SegmentMarks` of a response.
 
-    ``final_answer``: the task's final-answer regex (a matching segment is not reasoning), or
+    ``final_answer``: the task's final-answer regex (the first matching segment and all after it are
+    not reasoning, :func:`repro_env.segments.reasoning_length`), or
     ``None`` when every segment is reasoning (the think part of a ``</think>`` response, §1).
     """
     overthinking = tuple(overthinking_segments(segments, is_backtrack))
     if location == "none":
         return SegmentMarks(overthinking, None, None)
+    reasoning_end = len(segments) if final_answer is None else reasoning_length(segments, final_answer)
     stated, after = False, []
-    for segment in segments:
-        reasoning = final_answer is None or final_answer.search(segment) is None
+    for t, segment in enumerate(segments):
+        reasoning = t < reasoning_end  # REPRO_SPEC §4: the final-answer segment and all after it are not
         after.append(stated and reasoning)
         stated = stated or (reasoning and states_answer(segment, answer, location))
     return SegmentMarks(overthinking, tuple(after), stated)

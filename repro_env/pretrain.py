@@ -43,7 +43,7 @@ from repro_env.assets import ASSETS_DIR, BUNDLED_MODELS
 from repro_env.config import check, from_mapping
 from repro_env.overthinking import mark_segments, overthinking_segments, response_figures
 from repro_env.problems import DEFAULT_ANSWER_TEMPLATE, DEFAULT_PROMPT_TEMPLATE, Problem
-from repro_env.segments import split_segments
+from repro_env.segments import reasoning_length, split_segments
 from repro_env.tasks import TaskSpec, load_task
 
 PRESET_DIRS = {preset: ASSETS_DIR / subdir for subdir, preset in BUNDLED_MODELS.values()}
@@ -399,7 +399,9 @@ def evaluate(model_dir: Path, num_problems: int = 200, seed: int = 1234, progres
     gen_seconds = time.perf_counter() - started
     gains, curves = [], []
     for p, prompt in zip(problems, prompts, strict=True):
-        curve = answer_logprobs(model, tokenizer, prompt, p.solution, p.answer)
+        # J_T at the end of the reasoning (REPRO_SPEC §4): the final-answer segment is not part of it
+        reasoning = p.solution[:reasoning_length(p.solution, _default_task().final_answer_regex)]
+        curve = answer_logprobs(model, tokenizer, prompt, reasoning, p.answer)
         curves.append(curve)
         gains.append(curve[-1] - curve[0])
     figures = {
@@ -463,7 +465,8 @@ def format_figures(figures: dict) -> str:
         f"{target('greedy_overthinking')}",
         "tokens after the first correct answer (responses whose reasoning states it): greedy "
         f"{_tokens_after(figures, 'greedy')}, sampled {_tokens_after(figures, 'sampled')}",
-        f"reference solutions with J_T - J_0 > 0: {figures['j_gain_positive_share']:.1%} (target >= 90%); "
+        f"reference solutions with J_T - J_0 > 0 (T: the end of the reasoning): "
+        f"{figures['j_gain_positive_share']:.1%} (target >= 90%); "
         f"mean J_0 {figures['mean_j0']:.3f}, mean J_T {figures['mean_jT']:.3f}",
     ])
 
@@ -516,7 +519,8 @@ def write_model_card(out_dir: Path, info: dict, figures: dict | None, command: s
         f"results up to {arith['max_result']}. Text = `Question: {{question}}\\n\\n` + solution segments "
         "(each ending with a blank line, the last `The answer is \\boxed{N}.`) + `</s>`; the loss covers "
         "the response tokens only.", "",
-        f"Response mix: {mix} (overthinking variants insert 1 or 2 segments).", "",
+        f"Response mix: {mix} (" + ("recheck all: a re-check after every computing step; other " if "recheck_all"
+                                    in cfg["mix"] else "") + "overthinking variants insert 1 or 2 segments).", "",
         "## Training", "",
         f"- Command: `{command}`",
         f"- {cfg['steps']} steps x {cfg['batch_size']} problems, AdamW (lr {cfg['lr']}, warm-up "
@@ -572,13 +576,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = dataclasses.replace(PRESETS[args.preset], **{
         name: getattr(args, name) for name in overrides if getattr(args, name) is not None})
     torch.set_num_threads(config.threads)
-    load_at_start = os.getloadavg()[0]
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if not args.eval_only:
         info = pretrain(config, out, progress=not args.quiet)
         info["command"] = "repro-env pretrain-tiny " + " ".join(
             argv if argv is not None else __import__("sys").argv[1:])
         info["preset"] = args.preset
-        info["load_average"] = [load_at_start, os.getloadavg()[0]]
+        if load_at_start is not None:
+            info["load_average"] = [load_at_start, os.getloadavg()[0]]
         (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
         if not args.quiet:
             print(f"trained {info['params']:,} parameters in {info['seconds']:.0f} s -> {out}")

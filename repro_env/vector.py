@@ -159,7 +159,7 @@ class ReasoningVectorEnv(VectorEnv):
 
     def _append_all(self, live: list[int], segments: dict[int, str]) -> dict[int, StepScore | None]:
         sessions = [self.envs[i]._require_episode().session for i in live]
-        score = {i: not self.envs[i].states_answer(segments[i]) for i in live}  # no J for a final answer
+        score = {i: not self.envs[i].ends_reasoning_at(segments[i]) for i in live}  # no J for a final answer
         try:
             results = self.scorer.sessions_append(sessions, [segments[i] for i in live], [score[i] for i in live])
             return dict(zip(live, results, strict=True))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from repro_env.agents import grpo as grpo_module
 from repro_env.agents.grpo import GRPO, GRPOBatch, GRPOConfig, grpo_token_advantages
 from repro_env.agents.policy import Trace
 from repro_env.agents.rollout import Episode
@@ -143,11 +144,20 @@ def learner(tiny_llama_dir):
     return GRPO(config, task, seed=0)
 
 
-def test_an_update_logs_the_mean_length_term(learner):
+def test_an_update_logs_the_mean_length_term(learner, monkeypatch):
     # group 0: λ terms [0.5, 0, −0.5]; group 1, both wrong, 2 and 6 tokens: [0, −0.5]
     # mean of w·len_reward = 0.5 · (0.5 + 0 − 0.5 + 0 − 0.5) / 5 = −0.05
     episodes = group_of_three() + [episode([-1, 0, 1], False, [0.1, 0.1]),
                                    episode([-1, 0, 0, 0, 1, 1, 1], False, [0.2, 0.0])]
+    seen = []
+    original = grpo_module.grpo_token_advantages
+
+    def spy(*args, **kwargs):
+        seen.append(args[3] if len(args) > 3 else kwargs.get("length_penalty"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(grpo_module, "grpo_token_advantages", spy)
     metrics = learner.update(GRPOBatch(episodes, np.array([0, 0, 0, 1, 1])))
     assert metrics["length_reward"] == pytest.approx(-0.05, abs=1e-12)
+    assert seen == [0.5]  # the advantages the loss uses carry the weight
     assert math.isfinite(metrics["loss"])

@@ -63,6 +63,14 @@ def test_the_answer_stated_only_in_the_final_answer_segment_or_never_gives_none(
     assert marks(inside_final).answer_stated is False
 
 
+def test_segments_after_the_final_answer_are_not_reasoning_either():
+    # REPRO_SPEC §4: the reasoning ends before the first final-answer segment, whatever follows it
+    after_final = ["Let me think.\n\n", "The answer is \\boxed{17}.\n\n", "Check: 12 + 5 = 17.\n\n"]
+    m = marks(after_final)
+    assert m.answer_stated is False and m.after_answer == (False, False, False)
+    assert response_figures(m, [4, 13, 9])["tokens_after_first_correct"] is None
+
+
 def test_a_task_that_cannot_locate_the_answer_reports_none_never_zero():
     m = marks(RECHECK, location="none")
     assert m.after_answer is None and m.answer_stated is None

@@ -177,7 +177,7 @@ def test_the_final_answer_segment_is_not_scored_without_a_think_block(tmp_path, 
     with open(tmp_path / "out" / "scores.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert [(t["scored"], t["J"], t["r"]) for t in table][2:] == [("False", "", "0.0")] * 2
-    assert (tmp_path / "out" / "report.html").read_text().count("not scored (final answer)") == 2
+    assert (tmp_path / "out" / "report.html").read_text().count("not scored (after the reasoning)") == 2
     # inside a think block every segment is reasoning, one that writes \boxed{} too (the answer is read after it)
     think = score_traces([{"question": QUESTION, "answer": "30",
                            "response": f"<think>\n{response}\n</think>\nSo \\boxed{{30}}."}], scorer=bundled)
