@@ -67,6 +67,8 @@ from repro_env.verify import extract_answer, final_part, is_collection, outcome_
 RESPONSE_FIELDS = ("response", "reasoning", "solution", "completion", "output")
 """Tried in this order when :attr:`TraceFields.response` is not set."""
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+OUTPUT_FILES = ("scores.jsonl", "scores.csv", "skipped.jsonl", "summary.json", "report.html", "curves.png")
+"""What ``repro-env score --out DIR`` writes into DIR (besides ``plots/``)."""
 TRACE_CSV_COLUMNS = ("line", "id", "correct", "J_0", "J_gain", "process_return", "backtracks", "overthinking",
                      "tokens_after_first_correct")
 CSV_COLUMNS = (*TRACE_CSV_COLUMNS, "t", "scored", "J", "S_magn", "S_stab", "S", "r", "backtrack",
@@ -472,10 +474,14 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
         raise ConfigError(f"field 'report_limit' must be an int >= 0, got {report_limit!r}")
     spec = resolve_task(task)
     fields = fields or TraceFields()
+    out_dir = Path(out) if out is not None else None
     if isinstance(traces, str | Path):
         path = Path(traces)
         if not path.is_file():
             raise ConfigError(f"traces file {path} does not exist (cwd: {Path.cwd()})")
+        if out_dir is not None and any(path.resolve() == (out_dir / name).resolve() for name in OUTPUT_FILES):
+            raise ConfigError(f"traces file {path} is one of the outputs of --out {out_dir} "
+                              f"({', '.join(OUTPUT_FILES)}); scoring it there would overwrite it: choose another --out")
         total = sum(1 for _ in read_lines(path)) if progress else None  # the bar's ETA; a second read
         where, lines = str(path), read_lines(path)
     else:
@@ -484,7 +490,6 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
     if scorer is None:
         scorer = _make_scorer(spec, model, backend, scorer_overrides)
     engine = TraceScorer(scorer, spec, reader)
-    out_dir = Path(out) if out is not None else None
     result: dict[str, Any] = {"traces": [], "worst": [], "skipped": [], "files": {}}
     summary, worst, start = Summary(answer_location=spec.answer_location), [], time.perf_counter()
     with _Writers(out_dir) as writers, _progress(progress, total) as bar:

@@ -62,6 +62,19 @@ class _Report(HTMLParser):
         self.links += [v for k, v in attrs.items() if k in ("src", "href") and v and not v.startswith("data:")]
 
 
+def test_an_input_that_is_one_of_the_outputs_is_refused_before_anything_is_written(tmp_path):
+    # issue 28: `score scores.jsonl --out .` used to empty its own input and exit 0
+    traces = tmp_path / "scores.jsonl"
+    traces.write_bytes(EXAMPLE.read_bytes())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([str(SCRIPT), "score", "scores.jsonl", "--out", "."], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "traces file scores.jsonl is one of the outputs of --out ." in done.stderr
+    assert traces.read_bytes() == EXAMPLE.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.jsonl"]
+
+
 def test_console_script_writes_rows_csv_pngs_and_a_self_contained_report(tmp_path):
     out = tmp_path / "scores"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
