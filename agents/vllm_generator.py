@@ -39,7 +39,7 @@ import torch
 
 from repro_env.agents.policy import Generated, Trace, segment_done
 from repro_env.errors import ScorerError
-from repro_env.scoring.base import ScorerConfig
+from repro_env.scoring.base import ScorerConfig, checked_log_probs
 
 MAX_CONTINUATIONS = 4
 """Rounds that continue a whitespace-only segment before giving up."""
@@ -121,7 +121,8 @@ class VLLMGenerator:
         log_probs = []
         for token, candidates in zip(ids, output.logprobs or [{}] * len(ids), strict=True):
             entry = candidates.get(token) if candidates else None
-            log_probs.append(float(entry.logprob) if entry is not None else float("nan"))
+            log_probs.append(entry.logprob if entry is not None else None)
+        log_probs = checked_log_probs(log_probs, "the sampled tokens' log-probs", allow_missing=True)
         return Completion(ids, log_probs, stop_reason(output.finish_reason, output.stop_reason))
 
 
@@ -162,7 +163,9 @@ class ServerGenerator(VLLMGenerator):
         try:
             choice = reply["choices"][0]
             ids = [int(t) for t in choice["token_ids"]]
-            log_probs = [float("nan") if v is None else float(v) for v in choice["logprobs"]["token_logprobs"]]
+            log_probs = checked_log_probs(choice["logprobs"]["token_logprobs"],
+                                          f"POST {self.client.url}/v1/completions: the sampled tokens' log-probs",
+                                          allow_missing=True)
         except (TypeError, KeyError, IndexError, ValueError) as e:
             raise ScorerError(f"POST {self.client.url}/v1/completions: the reply lacks the sampled token ids "
                               f"or their log-probs ({type(e).__name__}: {e})") from e

@@ -111,6 +111,39 @@ def test_malformed_replies_are_errors_not_nans(scorer, monkeypatch):
     assert np.isfinite(scorer.score(REQUESTS[:1])[0].J).all()
 
 
+@pytest.mark.parametrize("value, message", [
+    (3.0, r"log-prob 0 is 3.0, not a finite log-prob in \(-9999, 0\]"),
+    (True, r"log-prob 0 is not a number: True"),
+    (-9999.0, r"log-prob 0 is -9999.0, not a finite log-prob"),
+])
+def test_impossible_log_probs_from_the_server_are_errors(scorer, monkeypatch, value, message):
+    # issue 28 #4: a log-prob of 3.0 gave J = 3.0, a JSON true gave J = 1.0; the real reply, tampered
+    real = scorer.client.request
+
+    def tampered(*args, **kwargs):
+        reply = real(*args, **kwargs)
+        for choice in reply.get("choices", []):
+            for row in choice.get("prompt_logprobs") or []:
+                for entry in (row or {}).values():
+                    entry["logprob"] = value
+        return reply
+
+    monkeypatch.setattr(scorer.client, "request", tampered)
+    with pytest.raises(ScorerError, match=r"the answer log-probs of a J probe \(\d+ prefix tokens\): " + message):
+        scorer.session(QUESTION, "\\boxed{23}")
+
+
+def test_checked_log_probs_keeps_float_error_and_missing_entries():
+    from repro_env.scoring.base import checked_log_probs
+
+    assert checked_log_probs([-1.5, 0, 5e-5], "x") == [-1.5, 0.0, 0.0]  # rounding above 0 is clipped
+    assert np.isnan(checked_log_probs([None, -0.5], "x", allow_missing=True)[0])
+    with pytest.raises(ScorerError, match=r"x: log-prob 0 is not a number: None"):
+        checked_log_probs([None], "x")
+    with pytest.raises(ScorerError, match=r"x: log-prob 1 is nan"):
+        checked_log_probs([-1.0, float("nan")], "x")
+
+
 def test_the_server_dies_mid_episode_and_comes_back(server, scorer, hf):
     session = scorer.session(QUESTION, "\\boxed{23}")
     session.append(SEGMENTS[0])

@@ -261,7 +261,8 @@ def test_update_weights_rejects_partial_and_non_finite_weights(scorer, hf):
     try:
         nan_head = torch.full_like(original["lm_head.weight"], math.nan)
         scorer.update_weights({**original, "lm_head.weight": nan_head})
-        with pytest.raises(ScorerError, match="returned non-finite answer log-probs: nan"):
+        with pytest.raises(ScorerError,
+                           match=r"the answer log-probs of a J probe \(\d+ prefix tokens\): log-prob \d+ is nan"):
             scorer.score(REQUESTS[:1])
     finally:
         scorer.update_weights(original)

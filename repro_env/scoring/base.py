@@ -33,6 +33,32 @@ from repro_env.registry import Registry
 from repro_env.scoring.options import HFOptions, ServerOptions, VLLMOptions
 
 SCORERS = Registry("scorer backend", "repro_env.scorers")
+LOGPROB_TOLERANCE = 1e-4
+"""How far above 0 a log-prob may round (float error) before a backend's output counts as impossible."""
+
+
+def checked_log_probs(values: Sequence[Any], what: str, *, allow_missing: bool = False) -> list[float]:
+    """A backend's raw log-probs as floats, each a real number in (−9999, 0 + ``LOGPROB_TOLERANCE``].
+
+    Anything else is impossible output and a :class:`ScorerError` naming ``what`` (the request),
+    the index and the value: a positive log-prob (a J of 3.0), a JSON ``true`` (``float`` would make
+    it 1.0), NaN, inf, or vLLM's −9999.0 (its clamp of −inf). ``allow_missing``: ``None`` entries
+    (a generated token whose log-prob the backend did not return) become NaN.
+    """
+    out = []
+    for i, value in enumerate(values):
+        if value is None and allow_missing:
+            out.append(float("nan"))
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+            raise ScorerError(f"{what}: log-prob {i} is not a number: {value!r}")
+        number = float(value)
+        if not (np.isfinite(number) and -9999.0 < number <= LOGPROB_TOLERANCE):
+            raise ScorerError(f"{what}: log-prob {i} is {number!r}, not a finite log-prob in (-9999, 0]; "
+                              "check the weights (NaN after an update?) or the server's model")
+        out.append(min(number, 0.0))
+    return out
+
 """Backend name → scorer class (or its ``"package.module:Class"`` path); see :func:`register_scorer`."""
 _OPTIONS: dict[str, type] = {}
 

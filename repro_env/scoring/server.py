@@ -44,7 +44,7 @@ from typing import Any
 
 from repro_env.assets import resolve_model
 from repro_env.errors import ScorerError
-from repro_env.scoring.base import ScorerConfig
+from repro_env.scoring.base import ScorerConfig, checked_log_probs
 from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, VLLMScorer, _checkpoint_keys, _Probe, entropy_from_top_logprobs
 
 PROBE_TEXT = "Question: what is 12 + 5 times 3?\n\nSo 12 + 15 = 27. \\boxed{27}"
@@ -187,17 +187,18 @@ class VLLMServerScorer(VLLMScorer):
         rows = choice.get("prompt_logprobs")
         N, answer = len(probe.prefix), probe.answer
         try:
-            token_lp = [float(rows[N + i][str(a)]["logprob"]) for i, a in enumerate(answer)]
+            raw = [rows[N + i][str(a)]["logprob"] for i, a in enumerate(answer)]
         except (TypeError, KeyError, IndexError, ValueError) as e:
             raise ScorerError(f"the server's prompt_logprobs lack the answer tokens ({type(e).__name__}: {e}); "
                               f"expected {N + len(answer)} rows") from e
+        token_lp = checked_log_probs(raw, f"the answer log-probs of a J probe ({N} prefix tokens)")
         return self._finite(sum(token_lp) / len(token_lp), "answer log-probs")
 
     def _read_entropy(self, choice: dict[str, Any]) -> float:
         try:
             top = choice["logprobs"]["top_logprobs"][0]
-            values = [float(v) for v in top.values()]
-        except (TypeError, KeyError, IndexError, ValueError) as e:
+            values = checked_log_probs(list(top.values()), "the top log-probs of an entropy probe")
+        except (TypeError, KeyError, IndexError, AttributeError) as e:
             raise ScorerError(f"the server's reply lacks the top log-probs of an entropy probe "
                               f"({type(e).__name__}: {e})") from e
         if len(values) < self.entropy_top_n:

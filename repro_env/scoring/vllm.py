@@ -52,6 +52,7 @@ from repro_env.scoring.base import (
     StepScore,
     TokenizedRequest,
     TokenScorerBase,
+    checked_log_probs,
 )
 
 EXACT_ENTROPY_MAX_VOCAB = 4096
@@ -274,14 +275,16 @@ class VLLMScorer(TokenScorerBase):
         """J (mean answer log-prob) or entropy from one request's output; non-finite → ScorerError."""
         generated = output.outputs[0].logprobs[0]  # {token id: Logprob} at the generated position
         if probe.answer is None:
-            value = entropy_from_top_logprobs([lp.logprob for lp in generated.values()], self.vocab_size)
+            top = checked_log_probs([lp.logprob for lp in generated.values()], "the top log-probs of an entropy probe")
+            value = entropy_from_top_logprobs(top, self.vocab_size)
             what = "entropy"
         else:
             N = len(probe.prefix)
             # prompt_logprobs[k] is the log-prob of prompt token k given tokens < k.
             token_lp = [output.prompt_logprobs[N + i][a].logprob for i, a in enumerate(probe.answer[:-1])]
             token_lp.append(generated[probe.answer[-1]].logprob)
-            value = float(np.mean(token_lp))
+            what = f"the answer log-probs of a J probe ({N} prefix tokens)"
+            value = float(np.mean(checked_log_probs(token_lp, what)))
             what = "answer log-probs"
         if not math.isfinite(value):
             raise ScorerError(f"the scorer model returned non-finite {what}: {value}; "
