@@ -263,7 +263,8 @@ class LMLearner:
         """Held-out episodes over test problems 0..num_problems−1 (``samples`` episodes each, in
         problem order: episode ``i`` is problem ``i // samples``).
 
-        ``accuracy`` with ``samples`` > 1 (sampled at the policy's temperature) is avg@samples.
+        With ``samples`` > 1 the episodes are sampled at the policy's temperature (their mean
+        accuracy is avg@samples); with one, decoding is ``greedy``.
         Sampling draws from a generator seeded by ``sample_seed`` (default: (seed, updates)), never
         from the training one, so evaluating (or not) leaves the training run unchanged; pass the
         same ``sample_seed`` before and after training for a paired comparison.

@@ -3,7 +3,7 @@
     python benchmarks/eval_tiny_model.py [--model DIR] [--problems 200] [--seed 1234]
 
 Greedy and temperature-1.0 accuracy, the share of sampled responses with a backtrack or redundant
-segment, and the share of reference solutions with J_T - J_0 > 0 (see ``repro_env.pretrain.evaluate``).
+segment, and the share of reference solutions with J_T - J_0 > 0 (see ``repro_env.pretrain_eval.evaluate``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from repro_env.assets import bundled_model_dir
-from repro_env.pretrain import evaluate
+from repro_env.pretrain_eval import evaluate
 
 
 def main() -> None:

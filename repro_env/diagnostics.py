@@ -60,13 +60,12 @@ from repro_env.config import describe
 from repro_env.errors import ConfigError, TaskSpecError, TraceInputError
 from repro_env.overthinking import mark_segments, response_figures
 from repro_env.problems import _record_text
-from repro_env.segments import reasoning_length, split_segments, tokenize_with_boundaries
+from repro_env.segments import THINK_CLOSE, THINK_OPEN, reasoning_length, split_segments, tokenize_with_boundaries
 from repro_env.tasks import TaskSpec, resolve_task
 from repro_env.verify import extract_answer, final_part, is_collection, outcome_reward
 
 RESPONSE_FIELDS = ("response", "reasoning", "solution", "completion", "output")
 """Tried in this order when :attr:`TraceFields.response` is not set."""
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 OUTPUT_FILES = ("scores.jsonl", "scores.csv", "skipped.jsonl", "summary.json", "report.html", "curves.png")
 """What ``repro-env score --out DIR`` writes into DIR (besides ``plots/``)."""
 TRACE_CSV_COLUMNS = ("line", "id", "correct", "J_0", "J_gain", "process_return", "backtracks", "overthinking",

@@ -17,7 +17,7 @@ from gymnasium.vector.utils import shared_memory
 from repro_env import reward as rp
 from repro_env.config import describe
 from repro_env.errors import ActionError, ContextLengthError, TaskSpecError
-from repro_env.overthinking import mark_segments
+from repro_env.overthinking import SegmentMarker
 from repro_env.problems import Problem
 from repro_env.scoring import (
     Scorer,
@@ -147,6 +147,8 @@ class Episode:
     last_score: float = 0.0
     """S at the last scored point (0 before any): the next scored segment earns S_t − this."""
     rewards: list[float] = field(default_factory=list)
+    marker: SegmentMarker | None = None
+    """The overthinking marks of the segments so far (:mod:`repro_env.overthinking`)."""
     done: bool = False
 
     @property
@@ -342,8 +344,11 @@ class ReasoningEnv(gym.Env[str, str]):
 
     def start_episode(self, drawn: Drawn, session: ScoringSession) -> tuple[str, dict[str, Any]]:
         """Make ``drawn`` the current episode, scored by ``session``; ``reset``'s return value."""
+        task = self.spec_task
+        marker = SegmentMarker(drawn.problem.answer, location=task.answer_location, is_backtrack=task.is_backtrack,
+                               final_answer=task.final_answer_regex)
         self.episode = Episode(problem=drawn.problem, prompt=drawn.prompt, answer=drawn.answer,
-                               session=session, J_points=[session.J_baseline])
+                               session=session, J_points=[session.J_baseline], marker=marker)
         return self.episode.text, {"problem_id": drawn.problem.id, "J_baseline": session.J_baseline}
 
     def _end_episode(self) -> None:
@@ -389,7 +394,7 @@ class ReasoningEnv(gym.Env[str, str]):
             "segment_tokens": 0 if overflow else step.segment_tokens,
             "total_tokens": episode.session.total_tokens,
             "backtrack": task.is_backtrack(segment), "context_overflow": overflow,
-            **self._overthinking_info(episode, segment, overflow),
+            **self._overthinking_info(episode, segment),
         }
         if not overflow and not answered and self._selected(step, last=terminated or truncated):
             info.update(self._score_point(episode, step.J))
@@ -424,17 +429,14 @@ class ReasoningEnv(gym.Env[str, str]):
         return {"J": J, "magnitude": float(magnitude), "stability": float(stability),
                 "process_score": float(score), "process_reward": float(process_reward), "scored": True}
 
-    def _overthinking_info(self, episode: Episode, segment: str, overflow: bool) -> dict[str, bool]:
-        """The segment's marks of :func:`repro_env.overthinking.mark_segments`: ``overthinking``;
+    @staticmethod
+    def _overthinking_info(episode: Episode, segment: str) -> dict[str, bool]:
+        """The segment's marks (:class:`repro_env.overthinking.SegmentMarker`): ``overthinking``;
         ``after_answer`` and ``answer_stated`` only for tasks that locate the answer in the reasoning."""
-        task = self.spec_task
-        segments = [*episode.segments, segment] if overflow else episode.segments
-        marks = mark_segments(segments, episode.problem.answer, location=task.answer_location,
-                              is_backtrack=task.is_backtrack, final_answer=task.final_answer_regex)
-        info = {"overthinking": marks.overthinking[-1]}
-        if marks.answer_stated is not None:
-            info.update(after_answer=marks.after_answer[-1], answer_stated=marks.answer_stated)
-        return info
+        overthinking, after = episode.marker.mark(segment)
+        if after is None:
+            return {"overthinking": overthinking}
+        return {"overthinking": overthinking, "after_answer": after, "answer_stated": episode.marker.answer_stated}
 
     def ends_reasoning_at(self, segment: str) -> bool:
         """Whether ``segment`` states the final answer: it ends the episode and is not scored, so no J

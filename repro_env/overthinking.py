@@ -41,7 +41,6 @@ from typing import Literal
 
 from repro_env.arithmetic import solution_steps
 from repro_env.errors import ConfigError
-from repro_env.segments import reasoning_length
 
 AnswerLocation = Literal["step_result", "none"]
 ANSWER_LOCATIONS: tuple[AnswerLocation, ...] = ("step_result", "none")
@@ -62,17 +61,46 @@ class SegmentMarks:
     """The reasoning states the gold answer somewhere; ``None`` when the task cannot locate it."""
 
 
-def overthinking_segments(segments: Sequence[str], is_backtrack: Callable[[str], bool]) -> list[bool]:
-    """(T,) per segment: a backtrack, or a repeat of an ``a op b`` computation written before it."""
-    seen: set[tuple[int, str, int]] = set()
-    marks = []
-    for segment in segments:
+class SegmentMarker:
+    """The marks of a response one segment at a time, in order: :func:`mark_segments` on the whole
+    response, the env on each step (O(segment) per step, not O(trace)).
+
+    ``final_answer``: the task's final-answer regex (the first matching segment and all after it are
+    not reasoning, as :func:`repro_env.segments.reasoning_length` counts), or ``None`` when every
+    segment is reasoning (the think part of a ``</think>`` response, §1).
+    """
+
+    def __init__(self, answer: str = "", *, location: AnswerLocation = "none",
+                 is_backtrack: Callable[[str], bool], final_answer: re.Pattern[str] | None = None) -> None:
+        self.answer, self.location, self.is_backtrack, self.final_answer = answer, location, is_backtrack, final_answer
+        self.seen: set[tuple[int, str, int]] = set()
+        """Every ``a op b`` written so far."""
+        self.reasoning = True
+        """No final-answer segment yet: the next segment is reasoning unless it states the answer."""
+        self.answer_stated: bool | None = None if location == "none" else False
+        """The reasoning so far states the gold answer (``None``: the task cannot locate it)."""
+
+    def mark(self, segment: str) -> tuple[bool, bool | None]:
+        """(overthinking, after_answer) of the next segment; ``after_answer`` is ``None`` when the task
+        cannot locate the answer."""
         repeated = False
         for _, a, op, b, _ in solution_steps([segment]):
-            repeated = repeated or (a, op, b) in seen
-            seen.add((a, op, b))
-        marks.append(repeated or bool(is_backtrack(segment)))
-    return marks
+            repeated = repeated or (a, op, b) in self.seen
+            self.seen.add((a, op, b))
+        overthinking = repeated or bool(self.is_backtrack(segment))
+        if self.answer_stated is None:
+            return overthinking, None
+        self.reasoning = self.reasoning and (self.final_answer is None or not self.final_answer.search(segment))
+        after = self.answer_stated and self.reasoning
+        self.answer_stated = self.answer_stated or (self.reasoning and states_answer(segment, self.answer,
+                                                                                     self.location))
+        return overthinking, after
+
+
+def overthinking_segments(segments: Sequence[str], is_backtrack: Callable[[str], bool]) -> list[bool]:
+    """(T,) per segment: a backtrack, or a repeat of an ``a op b`` computation written before it."""
+    marker = SegmentMarker(is_backtrack=is_backtrack)
+    return [marker.mark(segment)[0] for segment in segments]
 
 
 def states_answer(segment: str, answer: str, location: AnswerLocation) -> bool:
@@ -84,22 +112,13 @@ def states_answer(segment: str, answer: str, location: AnswerLocation) -> bool:
 
 def mark_segments(segments: Sequence[str], answer: str, *, location: AnswerLocation,
                   is_backtrack: Callable[[str], bool], final_answer: re.Pattern[str] | None) -> SegmentMarks:
-    """The :class:`SegmentMarks` of a response.
-
-    ``final_answer``: the task's final-answer regex (the first matching segment and all after it are
-    not reasoning, :func:`repro_env.segments.reasoning_length`), or
-    ``None`` when every segment is reasoning (the think part of a ``</think>`` response, §1).
-    """
-    overthinking = tuple(overthinking_segments(segments, is_backtrack))
-    if location == "none":
+    """The :class:`SegmentMarks` of a response (``final_answer`` as in :class:`SegmentMarker`)."""
+    marker = SegmentMarker(answer, location=location, is_backtrack=is_backtrack, final_answer=final_answer)
+    marks = [marker.mark(segment) for segment in segments]
+    overthinking = tuple(o for o, _ in marks)
+    if marker.answer_stated is None:
         return SegmentMarks(overthinking, None, None)
-    reasoning_end = len(segments) if final_answer is None else reasoning_length(segments, final_answer)
-    stated, after = False, []
-    for t, segment in enumerate(segments):
-        reasoning = t < reasoning_end  # REPRO_SPEC §4: the final-answer segment and all after it are not
-        after.append(stated and reasoning)
-        stated = stated or (reasoning and states_answer(segment, answer, location))
-    return SegmentMarks(overthinking, tuple(after), stated)
+    return SegmentMarks(overthinking, tuple(bool(a) for _, a in marks), marker.answer_stated)
 
 
 def response_figures(marks: SegmentMarks, tokens: Sequence[int]) -> dict[str, float | None]:

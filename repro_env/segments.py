@@ -23,6 +23,8 @@ from typing import Any
 from repro_env.errors import ConfigError, ScorerError
 
 DEFAULT_DELIMITER = "\n\n"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+"""The think-block tags of R1-style responses (REPRO_SPEC §1)."""
 
 
 def _run_pattern(delimiter: str) -> re.Pattern[str]:

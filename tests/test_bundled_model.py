@@ -2,7 +2,7 @@
 
 Fast checks only: the model reloads offline, is small, its tokenizer is a byte-level BPE adding BOS,
 and it behaves (boxed answers, J rising along a reference solution). Full figures come from
-``python -m repro_env.pretrain --eval-only`` (printed, and kept in the model card).
+``repro-env pretrain-tiny --eval-only`` (printed, and kept in the model card).
 """
 
 from __future__ import annotations
@@ -15,20 +15,16 @@ import torch
 from repro_env.arithmetic import ArithmeticConfig, generate_problem
 from repro_env.assets import bundled_model_dir
 from repro_env.errors import ConfigError
-from repro_env.pretrain import (
-    PretrainConfig,
+from repro_env.pretrain import PretrainConfig, encode_batch, learning_rate, main, training_example
+from repro_env.pretrain_eval import (
     answer_logprobs,
     answers_match,
-    encode_batch,
     extract_boxed,
     format_figures,
     generate_responses,
     has_overthinking,
     held_out_problems,
-    learning_rate,
-    main,
     tokens_after_first_correct,
-    training_example,
 )
 from repro_env.problems import DEFAULT_PROMPT_TEMPLATE
 

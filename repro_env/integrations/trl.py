@@ -44,10 +44,9 @@ from repro_env.length_penalty import length_rewards
 from repro_env.problems import Problem
 from repro_env.reward import RewardConfig
 from repro_env.scoring.base import Scorer, ScorerConfig, ScoreRequest, make_scorer
-from repro_env.segments import reasoning_length, split_segments
+from repro_env.segments import THINK_CLOSE, reasoning_length, split_segments
 from repro_env.tasks import TaskSpec, make_source, resolve_task
 
-THINK_CLOSE = "</think>"
 SEQUENCE_LOSSES = ("luspo", "vespo")
 """TRL loss types whose loss assumes one advantage per sequence."""
 

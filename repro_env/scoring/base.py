@@ -33,6 +33,9 @@ from repro_env.registry import Registry
 from repro_env.scoring.options import HFOptions, ServerOptions, VLLMOptions
 
 SCORERS = Registry("scorer backend", "repro_env.scorers")
+"""Backend name → scorer class (or its ``"package.module:Class"`` path); see :func:`register_scorer`."""
+_OPTIONS: dict[str, type] = {}
+
 LOGPROB_TOLERANCE = 1e-4
 """How far above 0 a log-prob may round (float error) before a backend's output counts as impossible."""
 
@@ -58,9 +61,6 @@ def checked_log_probs(values: Sequence[Any], what: str, *, allow_missing: bool =
                               "check the weights (NaN after an update?) or the server's model")
         out.append(min(number, 0.0))
     return out
-
-"""Backend name → scorer class (or its ``"package.module:Class"`` path); see :func:`register_scorer`."""
-_OPTIONS: dict[str, type] = {}
 
 
 @dataclass(frozen=True)

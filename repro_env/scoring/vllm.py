@@ -272,24 +272,17 @@ class VLLMScorer(TokenScorerBase):
                               skip_reading_prefix_cache=not read_cache, **common)
 
     def _read(self, probe: _Probe, output: Any) -> float:
-        """J (mean answer log-prob) or entropy from one request's output; non-finite → ScorerError."""
+        """J (mean answer log-prob) or entropy from one request's output; an impossible log-prob
+        (:func:`checked_log_probs`: NaN, inf, positive, not a number) → ScorerError."""
         generated = output.outputs[0].logprobs[0]  # {token id: Logprob} at the generated position
         if probe.answer is None:
             top = checked_log_probs([lp.logprob for lp in generated.values()], "the top log-probs of an entropy probe")
-            value = entropy_from_top_logprobs(top, self.vocab_size)
-            what = "entropy"
-        else:
-            N = len(probe.prefix)
-            # prompt_logprobs[k] is the log-prob of prompt token k given tokens < k.
-            token_lp = [output.prompt_logprobs[N + i][a].logprob for i, a in enumerate(probe.answer[:-1])]
-            token_lp.append(generated[probe.answer[-1]].logprob)
-            what = f"the answer log-probs of a J probe ({N} prefix tokens)"
-            value = float(np.mean(checked_log_probs(token_lp, what)))
-            what = "answer log-probs"
-        if not math.isfinite(value):
-            raise ScorerError(f"the scorer model returned non-finite {what}: {value}; "
-                              "check the weights (NaN after an update?) or use dtype float32")
-        return value
+            return entropy_from_top_logprobs(top, self.vocab_size)
+        N = len(probe.prefix)
+        # prompt_logprobs[k] is the log-prob of prompt token k given tokens < k.
+        token_lp = [output.prompt_logprobs[N + i][a].logprob for i, a in enumerate(probe.answer[:-1])]
+        token_lp.append(generated[probe.answer[-1]].logprob)
+        return float(np.mean(checked_log_probs(token_lp, f"the answer log-probs of a J probe ({N} prefix tokens)")))
 
     def _run_engine(self, call: Any, num_prompts: int) -> Any:
         """``call()`` under the engine lock, in a worker thread when ``timeout_s`` is set."""
