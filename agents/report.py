@@ -88,11 +88,19 @@ def _columns(stats: Mapping[str, Any]) -> list[str]:
     return [m for m in SHOWN if any(f"{mode}_{m}" in measured for mode in MODES)]
 
 
-def results_tables(stats: Mapping[str, Any], samples: int) -> str:
+def sampling_temperature(config: Any) -> str:
+    """The temperature of the sampled evaluation: the learners' ``temperature`` (default 1.0), with
+    each method's override; "per method" when they differ."""
+    temperatures = {method.learner.get("temperature", config.learners.get(method.algorithm, {}).get("temperature", 1.0))
+                    for method in config.methods.values()} or {1.0}
+    return f"{temperatures.pop():g}" if len(temperatures) == 1 else "per method"
+
+
+def results_tables(stats: Mapping[str, Any], samples: int, temperature: str = "1") -> str:
     """Per mode: mean [95% CI] of each shown metric per method, then the paired differences."""
     columns = _columns(stats)
     head = " | ".join(c.replace("_", " ") for c in columns)
-    titles = {"greedy": "Greedy", "sampled": f"Sampled (T = 1, {samples} per problem)"}
+    titles = {"greedy": "Greedy", "sampled": f"Sampled (T = {temperature}, {samples} per problem)"}
     lines = []
     for mode in MODES:
         lines += [f"### {titles[mode]}", "", f"| method | seeds | {head} |", "|---" * (len(columns) + 2) + "|"]
@@ -148,10 +156,11 @@ def write_results(out: Path, config: Any, table: Mapping[str, Mapping[int, str]]
         f"(wall time of each run's last start: training + evaluation)", "",
         f"{len(config.seeds)} paired seed(s) per method unless its row says otherwise, {config.updates} updates "
         f"per run; held-out: {stats['bootstrap']['problems']} test problems, greedy and {config.eval_samples} "
-        f"samples at T = 1.0, with the sampling seeds shared by every method of a seed. Mean [95% CI]: "
+        f"samples at T = {sampling_temperature(config)}, with the sampling seeds shared by every method of a seed. "
+        "Mean [95% CI]: "
         f"percentile bootstrap, B = {config.bootstrap_samples} draws resampling seeds and problems (the same "
         f"problem draws for every method), seed {config.bootstrap_seed}.", "",
-        results_tables(stats, config.eval_samples),
+        results_tables(stats, config.eval_samples, sampling_temperature(config)),
         "Training curves (mean over seeds, 95% t-interval band): "
         + ", ".join(str(p.relative_to(out)) for p in plots), ""])
     (out / "results.md").write_text(text, encoding="utf-8")

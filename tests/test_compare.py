@@ -210,6 +210,17 @@ METHODS = {
 }
 
 
+def test_the_report_names_the_sampling_temperature_of_the_grid():
+    """It said T = 1.0 whatever the learners sampled at."""
+    from repro_env.agents.report import sampling_temperature
+
+    assert sampling_temperature(from_mapping(CompareConfig, {"methods": METHODS})) == "1"
+    warm = {"methods": METHODS, "learners": {"grpo": {"temperature": 0.7}}}
+    assert sampling_temperature(from_mapping(CompareConfig, warm)) == "0.7"
+    mixed = {**warm, "methods": {**METHODS, "hot": {"algorithm": "grpo", "learner": {"temperature": 1.2}}}}
+    assert sampling_temperature(from_mapping(CompareConfig, mixed)) == "per method"
+
+
 def test_methods_are_named_rows_with_default_and_explicit_baselines(tmp_path):
     config = from_mapping(CompareConfig, {"seeds": [0, 1], "methods": METHODS, "model": "/m",
                                           "task_overrides": {"reward": {"ema": 0.02}}})
