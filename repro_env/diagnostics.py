@@ -16,21 +16,20 @@ computation), the overthinking segments and their tokens, and the tokens after t
 answer (``None`` where the trace never states the gold answer in its reasoning or the task's
 ``answer_location`` is ``none``; its mean is over the traces where it applies, "n/a" when none).
 
-How a response becomes segments:
+How a response becomes segments: ``TaskSpec.split_response`` (:func:`repro_env.segments.split_response`,
+the one definition the env and the TRL trainer share):
 
-- a string is split on the task's delimiter (``segments.split_segments``); a list of strings is
-  taken as the segments. Every segment ends with the delimiter, as in ``env.step``: a list item
-  without it gets it, and so does the last segment of a string (trailing whitespace replaced), so
-  J_T is what the env would pay for the same trace;
-- a response with a ``</think>`` block (R1 style, the ``<think>`` tag optional) is split on its
-  think part, as in the paper: the text up to and including ``<think>`` joins the prompt, the
-  think part is τ, and the text after ``</think>`` is where the final answer is read. **(choice)**
-  J appends ``a`` right after ``q + τ≤t`` (§2), without a ``</think>`` tag in between;
-- without a think block, the reasoning ends before the segment that states the final answer (the
-  first that matches the task's ``final_answer_pattern``, ``segments.reasoning_length``; REPRO_SPEC
-  §4), as in the env: that segment and any after it are shown, marked ``"scored": false``, with
-  ``r`` 0 and ``None`` for J, S_magn, S_stab and S, and no J is computed for them. J_T, the J gain
-  and S_T are those of the end of the reasoning.
+- a string is split on the task's delimiter; a list of strings is taken as the segments. Every
+  segment ends with the delimiter, as in ``env.step``, so J_T is what the env would pay;
+- a response with a think block (R1 style: ``</think>``, ``<think>`` optional; the task's
+  ``think_tags``) is split on its think part, as in the paper: the text up to and including
+  ``<think>`` joins the prompt, the think part is τ, and the text after ``</think>`` is where the
+  final answer is read. **(choice)** J appends ``a`` right after ``q + τ≤t`` (§2), without a
+  ``</think>`` tag in between;
+- without a think block, the reasoning ends before the segment that states the final answer
+  (REPRO_SPEC §4), as in the env: that segment and any after it are shown, marked ``"scored":
+  false``, with ``r`` 0 and ``None`` for J, S_magn, S_stab and S, and no J is computed for them.
+  J_T, the J gain and S_T are those of the end of the reasoning.
 
 Every point of the reasoning is scored, whatever the task's ``reward.selection``: a diagnostic wants
 the whole curve.
@@ -60,7 +59,7 @@ from repro_env.config import describe
 from repro_env.errors import ConfigError, TaskSpecError, TraceInputError
 from repro_env.overthinking import mark_segments, response_figures
 from repro_env.problems import _record_text
-from repro_env.segments import THINK_CLOSE, THINK_OPEN, reasoning_length, split_segments, tokenize_with_boundaries
+from repro_env.segments import tokenize_with_boundaries
 from repro_env.tasks import TaskSpec, resolve_task
 from repro_env.verify import extract_answer, final_part, is_collection, outcome_reward
 
@@ -126,21 +125,6 @@ class Trace:
     """(T,) tokens of each segment."""
 
 
-def split_think(response: str) -> tuple[str, str, str] | None:
-    """``(head, think, tail)`` of an R1-style response, or ``None`` without ``</think>``.
-
-    ``head`` ends with ``<think>`` and the whitespace after it (empty when the tag is in the
-    prompt), ``think`` is the reasoning, ``tail`` the text after the first ``</think>``.
-    """
-    if THINK_CLOSE not in response:
-        return None
-    before, _, tail = response.partition(THINK_CLOSE)
-    at = before.find(THINK_OPEN)
-    cut = 0 if at < 0 else at + len(THINK_OPEN)
-    cut += len(before[cut:]) - len(before[cut:].lstrip())
-    return before[:cut], before[cut:], tail
-
-
 class TraceReader:
     """Parses the lines of a traces file into :class:`Trace` (or raises :class:`TraceInputError`)."""
 
@@ -176,31 +160,23 @@ class TraceReader:
         gold = self._answer(line, record)
         name, response = self._response(line, record)
         prompt = task.prompt_template.format(question=question) if f.template else question
-        parts = split_think(response) if isinstance(response, str) else None
-        if parts is not None:
-            head, reasoning, _ = parts
-            segments, prefix = split_segments(reasoning, task.delimiter), prompt + head
-        elif isinstance(response, str):
-            segments, prefix = split_segments(response, task.delimiter), prompt
-        else:
-            segments = [s if s.endswith(task.delimiter) else s + task.delimiter for s in response]
-            prefix, response = prompt, "".join(segments)
-        if segments and not segments[-1].endswith(task.delimiter):  # as env.step: every segment ends with it
-            segments[-1] = segments[-1].rstrip() + task.delimiter
+        split = task.split_response(prompt, response)
+        segments, prefix = split.segments + split.after, split.prefix
+        if not isinstance(response, str):
+            response = "".join(segments)
         if not any(s.strip() for s in segments):
             raise self.error(line, name, f"field '{name}' has no reasoning to score (empty"
-                             f"{' think block' if parts else ''})")
+                             f"{' think block' if split.think else ''})")
         pattern = task.final_answer_pattern if task.final_answer_regex.groups else None
         if extract_answer(final_part(response), pattern) is None and not task.final_answer_regex.search(response):
             raise self.error(line, name, f"field '{name}' states no final answer (no \\boxed{{...}}, "
                              f"'answer is ...' or match of the task's final_answer_pattern "
                              f"{task.final_answer_pattern!r}); a truncated trace cannot be verified")
         trace_id = record.get(f.id)
-        reasoning = len(segments) if parts is not None else reasoning_length(segments, task.final_answer_regex)
         return Trace(line=line, id=str(trace_id) if trace_id not in (None, "") else f"line-{line}",
                      question=question, prefix=prefix, segments=tuple(segments), gold=gold,
                      answer=task.answer_template.format(answer=gold), response=response,
-                     think=parts is not None, reasoning=reasoning, response_field=name)
+                     think=split.think, reasoning=len(split.segments), response_field=name)
 
     def _text(self, line: int, record: Mapping[str, Any], name: str) -> str:
         if name not in record:
@@ -248,15 +224,9 @@ def _keys(record: Mapping[str, Any]) -> str:
 def trace_row(trace: Trace, J: np.ndarray, entropies: np.ndarray, task: TaskSpec) -> dict[str, Any]:
     """The plain-data row of one scored trace. ``J``: (R+1,) = [J_0, J_1..J_R] over the R =
     ``trace.reasoning`` scored segments; ``entropies``: (T,), every segment."""
-    cfg = task.reward
     R = trace.reasoning
-    if R > 0:
-        magnitude = rp.magnitude_scores(J, cfg.eps)  # (R,)
-        stability = rp.stability_scores(J, cfg.ema)  # (R,)
-        score = rp.process_scores(J, cfg.stability_weight, cfg.ema, cfg.eps)  # (R,)
-        rewards = rp.rewards_for(cfg, J)  # (R,)
-    else:  # the first segment states the answer: nothing to score but J_0
-        magnitude = stability = score = rewards = np.zeros(0)
+    parts = rp.reward_points(task.reward, J, selection="all")  # (R,) each; empty when R = 0
+    magnitude, stability, score, rewards = parts.magnitude, parts.stability, parts.score, parts.rewards
     backtracks = [task.is_backtrack(s) for s in trace.segments]
     marks = mark_segments(trace.segments, trace.gold, location=task.answer_location, is_backtrack=task.is_backtrack,
                           final_answer=None if trace.think else task.final_answer_regex)

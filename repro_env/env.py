@@ -28,7 +28,6 @@ from repro_env.scoring import (
     shared_scorer,
     start_sessions,
 )
-from repro_env.segments import reasoning_length
 from repro_env.tasks import TaskSpec, load_task, make_source, resolve_task
 
 # Characters Text.sample() draws from; `contains` accepts any string (model output is arbitrary unicode).
@@ -144,8 +143,6 @@ class Episode:
     segments: list[str] = field(default_factory=list)
     J_points: list[float] = field(default_factory=list)
     """J at the baseline and at every scored point so far: [J_0, J_t1, J_t2, ...]."""
-    last_score: float = 0.0
-    """S at the last scored point (0 before any): the next scored segment earns S_t − this."""
     rewards: list[float] = field(default_factory=list)
     marker: SegmentMarker | None = None
     """The overthinking marks of the segments so far (:mod:`repro_env.overthinking`)."""
@@ -418,16 +415,10 @@ class ReasoningEnv(gym.Env[str, str]):
 
     def _score_point(self, episode: Episode, J: float) -> dict[str, Any]:
         """Add a scored point and return its RePro components (REPRO_SPEC §3–§4)."""
-        cfg = self.spec_task.reward
         episode.J_points.append(J)
-        J_points = np.asarray(episode.J_points)  # (1 + M,)
-        magnitude = rp.magnitude_scores(J_points, eps=cfg.eps)[-1]
-        stability = rp.stability_scores(J_points, ema=cfg.ema)[-1]
-        score = (1 - cfg.stability_weight) * magnitude + cfg.stability_weight * stability
-        process_reward = score - episode.last_score
-        episode.last_score = score
-        return {"J": J, "magnitude": float(magnitude), "stability": float(stability),
-                "process_score": float(score), "process_reward": float(process_reward), "scored": True}
+        parts = rp.reward_points(self.spec_task.reward, episode.J_points, selection="all")
+        return {"J": J, "magnitude": float(parts.magnitude[-1]), "stability": float(parts.stability[-1]),
+                "process_score": float(parts.score[-1]), "process_reward": float(parts.rewards[-1]), "scored": True}
 
     @staticmethod
     def _overthinking_info(episode: Episode, segment: str) -> dict[str, bool]:
@@ -440,8 +431,9 @@ class ReasoningEnv(gym.Env[str, str]):
 
     def ends_reasoning_at(self, segment: str) -> bool:
         """Whether ``segment`` states the final answer: it ends the episode and is not scored, so no J
-        is computed for it (REPRO_SPEC §4). The one place the env and the vector env decide this."""
-        return reasoning_length([segment], self.spec_task.final_answer_regex) == 0
+        is computed for it (REPRO_SPEC §4, ``TaskSpec.split_response``'s rule for a response without a
+        think block). The one place the env and the vector env decide this."""
+        return not self.spec_task.split_response("", [segment]).segments
 
     def _ends_text(self, segment: str) -> bool:
         eos = self.scorer.eos_token

@@ -16,6 +16,7 @@ import numpy as np
 
 from repro_env.config import check, describe, suggest
 from repro_env.errors import TaskSpecError
+from repro_env.segments import DEFAULT_DELIMITER
 
 if TYPE_CHECKING:
     from repro_env.arithmetic import ArithmeticConfig
@@ -24,7 +25,6 @@ DEFAULT_PROMPT_TEMPLATE = "Question: {question}\n\n"
 """What the policy sees; the reasoning segments follow it directly."""
 DEFAULT_ANSWER_TEMPLATE = "\\boxed{{{answer}}}"
 """The answer string ``a`` whose mean log-prob is J (REPRO_SPEC §1); ``{answer}`` is filled in."""
-DEFAULT_DELIMITER = "\n\n"
 
 
 @dataclass(frozen=True)

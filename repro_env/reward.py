@@ -1,11 +1,11 @@
 """RePro reward math as pure functions: J → scores → segment rewards → advantages (REPRO_SPEC §2–§5).
 
-The flow for one response with reasoning segments ``s_1..s_T``::
+The flow for one response with reasoning segments ``s_1..s_T``, in one call::
 
-    points = points_for(config, entropies)           # which segment ends are scored (§4)
-    J      = scorer(...)                             # [J_0, J at each point] (§2)
-    r      = process_rewards(J, w, β)                # one reward per scored point (§4)
-    per_segment = spread_rewards(points, r, T)       # (T,), 0 at unscored segments
+    parts = reward_points(config, J, entropies)      # J: [J_0, J_1..J_T] (§2)
+    parts.points                                     # which segment ends are scored (§4: points_for)
+    parts.rewards                                    # r̃, one per point (§4: process_rewards over the points)
+    parts.segment_rewards, parts.scored              # (T,): r̃ spread over the segments, and the mask
 
 and for a group or batch of responses, the trainer-side advantages (§5): ``grpo_advantages`` /
 ``token_advantages`` for GRPO (lists of variable-length trajectories), ``ppo_advantages`` for PPO
@@ -273,6 +273,87 @@ def scored_mask(points: Sequence[int], T: int) -> np.ndarray:
     mask = np.zeros(int(T), dtype=bool)
     mask[_check_points(points, int(T)) - 1] = True
     return mask
+
+
+@dataclass(frozen=True)
+class PointRewards:
+    """One response's RePro rewards (:func:`reward_points`): the chosen points and, at each, the
+    parts of REPRO_SPEC §3–§4."""
+
+    T: int
+    """Reasoning segments."""
+    points: tuple[int, ...]
+    """(M,) the chosen points, 1-based segment indices, sorted."""
+    J: np.ndarray
+    """(1 + M,) J_0, then J at the points."""
+    magnitude: np.ndarray
+    """(M,) S_magn."""
+    stability: np.ndarray
+    """(M,) S_stab."""
+    score: np.ndarray
+    """(M,) S = (1 − w)·S_magn + w·S_stab."""
+    rewards: np.ndarray
+    """(M,) r̃ = S_j − S_{j−1} over the points (S_0 = 0)."""
+
+    @property
+    def segment_rewards(self) -> np.ndarray:
+        """(T,) r̃ at each chosen segment, 0 elsewhere (:func:`spread_rewards`)."""
+        return spread_rewards(self.points, self.rewards, self.T)
+
+    @property
+    def scored(self) -> np.ndarray:
+        """(T,) bool: the chosen segments."""
+        return scored_mask(self.points, self.T)
+
+    @property
+    def process_return(self) -> float:
+        """S at the last point (the sum of r̃); 0 without points."""
+        return float(self.rewards.sum())
+
+
+def reward_points(config: RewardConfig, J: ArrayLike, entropies: ArrayLike | None = None, *,
+                  selection: Selection | None = None) -> PointRewards:
+    """J at the ends of a response's T reasoning segments → the chosen points → r̃: the one
+    composition of REPRO_SPEC §3–§4 that the env, ``score``, the learners and TRL share.
+
+    ``J``: (T+1,) = [J_0, J_1..J_T]; a NaN J_t marks a segment end without a J (the env scored none
+    there: a context overflow), never chosen. ``entropies``: (T,) first-token entropies, read by the
+    ``topk_entropy`` and ``entropy_threshold`` selections (NaN: never chosen by entropy).
+    ``selection`` overrides ``config.selection`` (``score`` reports every point: ``"all"``). The
+    points are chosen among the segment ends with a J, and the last of those is always one; then
+    magnitude, stability, S and r̃ are computed over the chosen points only (§4), with w, β, ε
+    from ``config``. The env calls this on the J seen so far and takes the last entries: r̃_j
+    depends on J_0..J_j only.
+    """
+    j = np.asarray(J, dtype=np.float64)
+    if j.ndim != 1 or j.size < 1:
+        raise RewardInputError(f"J must be a 1-D array [J_0, J_1..J_T], got {describe(J)}")
+    T = j.size - 1
+    candidates = np.flatnonzero(np.isfinite(j[1:])) + 1  # (V,) 1-based
+    mode = selection or config.selection
+    if candidates.size == 0:
+        points: tuple[int, ...] = ()
+    elif mode == "all":
+        points = tuple(int(t) for t in candidates)
+    else:
+        if entropies is None:
+            raise RewardInputError(f"selection {mode!r} needs the segments' entropies, got None")
+        h = np.asarray(entropies, dtype=np.float64)
+        h = np.where(np.isfinite(h), h, -1.0)  # no entropy: below every real one, never among the top k
+        if h.ndim != 1 or h.size != T:
+            raise RewardInputError(f"entropies must hold {T} values (one per segment, as J has), got shape {h.shape}")
+        chosen = select_points(h[candidates - 1], config.k, mode=mode, threshold=config.entropy_threshold)
+        points = tuple(int(candidates[c - 1]) for c in chosen)
+    Jp = j[[0, *points]]  # (1 + M,)
+    if not points:
+        check_vector(Jp, "J", min_len=1, what="a finite mean log-prob (<= 0)")
+        empty = np.zeros(0)
+        return PointRewards(T, (), Jp, empty, empty, empty, empty)
+    w = config.stability_weight
+    magnitude = magnitude_scores(Jp, config.eps)
+    stability = stability_scores(Jp, config.ema)
+    score = (1.0 - w) * magnitude + w * stability
+    return PointRewards(T, points, Jp, magnitude, stability, score, np.diff(score, prepend=0.0))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from repro_env.diagnostics import (
     TraceScorer,
     format_summary,
     score_traces,
-    split_think,
 )
 from repro_env.errors import TraceInputError
 from repro_env.scoring import ScoreRequest, ScoreResult, make_scorer
@@ -156,10 +155,13 @@ def test_rows_equal_the_env_online_values(bundled):
 
 
 def test_think_block_is_split_on_its_think_part(bundled):
-    assert split_think("no think here") is None
-    assert split_think("<think>\nA.\n\nB.\n</think>\nFinal: \\boxed{2}") == ("<think>\n", "A.\n\nB.\n",
-                                                                            "\nFinal: \\boxed{2}")
-    assert split_think("A.\n\nB.</think>done") == ("", "A.\n\nB.", "done")  # tag in the prompt
+    task = resolve_task("RePro-Math-v0")
+    assert not task.split_response("Q", "no think here").think
+    split = task.split_response("Q", "<think>\nA.\n\nB.\n</think>\nFinal: \\boxed{2}")
+    assert (split.prefix, split.segments, split.tail) == ("Q<think>\n", ("A.\n\n", "B.\n\n"),
+                                                          "</think>\nFinal: \\boxed{2}")
+    split = task.split_response("Q", "A.\n\nB.</think>done")  # tag in the prompt
+    assert (split.prefix, split.segments, split.tail, split.think) == ("Q", ("A.\n\n", "B.\n\n"), "</think>done", True)
     response = "<think>\n6 * 5 = 31.\n\nThe answer is \\boxed{31}.\n</think>\n\nSo it is \\boxed{30}."
     row = score_traces([{"question": QUESTION, "response": response, "answer": "30"}], scorer=bundled)["traces"][0]
     assert row["think"] is True and row["correct"] is True  # the answer after </think> is the one checked

@@ -139,6 +139,81 @@ def test_the_final_answer_segment_gets_the_outcome_advantage_only():
         assert not np.allclose(got[b, :answer_start].numpy(), A[b], atol=1e-6)  # the reasoning is credited
 
 
+THINK_TEMPLATE = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                  "{% if add_generation_prompt %}<think>\n{% endif %}")
+"""A chat template that opens the think block in the generation prompt, as DeepSeek-R1-Distill's and Qwen3's do."""
+
+
+def think_batch(trainer):
+    """One group of 4 think-style completions of one problem under THINK_TEMPLATE: 2 right, 2 wrong;
+    a \\boxed{} draft inside a think block, and one completion cut off inside its block."""
+    tokenizer = trainer.processing_class
+    tokenizer.chat_template = THINK_TEMPLATE
+    problem = task_dataset(TASK, size=1)[0]
+    prompt = trainer._prompt_text([{"role": "user", "content": problem["prompt"]}])
+    right = f"\\boxed{{{problem['answer']}}}"
+    texts = [f"Let me think.\n\nSo it is {right}?\n\nYes.\n</think>\n\nThe answer is {right}.",
+             f"Hmm.\n\nWait, let me re-check.\n\nOK.\n</think>\n\nThe answer is {right}.",
+             "I guess.\n\n</think>\n\nThe answer is \\boxed{0}.",
+             "Maybe.\n\nStill thinking"]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    completion_ids = torch.full((4, max(len(i) for i in ids)), tokenizer.pad_token_id)
+    mask = torch.zeros(completion_ids.shape, dtype=torch.long)
+    for b, row in enumerate(ids):
+        completion_ids[b, :len(row)], mask[b, :len(row)] = torch.tensor(row), 1
+    return [prompt] * 4, [problem["answer"]] * 4, completion_ids, mask, np.array([1.0, 1.0, 0.0, 0.0])
+
+
+def test_think_completions_score_the_think_block_only_by_hand():
+    """R1 / Qwen3 completions: J is scored at the segment ends inside the open think block (the
+    prefix is the prompt, which ends with <think>); </think> and the final answer get the outcome
+    advantage only; a block that never closes is all reasoning. Against a hand computation."""
+    trainer = make_trainer()
+    tokenizer = trainer.processing_class
+    prompts, answers, ids, mask, R = think_batch(trainer)
+    assert prompts[0] == task_dataset(TASK, size=1)[0]["prompt"] + "<think>\n"
+    requests = []
+    scorer = trainer.repro_scorer()
+    score = scorer.score
+    scorer.score = lambda batch: requests.extend(batch) or score(batch)
+    trainer._repro_scorer = scorer
+    got, _ = trainer.repro_advantages(prompts, answers, ids, mask, R, group=4)
+    spec = resolve_task(TASK)
+    fresh = HFScorer.from_model(AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=torch.float32),
+                                tokenizer)
+    rewards, counts, tails, reasoning_ends = [], [], [], []
+    for b in range(4):
+        n = int(mask[b].sum())
+        text = decode(tokenizer, ids[b, :n])
+        think = text.split("</think>")[0]  # the block's inside: the prompt opened it
+        segments = split_segments(think, "\n\n")
+        segments[-1] = segments[-1].rstrip() + "\n\n"
+        assert requests[b].question == prompts[b] and requests[b].segments == tuple(segments)
+        result = fresh.score([ScoreRequest(prompts[b], tuple(segments), f"\\boxed{{{answers[b]}}}")])[0]
+        rewards.append(rp.process_rewards(result.J, spec.reward.stability_weight, spec.reward.ema, spec.reward.eps))
+        # a token belongs to the segment in which it starts: its start is the length of the text before it
+        starts = [len(decode(tokenizer, ids[b, :k])) for k in range(n)]
+        ends = np.cumsum([len(x) for x in split_segments(think, "\n\n")])
+        segment_of = [int(np.searchsorted(ends, c, side="right")) for c in starts]
+        counts.append([segment_of.count(t) for t in range(len(segments))])
+        tails.append(n - sum(counts[-1]))
+        reasoning_ends.append(sum(counts[-1]))
+    assert [len(c) for c in counts] == [3, 3, 1, 2] and tails[3] == 1  # the cut-off one: only EOS after it
+    expected = rp.grpo_token_advantages(R, rewards, None, counts, tails, alpha=spec.reward.alpha)
+    A = rp.grpo_outcome_advantages(R)
+    for b in range(4):
+        n = int(mask[b].sum())
+        np.testing.assert_allclose(got[b, :n].numpy(), expected[b], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got[b, reasoning_ends[b]:n].numpy(), A[b], atol=1e-6, rtol=0)
+        assert not np.allclose(got[b, :reasoning_ends[b]].numpy(), A[b], atol=1e-6)  # the reasoning is credited
+        text = decode(tokenizer, ids[b, :n])
+        assert decode(tokenizer, ids[b, reasoning_ends[b]:n]) == ("" if b == 3 else text[text.index("</think>"):])
+
+
+def decode(tokenizer, ids) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
 def test_two_processes_give_the_advantages_of_one(tmp_path):
     single = make_trainer()
     prompts, answers, ids, mask, R = fixed_batch(single.processing_class)
