@@ -47,7 +47,7 @@ from repro_env.length_penalty import length_rewards
 from repro_env.problems import Problem
 from repro_env.reward import RewardConfig
 from repro_env.scoring.base import Scorer, ScorerConfig, ScoreRequest, make_scorer
-from repro_env.segments import SplitResponse, split_segments
+from repro_env.segments import SplitResponse
 from repro_env.tasks import TaskSpec, make_source, resolve_task
 
 SEQUENCE_LOSSES = ("luspo", "vespo")
@@ -149,9 +149,9 @@ class _Scored:
     """One completion's RePro quantities, gathered across processes for the group statistics."""
 
     segment_rewards: np.ndarray
-    """(T,) r̃ spread over the segments, 0 where unscored."""
+    """(R,) r̃ spread over the reasoning segments, 0 where unscored."""
     scored: np.ndarray
-    """(T,) bool: the scored segments."""
+    """(R,) bool: the scored segments."""
     process_return: float
     """S_T (the sum of r̃)."""
     J_gain: float
@@ -260,7 +260,7 @@ class ReProGRPOTrainer(GRPOTrainer):
         texts = [tokenizer.decode(ids[:n], skip_special_tokens=True, clean_up_tokenization_spaces=False)
                  for ids, n in zip(completion_ids.tolist(), lengths, strict=True)]
         splits = [spec.split_response(prompt, text) for prompt, text in zip(prompts, texts, strict=True)]
-        local = self._score(answers, texts, splits, lengths)
+        local = self._score(answers, splits, lengths)
         scored: list[_Scored] = gather_object(local)  # every process's completions, global order
         rank, B = self.accelerator.process_index, len(prompts)
         A_all = np.zeros(len(scored))
@@ -293,8 +293,8 @@ class ReProGRPOTrainer(GRPOTrainer):
         }
         return advantages, metrics
 
-    def _score(self, answers: Sequence[str], texts: Sequence[str], splits: Sequence[SplitResponse],
-               lengths: Sequence[int]) -> list[_Scored]:
+    def _score(self, answers: Sequence[str], splits: Sequence[SplitResponse], lengths: Sequence[int]
+               ) -> list[_Scored]:
         """r̃ per reasoning segment of each local completion, from one batch-scoring call over the
         reasoning segments (§2–§4); the text after the reasoning is not scored."""
         spec = self.repro_task
@@ -302,8 +302,8 @@ class ReProGRPOTrainer(GRPOTrainer):
                     for a, split in zip(answers, splits, strict=True) if split.segments]
         results = iter(self.repro_scorer().score(requests))
         out = []
-        for text, split, tokens in zip(texts, splits, lengths, strict=True):
-            backtracks = sum(spec.is_backtrack(segment) for segment in split_segments(text, spec.delimiter))
+        for split, tokens in zip(splits, lengths, strict=True):
+            backtracks = sum(spec.is_backtrack(segment) for segment in split.segments + split.after)
             if not split.segments:  # an empty completion, or the answer at once: no reasoning to credit
                 out.append(_Scored(np.zeros(0), np.zeros(0, dtype=bool), 0.0, 0.0, backtracks, tokens))
                 continue
