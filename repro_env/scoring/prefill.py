@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from repro_env.errors import ScorerError
 from repro_env.scoring.base import TokenizedRequest
 
 
@@ -76,6 +77,14 @@ class BufferLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self.length
+
+
+def finite_values(values: torch.Tensor, what: str) -> torch.Tensor:
+    """``values``, or a ``ScorerError`` when the model returned a NaN or an infinity among them."""
+    if not torch.isfinite(values).all():
+        raise ScorerError(f"the scorer model returned non-finite {what}: {values.tolist()[:8]}; "
+                          "check the weights (NaN after an update?) or use dtype float32")
+    return values
 
 
 def grown(buffer: torch.Tensor, capacity: int, keep: int, zeros: bool = False) -> torch.Tensor:
@@ -150,9 +159,9 @@ def score_prefill(scorer, request: TokenizedRequest, chunk_tokens: int) -> tuple
             continue
         log_probs = torch.log_softmax(scorer.head_logits(hidden[rows]).float(), dim=-1)  # (K, V)
         if here:
-            H = scorer._finite(next_token_entropy(log_probs[:len(here)]), "entropies")  # (k,)
+            H = finite_values(next_token_entropy(log_probs[:len(here)]), "entropies")  # (k,)
             entropies[here] = H.double().cpu().numpy()
         if probe:
             token_lp = log_probs[len(here):].gather(1, targets[:, None])[:, 0]  # (|a|,)
-            J[end] = float(scorer._finite(token_lp, "answer log-probs").mean())
+            J[end] = float(finite_values(token_lp, "answer log-probs").mean())
     return J, entropies
