@@ -42,7 +42,7 @@ from repro_env.scoring.base import (
     TokenizedRequest,
     TokenScorerBase,
 )
-from repro_env.scoring.hf_session import HFSession, step_pool_sessions, open_pool_sessions
+from repro_env.scoring.hf_session import HFSession, open_pool_sessions, step_pool_sessions
 from repro_env.scoring.prefill import finite_values, next_token_entropy, score_prefill
 
 TREE_MAX_TOKENS = 2048
