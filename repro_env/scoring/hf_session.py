@@ -21,7 +21,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from repro_env.errors import ScorerError
 from repro_env.scoring.base import StepScore
-from repro_env.scoring.prefill import finite_values, grown, next_token_entropy
+from repro_env.kv_cache import grown
+from repro_env.scoring.prefill import finite_values, next_token_entropy
 
 if TYPE_CHECKING:
     from repro_env.scoring.hf import HFScorer
