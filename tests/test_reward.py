@@ -12,17 +12,21 @@ from hypothesis import strategies as st
 
 from repro_env.config import from_mapping
 from repro_env.errors import ConfigError, RewardInputError
-from repro_env.reward import (
-    RewardConfig,
-    ema_path,
+from repro_env.advantages import (
     gae,
     grpo_advantages,
     grpo_outcome_advantages,
     grpo_process_advantages,
     grpo_token_advantages,
+    ppo_advantages,
+    token_advantages,
+    whiten,
+)
+from repro_env.reward import (
+    RewardConfig,
+    ema_path,
     magnitude_scores,
     points_for,
-    ppo_advantages,
     process_rewards,
     process_scores,
     reward_points,
@@ -31,8 +35,6 @@ from repro_env.reward import (
     select_points,
     spread_rewards,
     stability_scores,
-    token_advantages,
-    whiten,
 )
 
 # The worked example: J = [J_0, J_1, J_2, J_3] with a dip at point 2, smoothed with β = 0.5.

@@ -19,6 +19,7 @@ pytest.importorskip("trl")  # the trl extra; `make test` installs it
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import GRPOConfig  # noqa: E402
 
+from repro_env import advantages as adv  # noqa: E402
 from repro_env import reward as rp  # noqa: E402
 from repro_env.assets import bundled_model_dir  # noqa: E402
 from repro_env.errors import ConfigError  # noqa: E402
@@ -91,7 +92,7 @@ def by_hand(tokenizer, prompts, answers, completion_ids, mask, R) -> list[np.nda
         masks.append(np.arange(T) < T - 1)
         counts.append(segment_token_counts(tokenizer, completion_ids[b, :n].tolist(), segments))
         tails.append(n - sum(counts[-1]))
-    return rp.grpo_token_advantages(R, rewards, masks, counts, tails, alpha=spec.reward.alpha)
+    return adv.grpo_token_advantages(R, rewards, masks, counts, tails, alpha=spec.reward.alpha)
 
 
 def test_a_short_run_completes_and_logs_the_repro_metrics():
@@ -128,7 +129,7 @@ def test_the_final_answer_segment_gets_the_outcome_advantage_only():
     scorer.score = lambda batch: requests.extend(batch) or score(batch)
     trainer._repro_scorer = scorer
     got, _ = trainer.repro_advantages(prompts, answers, ids, mask, R, group=4)
-    A = rp.grpo_outcome_advantages(R)  # (4,)
+    A = adv.grpo_outcome_advantages(R)  # (4,)
     for b in range(4):
         n = int(mask[b].sum())
         segments = split_segments(tokenizer.decode(ids[b, :n], skip_special_tokens=True), "\n\n")
@@ -199,8 +200,8 @@ def test_think_completions_score_the_think_block_only_by_hand():
         tails.append(n - sum(counts[-1]))
         reasoning_ends.append(sum(counts[-1]))
     assert [len(c) for c in counts] == [3, 3, 1, 2] and tails[3] == 1  # the cut-off one: only EOS after it
-    expected = rp.grpo_token_advantages(R, rewards, None, counts, tails, alpha=spec.reward.alpha)
-    A = rp.grpo_outcome_advantages(R)
+    expected = adv.grpo_token_advantages(R, rewards, None, counts, tails, alpha=spec.reward.alpha)
+    A = adv.grpo_outcome_advantages(R)
     for b in range(4):
         n = int(mask[b].sum())
         np.testing.assert_allclose(got[b, :n].numpy(), expected[b], atol=1e-6, rtol=0)

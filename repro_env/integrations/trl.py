@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from trl import GRPOTrainer
 
+from repro_env import advantages as adv
 from repro_env import reward as rp
 from repro_env.config import describe
 from repro_env.errors import ConfigError
@@ -269,8 +270,8 @@ class ReProGRPOTrainer(GRPOTrainer):
             rows = [i for i in range(start, start + group) if np.isfinite(R[i])]
             if not rows:
                 continue
-            A_all[rows] = rp.grpo_outcome_advantages(R[rows])
-            process = rp.grpo_process_advantages([scored[i].segment_rewards for i in rows],
+            A_all[rows] = adv.grpo_outcome_advantages(R[rows])
+            process = adv.grpo_process_advantages([scored[i].segment_rewards for i in rows],
                                                  [scored[i].scored for i in rows])
             for i, p in zip(rows, process, strict=True):
                 process_all[i] = p
@@ -282,7 +283,7 @@ class ReProGRPOTrainer(GRPOTrainer):
             counts = segment_token_counts(tokenizer, completion_ids[b, :lengths[b]].tolist(),
                                           [texts[b][x:y] for x, y in split.spans],
                                           start=split.spans[0][0] if split.spans else 0)
-            tokens = rp.token_advantages(A_all[i] + alpha * process_all[i], counts, lengths[b] - sum(counts),
+            tokens = adv.token_advantages(A_all[i] + alpha * process_all[i], counts, lengths[b] - sum(counts),
                                          outcome_advantage=A_all[i])  # (L_b,)
             advantages[b, :lengths[b]] = torch.from_numpy(tokens)
         metrics = {
