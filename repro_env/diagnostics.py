@@ -1,10 +1,11 @@
 """RePro diagnostics for reasoning traces that already exist (``repro-env score``, ``score_traces``).
 
 A traces file holds one JSON object per line: a question, the reasoning or the full response, and
-the gold answer (field names in :class:`TraceFields`). For every trace the scorer computes J at
-the baseline and after every segment in one tree-masked pass (REPRO_SPEC §2, §7), and the reward
-functions of :mod:`repro_env.reward` turn that into the per-segment S_magn, S_stab, S and r̃
-(§3–§4), exactly as the env computes them online with ``selection: all``::
+the gold answer (field names in :class:`TraceFields`; lines parsed by :mod:`repro_env.traces`). For
+every trace the scorer computes J at the baseline and after every segment in one tree-masked
+pass (REPRO_SPEC §2, §7), and :func:`repro_env.reward.reward_points` turns that into the
+per-segment S_magn, S_stab, S and r̃ (§3–§4), exactly as the env computes them online with
+``selection: all``::
 
     J_t = (1/|a|) · Σ_i log π(a_i | q, τ≤t, a_<i)             t = 0..T
     S_t = (1−w)·S_magn,t + w·S_stab,t,   r̃_t = S_t − S_{t−1}   (S_0 = 0)
@@ -55,16 +56,13 @@ from typing import Any
 import numpy as np
 
 from repro_env import reward as rp
-from repro_env.config import describe
-from repro_env.errors import ConfigError, TaskSpecError, TraceInputError
+from repro_env.errors import ConfigError, TraceInputError
 from repro_env.overthinking import mark_segments, response_figures
-from repro_env.problems import _record_text
 from repro_env.segments import tokenize_with_boundaries
 from repro_env.tasks import TaskSpec, resolve_task
-from repro_env.verify import extract_answer, final_part, is_collection, outcome_reward
+from repro_env.traces import TraceFields, TraceLine, TraceReader, read_lines
+from repro_env.verify import extract_answer, is_collection, outcome_reward
 
-RESPONSE_FIELDS = ("response", "reasoning", "solution", "completion", "output")
-"""Tried in this order when :attr:`TraceFields.response` is not set."""
 OUTPUT_FILES = ("scores.jsonl", "scores.csv", "skipped.jsonl", "summary.json", "report.html", "curves.png")
 """What ``repro-env score --out DIR`` writes into DIR (besides ``plots/``)."""
 TRACE_CSV_COLUMNS = ("line", "id", "correct", "J_0", "J_gain", "process_return", "backtracks", "overthinking",
@@ -73,155 +71,11 @@ CSV_COLUMNS = (*TRACE_CSV_COLUMNS, "t", "scored", "J", "S_magn", "S_stab", "S", 
                "overthinking_segment", "after_answer", "tokens", "entropy", "text")
 
 
-@dataclass(frozen=True)
-class TraceFields:
-    """Where each part of a trace is in a line's JSON object."""
-
-    question: str = "question"
-    """The question, rendered through the task's ``prompt_template`` (unless ``template`` is off)."""
-    response: str | None = None
-    """The reasoning or the full response (a string, or a list of segments); ``None``: the first of
-    ``response``, ``reasoning``, ``solution``, ``completion``, ``output`` that the line has."""
-    answer: str = "answer"
-    """The gold answer (a string or a number), rendered through the task's ``answer_template`` for J."""
-    id: str = "id"
-    """An id for the tables and the report (optional; default ``line-N``)."""
-    template: bool = True
-    """Render the question through the task's prompt template; off: the field is the whole prompt."""
-
-    def __post_init__(self) -> None:
-        for name in ("question", "answer", "id"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"field '{name}' must be a non-empty field name, got {value!r}")
-        if self.response is not None and (not isinstance(self.response, str) or not self.response):
-            raise ConfigError(f"field 'response' must be a non-empty field name or None, got {self.response!r}")
-
-
-@dataclass(frozen=True)
-class Trace:
-    """One parsed line, ready to score."""
-
-    line: int
-    id: str
-    question: str
-    """The question as the file gives it."""
-    prefix: str
-    """What J conditions on before τ: the rendered prompt, plus the text up to ``<think>``."""
-    segments: tuple[str, ...]
-    gold: str
-    answer: str
-    """``a``: the gold answer through the task's answer template."""
-    response: str
-    """The whole response, for verification."""
-    think: bool
-    """The response had a ``</think>`` block and τ is its think part."""
-    reasoning: int
-    """How many leading segments are reasoning, the scored ones: all of a think block; without one,
-    those before the segment that states the final answer (REPRO_SPEC §4)."""
-    response_field: str = "response"
-    """The field the response came from (named in errors)."""
-    tokens: tuple[int, ...] = ()
-    """(T,) tokens of each segment."""
-
-
-class TraceReader:
-    """Parses the lines of a traces file into :class:`Trace` (or raises :class:`TraceInputError`)."""
-
-    def __init__(self, task: TaskSpec, fields: TraceFields, where: str) -> None:
-        if task.verifier.kind == "reasoning_gym":
-            raise ConfigError(f"task {task.id}: verifier 'reasoning_gym' needs the dataset's entries; "
-                              "score traces with a task whose verifier.kind is 'math' or 'exact'")
-        self.task, self.fields, self.where = task, fields, where
-
-    def error(self, line: int, name: str, message: str) -> TraceInputError:
-        return TraceInputError(f"{self.where}:{line}: {message} (or pass --skip-bad to skip such lines)",
-                               line=line, field=name)
-
-    def parse(self, line: int, raw: bytes | str) -> Trace:
-        """One line (bytes as read from the file) → a :class:`Trace`."""
-        if isinstance(raw, bytes):
-            try:
-                raw = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise self.error(line, "", f"the line is not valid UTF-8 (byte {raw[e.start]:#04x} at byte "
-                                 f"{e.start}); re-encode the file as UTF-8") from e
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise self.error(line, "", f"the line is not valid JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(record, Mapping):
-            raise self.error(line, "", f"the line must be a JSON object, got {type(record).__name__}")
-        return self.from_record(line, record)
-
-    def from_record(self, line: int, record: Mapping[str, Any]) -> Trace:
-        f, task = self.fields, self.task
-        question = self._text(line, record, f.question)
-        gold = self._answer(line, record)
-        name, response = self._response(line, record)
-        prompt = task.prompt_template.format(question=question) if f.template else question
-        split = task.split_response(prompt, response)
-        segments, prefix = split.segments + split.after, split.prefix
-        if not isinstance(response, str):
-            response = "".join(segments)
-        if not any(s.strip() for s in segments):
-            raise self.error(line, name, f"field '{name}' has no reasoning to score (empty"
-                             f"{' think block' if split.think else ''})")
-        pattern = task.final_answer_pattern if task.final_answer_regex.groups else None
-        if extract_answer(final_part(response), pattern) is None and not task.final_answer_regex.search(response):
-            raise self.error(line, name, f"field '{name}' states no final answer (no \\boxed{{...}}, "
-                             f"'answer is ...' or match of the task's final_answer_pattern "
-                             f"{task.final_answer_pattern!r}); a truncated trace cannot be verified")
-        trace_id = record.get(f.id)
-        return Trace(line=line, id=str(trace_id) if trace_id not in (None, "") else f"line-{line}",
-                     question=question, prefix=prefix, segments=tuple(segments), gold=gold,
-                     answer=task.answer_template.format(answer=gold), response=response,
-                     think=split.think, reasoning=len(split.segments), response_field=name)
-
-    def _text(self, line: int, record: Mapping[str, Any], name: str) -> str:
-        if name not in record:
-            raise self.error(line, name, f"field '{name}' is missing; the line has {_keys(record)}")
-        value = record[name]
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(line, name, f"field '{name}' must be a non-empty string, got {describe(value, 60)}")
-        return value
-
-    def _answer(self, line: int, record: Mapping[str, Any]) -> str:
-        name = self.fields.answer
-        if name not in record:
-            raise self.error(line, name, f"field '{name}' is missing; the line has {_keys(record)} "
-                             "(pass --answer-field NAME)")
-        try:  # the rule of task sources: 72.0 is "72", as the env renders it; null, NaN and lists are errors
-            return _record_text(record, name, f"line {line}", numbers=True).strip()
-        except TaskSpecError as e:
-            raise self.error(line, name, f"field '{name}' must be a non-empty string or a finite number, got "
-                             f"{describe(record[name], 60)}") from e
-
-    def _response(self, line: int, record: Mapping[str, Any]) -> tuple[str, str | list[str]]:
-        names = (self.fields.response,) if self.fields.response else RESPONSE_FIELDS
-        name = next((n for n in names if n in record), None)
-        if name is None:
-            tried = f"'{names[0]}'" if len(names) == 1 else "any of " + ", ".join(f"'{n}'" for n in names)
-            raise self.error(line, names[0], f"field {tried} is missing; the line has {_keys(record)} "
-                             "(pass --response-field NAME)")
-        value = record[name]
-        if isinstance(value, list) and value and all(isinstance(s, str) for s in value):
-            return name, list(value)
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(line, name, f"field '{name}' must be a non-empty string or a list of strings, "
-                             f"got {describe(value, 60)}")
-        return name, value
-
-
-def _keys(record: Mapping[str, Any]) -> str:
-    return ", ".join(f"'{k}'" for k in list(record)[:12]) or "no keys"
-
-
 # ---------------------------------------------------------------------------------------------
 # Scoring
 
 
-def trace_row(trace: Trace, J: np.ndarray, entropies: np.ndarray, task: TaskSpec) -> dict[str, Any]:
+def trace_row(trace: TraceLine, J: np.ndarray, entropies: np.ndarray, task: TaskSpec) -> dict[str, Any]:
     """The plain-data row of one scored trace. ``J``: (R+1,) = [J_0, J_1..J_R] over the R =
     ``trace.reasoning`` scored segments; ``entropies``: (T,), every segment."""
     R = trace.reasoning
@@ -266,7 +120,7 @@ class TraceScorer:
     def __init__(self, scorer: Any, task: TaskSpec, reader: TraceReader) -> None:
         self.scorer, self.task, self.reader = scorer, task, reader
 
-    def tokenize(self, trace: Trace) -> Trace:
+    def tokenize(self, trace: TraceLine) -> TraceLine:
         """Token counts per segment, and the context check (an over-long trace is bad input)."""
         tokenizer = self.scorer.tokenizer
         ids, boundaries = tokenize_with_boundaries(tokenizer, trace.prefix, trace.segments)
@@ -280,7 +134,7 @@ class TraceScorer:
                 "of a longer context")
         return dataclasses.replace(trace, tokens=tuple(int(n) for n in np.diff(boundaries)))
 
-    def score(self, traces: list[Trace]) -> list[dict[str, Any]]:
+    def score(self, traces: list[TraceLine]) -> list[dict[str, Any]]:
         from repro_env.scoring import ScoreRequest
 
         requests = [ScoreRequest(t.prefix, t.segments, t.answer, points=tuple(range(1, t.reasoning + 1)))
@@ -294,7 +148,7 @@ class TraceScorer:
 
         At most ``chunk`` lines are held at once: the input is consumed as the rows are taken.
         """
-        pending: list[Trace | dict[str, Any]] = []
+        pending: list[TraceLine | dict[str, Any]] = []
         for line, raw in lines:
             try:
                 trace = self.reader.from_record(line, raw) if isinstance(raw, Mapping) else self.reader.parse(line, raw)
@@ -308,18 +162,10 @@ class TraceScorer:
                 pending = []
         yield from self._flush(pending)
 
-    def _flush(self, pending: list[Trace | dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        scored = iter(self.score([p for p in pending if isinstance(p, Trace)]))
+    def _flush(self, pending: list[TraceLine | dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        scored = iter(self.score([p for p in pending if isinstance(p, TraceLine)]))
         for p in pending:
-            yield next(scored) if isinstance(p, Trace) else p
-
-
-def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, bytes) of each non-blank line, read lazily."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            if raw.strip():
-                yield number, raw
+            yield next(scored) if isinstance(p, TraceLine) else p
 
 
 # ---------------------------------------------------------------------------------------------

@@ -219,12 +219,12 @@ def record_to_problem(record: Mapping[str, Any], fields: RecordFields, where: st
     used = (fields.question_field, fields.answer_field, fields.solution_field)
     meta = {k: v for k, v in record.items() if k not in used}
     return Problem(id=str(record[fields.id_field]) if fields.id_field and fields.id_field in record else default_id,
-                   question=_record_text(record, fields.question_field, where, numbers=False),
-                   answer=_record_text(record, fields.answer_field, where, numbers=True),
+                   question=record_text(record, fields.question_field, where, numbers=False),
+                   answer=record_text(record, fields.answer_field, where, numbers=True),
                    solution=solution, meta=meta)
 
 
-def _record_text(record: Mapping[str, Any], key: str, where: str, *, numbers: bool) -> str:
+def record_text(record: Mapping[str, Any], key: str, where: str, *, numbers: bool) -> str:
     """A record's question or answer as text. ``null``, ``""``, lists and mappings are errors: as
     strings they would become questions like "None" and answers that ``\\boxed{None}`` matches."""
     value = record[key]
