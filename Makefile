@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh clone with Python 3.11 and pip:
-#   make demo   the main job: GRPO + RePro training on the bundled model (creates .venv when missing)
+#   make demo   the main job: GRPO + RePro on the overthinker, configs/demo.yaml (creates .venv when missing)
 #   make test   the whole default test suite, the real vLLM CPU engine included
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m repro_env.cli train configs/grpo_tiny.yaml
+	$(PY) -m repro_env.cli train configs/demo.yaml
 
 test: $(STAMP)
 	mkdir -p .tmp && TMPDIR=$(CURDIR)/.tmp $(PY) -m pytest -q

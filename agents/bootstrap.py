@@ -20,6 +20,11 @@ A method m is paired with its baseline a on m's seeds (a must have run them) wit
     Δ*_b  = θ*_m,b − θ*_a,b                        difference, CI from the percentiles of Δ*
     ρ*_b  = 100·(θ*_m,b / θ*_a,b − 1)              relative difference in %; None if some θ*_a,b = 0
 
+Where a method removes tokens (Δ of tokens per response < 0), the share of the removed tokens that
+were overthinking segments is a ratio of two paired differences on the same draws::
+
+    share*_b = Δ*_b(overthinking tokens) / Δ*_b(tokens per response)
+
 Draws are seeded (``seed``), so the tables are reproducible.
 """
 
@@ -105,6 +110,19 @@ class Bootstrap:
                 out["relative_percent"] = _number(100 * (m / a - 1))
                 out["relative_ci"] = interval(100 * (m_draws / a_draws - 1))
         return out
+
+    def removed_share(self, part: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                      whole: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                      seeds: Sequence[int]) -> dict[str, Any]:
+        """``{"share", "ci"}``: Δ(part) / Δ(whole) of (method, baseline) pairs of (sums, counts);
+        None when the method does not lower ``whole`` (nothing was removed)."""
+        (pm, pm_draws), (pa, pa_draws) = (self.estimate(*c, seeds) for c in part)
+        (wm, wm_draws), (wa, wa_draws) = (self.estimate(*c, seeds) for c in whole)
+        if not wm - wa < 0:
+            return {"share": None, "ci": None}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {"share": _number((pm - pa) / (wm - wa)),
+                    "ci": interval((pm_draws - pa_draws) / (wm_draws - wa_draws))}
 
 
 def _number(x: float) -> float | None:

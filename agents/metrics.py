@@ -107,8 +107,23 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+TRAINING_WINDOW = 5
+"""The summary's training table compares the means of the first and of the last this many updates
+(half the run when it is shorter), not two single batches."""
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
+    return sum(values) / len(values) if values else None
+
+
+def _change(a: Any, b: Any) -> str:
+    return f"{b - a:+.4g}" if isinstance(a, int | float) and isinstance(b, int | float) else "-"
+
+
 def summary_table(run_dir: Path) -> str:
-    """A Markdown table: first vs last evaluation (greedy and avg@n) and first vs last training update."""
+    """Markdown: first vs last evaluation (greedy and avg@n), the mean of the first vs the last few
+    training updates, and the example response of the first and the last evaluation."""
     lines = [f"# Run summary: {run_dir.name}", ""]
     evals = read_jsonl(run_dir / "eval.jsonl")
     if evals:
@@ -116,19 +131,29 @@ def summary_table(run_dir: Path) -> str:
         keys = [k for k in last if k not in ("update", "time") and isinstance(last[k], int | float)]
         lines += [f"## Held-out evaluation (update {first['update']} → {last['update']})", "",
                   "| metric | first | last | change |", "|---|---|---|---|"]
-        for k in keys:
-            a, b = first.get(k), last[k]
-            change = f"{b - a:+.4g}" if isinstance(a, int | float) and isinstance(b, int | float) else "-"
-            lines.append(f"| {k} | {_fmt(a)} | {_fmt(b)} | {change} |")
+        lines += [f"| {k} | {_fmt(first.get(k))} | {_fmt(last[k])} | {_change(first.get(k), last[k])} |"
+                  for k in keys]
         lines.append("")
     rows = read_jsonl(run_dir / "metrics.jsonl")
     if rows:
-        first, last = rows[0], rows[-1]
-        keys = [k for k in STANDARD_KEYS if k in last]
-        lines += [f"## Training (update {first['update']} → {last['update']})", "",
-                  "| metric | first | last |", "|---|---|---|"]
-        lines += [f"| {k} | {_fmt(first.get(k))} | {_fmt(last[k])} |" for k in keys]
+        n = max(1, min(TRAINING_WINDOW, len(rows) // 2))
+        head, tail = rows[:n], rows[-n:]
+        spans = [f"{part[0]['update']}" if n == 1 else f"{part[0]['update']}-{part[-1]['update']}"
+                 for part in (head, tail)]
+        keys = [k for k in STANDARD_KEYS if k in rows[-1]]
+        lines += [f"## Training (mean of updates {spans[0]} → mean of updates {spans[1]})", "",
+                  f"| metric | updates {spans[0]} | updates {spans[1]} | change |", "|---|---|---|---|"]
+        for k in keys:
+            a, b = _mean(head, k), _mean(tail, k)
+            lines.append(f"| {k} | {_fmt(a)} | {_fmt(b)} | {_change(a, b)} |")
         lines.append("")
+    examples = read_jsonl(run_dir / "examples.jsonl")
+    if examples:
+        lines += [f"## Example: the greedy response to test problem {examples[0]['problem']}", ""]
+        for e in examples[:1] + examples[1:][-1:]:
+            verdict = "correct" if e["correct"] else "wrong"
+            lines += [f"Update {e['update']} ({verdict}, {e['tokens']} tokens):", "", "```", e["text"].strip(),
+                      "```", ""]
     if len(lines) == 2:
         lines.append("No metrics recorded yet.")
     return "\n".join(lines) + "\n"

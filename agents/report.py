@@ -53,8 +53,13 @@ def statistics(out: Path, config: Any, table: Mapping[str, Mapping[int, str]], b
         if base is None:
             continue
         seeds = list(table[row])
-        paired.append({"method": row, "baseline": base, "seeds": seeds,
-                       "metrics": {k: boot.paired(data(row, seeds, k), data(base, seeds, k), seeds) for k in keys}})
+        entry = {"method": row, "baseline": base, "seeds": seeds,
+                 "metrics": {k: boot.paired(data(row, seeds, k), data(base, seeds, k), seeds) for k in keys}}
+        if "overthinking_tokens" in metrics:
+            entry["removed_overthinking_share"] = {mode: boot.removed_share(
+                [data(r, seeds, f"{mode}_overthinking_tokens") for r in (row, base)],
+                [data(r, seeds, f"{mode}_tokens_per_response") for r in (row, base)], seeds) for mode in MODES}
+        paired.append(entry)
     bootstrap = {"draws": config.bootstrap_samples, "seed": config.bootstrap_seed, "level": 0.95,
                  "interval": "percentile", "resampled": "seeds and problems (the same problem draws for every "
                                                         "method and seed), episodes kept together per problem",
@@ -110,6 +115,18 @@ def results_tables(stats: Mapping[str, Any], samples: int) -> str:
                                   + _percent(d['relative_percent'], d['relative_ci']))
                 lines.append(f"| {p['method']} | {p['baseline']} | " + " | ".join(cells_) + " |")
             lines.append("")
+    shares = [p for p in stats["paired"] if "removed_overthinking_share" in p]
+    if shares:
+        lines += ["## Removed tokens that were overthinking", "",
+                  "Of the tokens per response a method removed against its baseline, the share that were "
+                  "overthinking segments (backtracks and repeated computations): Δ overthinking tokens / Δ "
+                  "tokens [95% CI]; n/a where the method removed no tokens.", "",
+                  "| method | baseline | " + " | ".join(titles[mode] for mode in MODES) + " |", "|---|---|---|---|"]
+        for p in shares:
+            cells_ = [f"{_number(c['share'])} {_interval(c['ci'])}" if c["share"] is not None else "n/a"
+                      for c in (p["removed_overthinking_share"][mode] for mode in MODES)]
+            lines.append(f"| {p['method']} | {p['baseline']} | " + " | ".join(cells_) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ summary table and PNG curves. The run directory::
     config.yaml                     the resolved config (learner section filled with its defaults)
     metrics.jsonl / metrics.csv     one row per update: learner metrics + timings
     eval.jsonl / eval.csv           one row per evaluation: greedy_* and sampled_* (avg@n) metrics
+    examples.jsonl / examples.csv   per evaluation, the greedy episode of test problem 0 (its text)
     checkpoints/update-000010/      atomic, verified (agents/checkpoint.py); ``latest`` names the newest
     plots/*.png  summary.md
     .lock                           held by the one run using the directory (its PID inside)
@@ -354,7 +355,19 @@ class Trainer:
             sampled = self.learner.evaluate(num_problems=cfg.eval_problems, greedy=False,
                                             samples=cfg.eval_samples)
             row |= {f"sampled_{k}": v for k, v in sampled.items()} | {"samples": cfg.eval_samples}
+        self._log_example()
         return row | {"eval_seconds": time.perf_counter() - start}
+
+    def _log_example(self) -> None:
+        """The greedy response to test problem 0, for the summary's before/after (learners with
+        ``evaluate_episodes``: one more greedy episode, about 0.1 s on the bundled model)."""
+        episodes = getattr(self.learner, "evaluate_episodes", None)
+        if episodes is None:
+            return
+        episode = episodes(num_problems=1, greedy=True)[0]
+        self.examples.append({"update": int(self.learner.updates), "problem": episode.problem_id,
+                              "correct": bool(episode.correct), "tokens": episode.response_tokens,
+                              "text": episode.trace.text})
 
     def _checkpoint(self) -> Path:
         self.last_checkpoint = save_checkpoint(self.learner, self.ckpt_root,
@@ -387,13 +400,16 @@ class Trainer:
         self._check_fresh(resume)  # again under the lock: another run may have started here meanwhile
         self.metrics = MetricsLog(self.run_dir, "metrics")
         self.evals = MetricsLog(self.run_dir, "eval")
+        self.examples = MetricsLog(self.run_dir, "examples")
         if resume:
             self.last_checkpoint = load_latest_good(self.learner, self.ckpt_root)
             self.metrics.truncate_after(self.learner.updates)
             self.evals.truncate_after(self.learner.updates)
+            self.examples.truncate_after(self.learner.updates)
         else:
             self.metrics.truncate_after(0)
             self.evals.truncate_after(-1)
+            self.examples.truncate_after(-1)
         (self.run_dir / CONFIG).write_text(dump_config(self.config, self.learner_config), encoding="utf-8")
         return int(self.learner.updates)
 

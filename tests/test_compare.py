@@ -106,6 +106,27 @@ def test_a_known_difference_lies_inside_its_paired_interval_and_identical_method
     assert same["difference"] == 0.0 and same["ci"] == [0.0, 0.0] and same["relative_ci"] == [0.0, 0.0]
 
 
+def test_the_share_of_removed_tokens_that_were_overthinking():
+    """Base: 100 tokens, 40 of them overthinking; method: 60 and 10 (± noise) -> 30 of the 40 removed, 0.75."""
+    rng = np.random.default_rng(1)
+    noise = rng.normal(scale=2.0, size=(2, 3, 40))
+    tokens = [[rows([[100 + x] for x in noise[0, s]]) for s in range(3)],
+              [rows([[60 + x] for x in noise[1, s]]) for s in range(3)]]
+    overthinking = [[rows([[40 + x] for x in noise[0, s]]) for s in range(3)],
+                    [rows([[10 + x] for x in noise[1, s]]) for s in range(3)]]
+    base_tokens, method_tokens = (cells(r, "m", "sampled", 40) for r in tokens)
+    base_over, method_over = (cells(r, "m", "sampled", 40) for r in overthinking)
+    boot = Bootstrap(40, draws=1000, seed=0)
+    share = boot.removed_share((method_over, base_over), (method_tokens, base_tokens), seeds=[0, 1, 2])
+    assert share["share"] == pytest.approx(0.75, abs=0.01) and share["ci"][0] < share["share"] < share["ci"][1]
+    assert share["ci"][1] - share["ci"][0] < 0.05
+    # shortening only useful tokens: share 0; removing nothing (or adding tokens): no share at all
+    useful = boot.removed_share((base_over, base_over), (method_tokens, base_tokens), seeds=[0, 1, 2])
+    assert useful["share"] == 0.0 and useful["ci"] == [0.0, 0.0]
+    assert boot.removed_share((base_over, method_over), (base_tokens, method_tokens), seeds=[0, 1, 2]) == {
+        "share": None, "ci": None}
+
+
 def test_a_zero_baseline_has_no_relative_difference_and_draws_are_reproducible():
     zero = cells([rows([[0.0], [0.0]])], "m", "sampled", 2)
     some = cells([rows([[1.0], [0.0]])], "m", "sampled", 2)
@@ -421,6 +442,8 @@ def test_compare_smoke_end_to_end(tmp_path, tiny_llama_dir, capsys):
     paired = {p["method"]: p for p in results["paired"]}
     assert set(paired) == {"GRPO + RePro", "PPO + RePro", "GRPO + RePro, w=0", "GRPO + RePro, k=3",
                            "GRPO + RePro, α=0.2"}
+    assert set(paired["GRPO + RePro"]["removed_overthinking_share"]) == {"greedy", "sampled"}
+    assert "## Removed tokens that were overthinking" in text
     d = paired["GRPO + RePro"]["metrics"]["greedy_tokens_per_response"]
     assert d["difference"] == pytest.approx(results["runs"]["grpo-repro-seed0"]["metrics"]["greedy_tokens_per_response"]
                                             - results["runs"]["grpo-seed0"]["metrics"]["greedy_tokens_per_response"])

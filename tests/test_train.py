@@ -25,7 +25,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from repro_env.agents.checkpoint import latest_checkpoint, list_checkpoints
-from repro_env.agents.metrics import read_jsonl
+from repro_env.agents.metrics import MetricsLog, read_jsonl, summary_table
 from repro_env.agents.train import (
     LEARNERS,
     learner_spec,
@@ -314,6 +314,23 @@ def test_run_writes_metrics_checkpoints_plots_and_learns(tmp_path, capsys):
     assert saved["learner"] == {"lr": 0.1, "batch": 16, "fault": "none", "fault_at": 0}
 
 
+def test_summary_compares_the_means_of_the_first_and_last_updates(tmp_path):
+    """Single batches fluctuate: the training table compares means of 5 updates (half a short run)."""
+    log = MetricsLog(tmp_path, "metrics")
+    accuracy = [0.2, 0.4, 0.2, 0.4, 0.3, 0.5, 0.5, 0.9, 0.9, 0.9, 0.9, 0.1]  # last batch alone: 0.1
+    for update, acc in enumerate(accuracy, 1):
+        log.append({"update": update, "accuracy": acc, "kl": float("nan") if update == 12 else 0.01})
+    summary = summary_table(tmp_path)
+    assert "## Training (mean of updates 1-5 → mean of updates 8-12)" in summary
+    assert "| accuracy | 0.3 | 0.74 | +0.44 |" in summary
+    assert "| kl | 0.01 | 0.01 | +0 |" in summary  # the NaN row is left out of the mean
+    (tmp_path / "short").mkdir()
+    short = MetricsLog(tmp_path / "short", "metrics")
+    for update, acc in enumerate([0.0, 1.0, 0.5], 1):
+        short.append({"update": update, "accuracy": acc})
+    assert "| accuracy | 0 | 0.5 | +0.5 |" in summary_table(tmp_path / "short")  # 1 update each side
+
+
 def test_existing_run_dir_needs_resume(tmp_path):
     assert run(tmp_path, "updates=2")[0] == 0
     with pytest.raises(ConfigError, match=r"field 'out_dir' '.*run' already holds a run with checkpoints; "
@@ -479,8 +496,10 @@ def straight_and_resumed(tmp_path, fields) -> Path:
 
 
 def test_grpo_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_llama_dir):
-    """2 updates straight vs 1 + resume + 1 with the real GRPO on the fixture Llama: same weights."""
-    fields = {"algorithm": "grpo", "updates": 2, "eval_every": 0, "checkpoint_every": 1,
+    """2 updates straight vs 1 + resume + 1 with the real GRPO on the fixture Llama: same weights,
+    and the same example responses in the summary."""
+    fields = {"algorithm": "grpo", "updates": 2, "eval_every": 1, "eval_problems": 1, "eval_samples": 1,
+              "checkpoint_every": 1,
               "learner": {"model": str(tiny_llama_dir), "lr": 1e-3, "prompts_per_update": 1, "group_size": 2,
                           "kl_coef": 0.0},
               "task_overrides": {"scorer": {"model": str(tiny_llama_dir)},
@@ -494,6 +513,13 @@ def test_grpo_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_llama_dir):
         assert torch.equal(a[key], b[key]), key
     rows = read_jsonl(half / "metrics.jsonl")
     assert [r["update"] for r in rows] == [1, 2] and {"loss", "accuracy", "tokens_per_response"} <= set(rows[0])
+    examples = read_jsonl(half / "examples.jsonl")
+    assert examples == read_jsonl(tmp_path / "straight" / "examples.jsonl")
+    assert [e["update"] for e in examples] == [0, 1, 2] and examples[0]["problem"]
+    assert all(e["text"] and e["tokens"] > 0 for e in examples)
+    summary = (half / "summary.md").read_text()
+    assert f"Update 0 ({'correct' if examples[0]['correct'] else 'wrong'}, {examples[0]['tokens']} tokens)" in summary
+    assert "Update 2 (" in summary and "Update 1 (" not in summary and examples[-1]["text"].strip() in summary
 
 
 def test_ppo_resume_with_its_value_head_and_a_kl_term_reproduces_an_uninterrupted_run(tmp_path, tiny_llama_dir):
