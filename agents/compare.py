@@ -18,7 +18,7 @@ same budget on each of its seeds, then is evaluated on the task's held-out split
 
 A method's ``baseline`` defaults to the row of the same algorithm with the process reward off and no
 overrides; a method that is that row, or has none, gets no paired row. A learner is any name of the
-learner registry (``repro_env.agents.train.register_learner``, or a plugin's ``repro_env.learners``
+learner registry (``repro_env.agents.run_config.register_learner``, or a plugin's ``repro_env.learners``
 entry point) or a ``'package.module:Class'`` path; its config fields go under ``learners: {NAME:
 {...}}`` (shared by all its methods; a method's ``learner:`` overrides them).
 
@@ -54,7 +54,8 @@ from typing import Any
 from repro_env.agents.checkpoint import locked_run_dir
 from repro_env.agents.grid import Job, check_saved_config, run_jobs
 from repro_env.agents.report import write_results
-from repro_env.agents.train import LEARNERS, TrainingInterrupted, apply_sets, learner_spec, parse_config
+from repro_env.agents.run_config import LEARNERS, apply_sets, learner_spec, parse_config
+from repro_env.agents.train import TrainingInterrupted
 from repro_env.config import check, describe, from_mapping, options_from_mapping, read_yaml_file, suggest
 from repro_env.errors import ConfigError, ReproEnvError, ScorerError, TrainingError
 

@@ -199,7 +199,7 @@ def one_torch_thread():
 @pytest.fixture(autouse=True)
 def registries_restored():
     """Names a test registers (scorer backends, source kinds, learners) end with the test."""
-    from repro_env.agents.train import LEARNERS
+    from repro_env.agents.run_config import LEARNERS
     from repro_env.scoring import base
     from repro_env.sources import SOURCES
 

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from repro_env.agents.checkpoint import latest_checkpoint
 from repro_env.agents.grpo import GRPO, GRPOConfig
 from repro_env.agents.policy import LMPolicy, PolicyConfig
-from repro_env.agents.train import parse_config, train
+from repro_env.agents.run_config import parse_config
+from repro_env.agents.train import train
 from repro_env.errors import ScorerError
 from repro_env.scoring.options import ServerOptions
 from repro_env.tasks import resolve_task

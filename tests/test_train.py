@@ -26,17 +26,8 @@ from safetensors.torch import load_file, save_file
 
 from repro_env.agents.checkpoint import latest_checkpoint, list_checkpoints
 from repro_env.agents.metrics import MetricsLog, read_jsonl, summary_table
-from repro_env.agents.train import (
-    LEARNERS,
-    learner_spec,
-    load_config,
-    main,
-    main_eval,
-    main_plot,
-    main_train,
-    register_learner,
-    train,
-)
+from repro_env.agents.run_config import LEARNERS, learner_spec, load_config, register_learner
+from repro_env.agents.train import main, main_eval, main_plot, main_train, train
 from repro_env.config import check
 from repro_env.errors import CheckpointError, ConfigError, ScorerError, TrainingError
 from repro_env.tasks import builtin_task_ids
@@ -269,12 +260,12 @@ def test_register_learner_takes_a_class_or_its_path():
 
 def test_an_installed_plugin_adds_a_learner_through_its_entry_point(tmp_path, monkeypatch):
     """``pip install my-plugin`` is enough: its ``repro_env.learners`` entry point is read on first lookup."""
-    import repro_env.agents.train
+    import repro_env.agents.run_config
     from repro_env import registry
 
     point = EntryPoint(name="toy-plugin", value="tests.plugins.toy_learner:ToyGRPO", group=LEARNERS.group)
     monkeypatch.setattr(registry, "entry_points", lambda group: [point] if group == LEARNERS.group else [])
-    monkeypatch.setattr(repro_env.agents.train, "LEARNERS", registry.Registry("learner", LEARNERS.group))
+    monkeypatch.setattr(repro_env.agents.run_config, "LEARNERS", registry.Registry("learner", LEARNERS.group))
     config, learner = load_config(write_config(tmp_path / "c.yaml", algorithm="toy-plugin"))
     assert type(learner).__name__ == "GRPOConfig" and learner.lr == 0.1
     assert learner_spec("toy-plugin").label == "Toy"
