@@ -58,12 +58,12 @@ class VLLMGenerator:
     """Segments from a vLLM engine on the policy's model directory (module docstring)."""
 
     def __init__(self, policy: Any, *, seed: int = 0, gpu_memory_utilization: float = 0.5) -> None:
-        from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, VLLMScorer, _import_vllm
+        from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, VLLMScorer, import_vllm
 
         self.policy = policy
         for name, value in ENGINE_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
-        vllm = _import_vllm()
+        vllm = import_vllm()
         path = str(policy.path)
         scorer_config = ScorerConfig(backend="vllm", model=path, dtype=policy.config.dtype,
                                      max_length=policy.max_positions,
@@ -138,12 +138,12 @@ class ServerGenerator(VLLMGenerator):
 
     def __init__(self, policy: Any, *, seed: int = 0) -> None:  # no engine: the server is one; seeds per request
         from repro_env.scoring.server import ServerClient
-        from repro_env.scoring.vllm import _checkpoint_keys
+        from repro_env.scoring.vllm import checkpoint_keys
 
         self.policy = policy
         self.client = ServerClient(policy.config.server)
         self.served = self.client.check_model(policy.tokenizer, policy.config.model)
-        self._checkpoint_keys = _checkpoint_keys(Path(policy.path))
+        self._checkpoint_keys = checkpoint_keys(Path(policy.path))
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Have the server load ``model``'s weights and reset its prefix cache (dev mode)."""

@@ -26,6 +26,21 @@ def write_task(tmp_path, scorer_yaml: str, name: str = "Shifted-v0"):
     return path
 
 
+def test_a_subclass_of_a_builtin_scorer_registered_by_class_alone_builds(tiny_llama_dir):
+    """It inherits the built-in's options_class (it failed with 'NoOptions' has no attribute
+    'attn_implementation' when HFScorer carried none)."""
+    from repro_env.scoring.options import HFOptions
+
+    class MyScorer(HFScorer):
+        pass
+
+    register_scorer("mine", MyScorer)
+    scorer = make_scorer(ScorerConfig(backend="mine", model=str(tiny_llama_dir), options={"chunk_tokens": 512}))
+    assert type(scorer) is MyScorer and scorer.config.options == HFOptions(chunk_tokens=512)
+    plain = HFScorer(ScorerConfig(model=str(tiny_llama_dir))).score([REQUEST])[0].J
+    np.testing.assert_allclose(scorer.score([REQUEST])[0].J, plain, atol=1e-6)
+
+
 def test_a_registered_plugin_backend_runs_through_a_task_yaml(tmp_path, tiny_llama_dir):
     register_scorer("shifted", TOY)  # the one line a plugin needs
     path = write_task(tmp_path, f"  backend: shifted\n  model: {tiny_llama_dir}\n  shift: -1.5\n")

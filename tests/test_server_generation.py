@@ -48,11 +48,11 @@ def restore_server(server, tiny_llama_dir, fixture_weights):
     """Push the fixture model's weights back into the server after the test."""
     yield server
     from repro_env.scoring.server import ServerClient
-    from repro_env.scoring.vllm import _checkpoint_keys
+    from repro_env.scoring.vllm import checkpoint_keys
 
     if server.running:
         ServerClient(ServerOptions(base_url=server.url)).push_weights(fixture_weights,
-                                                                       _checkpoint_keys(tiny_llama_dir))
+                                                                       checkpoint_keys(tiny_llama_dir))
 
 
 def policy_config(model, url: str, **fields) -> PolicyConfig:

@@ -43,6 +43,7 @@ from repro_env.scoring.base import (
     TokenScorerBase,
 )
 from repro_env.scoring.hf_session import HFSession, open_pool_sessions, step_pool_sessions
+from repro_env.scoring.options import HFOptions
 from repro_env.scoring.prefill import finite_values, next_token_entropy, score_prefill
 
 TREE_MAX_TOKENS = 2048
@@ -110,6 +111,9 @@ class HFScorer(TokenScorerBase):
     The model must compute logits as ``output_embeddings(last_hidden_state)`` (Llama, Mistral,
     Qwen2/3 …): only the positions that J and the entropies need go through the LM head.
     """
+
+    options_class = HFOptions
+    """A subclass registered by class alone (``register_scorer("mine", MyScorer)``) inherits it."""
 
     def __init__(self, config: ScorerConfig) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -44,7 +44,8 @@ from typing import Any
 from repro_env.assets import resolve_model
 from repro_env.errors import ScorerError
 from repro_env.scoring.base import ScorerConfig, checked_log_probs
-from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, VLLMScorer, _checkpoint_keys, _Probe, entropy_from_top_logprobs
+from repro_env.scoring.options import ServerOptions
+from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, Probe, VLLMScorer, checkpoint_keys, entropy_from_top_logprobs
 
 PROBE_TEXT = "Question: what is 12 + 5 times 3?\n\nSo 12 + 15 = 27. \\boxed{27}"
 
@@ -133,6 +134,8 @@ class VLLMServerScorer(VLLMScorer):
     Batch scoring, sessions and their checks are ``VLLMScorer``'s; only the engine calls differ.
     """
 
+    options_class = ServerOptions
+
     def __init__(self, config: ScorerConfig) -> None:  # no engine here: the server is one
         from transformers import AutoTokenizer
 
@@ -144,7 +147,7 @@ class VLLMServerScorer(VLLMScorer):
         self.max_length: int = config.max_length or model_config.max_position_embeddings
         self.vocab_size: int = model_config.vocab_size
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self._checkpoint_keys = _checkpoint_keys(Path(path))
+        self._checkpoint_keys = checkpoint_keys(Path(path))
         self.entropy_top_n = min(self.options.max_logprobs, self.vocab_size)
         self.exact_entropy = self.entropy_top_n == self.vocab_size
         self.weights_version = 0
@@ -152,7 +155,7 @@ class VLLMServerScorer(VLLMScorer):
 
     # -- engine calls ---------------------------------------------------------------------------
 
-    def _evaluate(self, probes: Sequence[_Probe]) -> dict[_Probe, float]:
+    def _evaluate(self, probes: Sequence[Probe]) -> dict[Probe, float]:
         """J for J probes, entropy for the others, ``batch_prompts`` per request, ``concurrency`` at once."""
         unique = list(dict.fromkeys(probes))
         size = self.options.batch_prompts
@@ -161,10 +164,10 @@ class VLLMServerScorer(VLLMScorer):
             values = list(pool.map(self._evaluate_chunk, chunks))
         return {p: v for chunk, vals in zip(chunks, values, strict=True) for p, v in zip(chunk, vals, strict=True)}
 
-    def _evaluate_chunk(self, probes: list[_Probe]) -> list[float]:
+    def _evaluate_chunk(self, probes: list[Probe]) -> list[float]:
         j_probes = [p for p in probes if p.answer is not None]
         h_probes = [p for p in probes if p.answer is None]
-        out: dict[_Probe, float] = {}
+        out: dict[Probe, float] = {}
         if j_probes:
             choices = self._complete([[*p.prefix, *p.answer] for p in j_probes], prompt_logprobs=0)
             out.update((p, self._read_J(p, c)) for p, c in zip(j_probes, choices, strict=True))
@@ -182,7 +185,7 @@ class VLLMServerScorer(VLLMScorer):
                               f"{len(choices) if isinstance(choices, list) else repr(choices)[:100]}")
         return sorted(choices, key=lambda c: c.get("index", 0))
 
-    def _read_J(self, probe: _Probe, choice: dict[str, Any]) -> float:
+    def _read_J(self, probe: Probe, choice: dict[str, Any]) -> float:
         rows = choice.get("prompt_logprobs")
         N, answer = len(probe.prefix), probe.answer
         try:
