@@ -12,7 +12,7 @@ same budget on each of its seeds, then is evaluated on the task's held-out split
                                               with the same run config share one run
     eval     = test problems 0..eval_problems−1, greedy and eval_samples samples each at the learner's
                temperature (1.0 by default), with a sampling seed that depends on the seed only, so
-               every method is paired; per-episode rows of ``agents.rollout.episode_metrics``
+               every method is paired; per-episode rows of ``agents.episodes.episode_metrics``
     table    = mean [95% CI] per metric, bootstrap over seeds and problems (agents.bootstrap), and the
                paired difference of each method to its baseline, also relative in %
 

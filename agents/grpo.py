@@ -3,7 +3,7 @@
 One update, top to bottom::
 
     indices  = P problems from the train split; each is given to G sub-envs (a group)
-    episodes = one rollout per sub-env (agents.rollout.collect_episodes)
+    episodes = one rollout per sub-env (agents.episodes.collect_episodes)
     R'       = R + w_len·len_reward        Kimi k1.5 length reward, off unless length_penalty > 0
     A        = (R' − mean_g R') / (std_g R' + 1e-6)                    per rollout
     r̃'       = (r̃ − μ_g) / (σ_g + 1e-6)    over the group's scored segments
@@ -27,7 +27,7 @@ import torch
 from repro_env.advantages import grpo_advantages, token_advantages
 from repro_env.agents.learner import LearnerConfig, LMLearner
 from repro_env.agents.losses import clipped_policy_loss, kl_k3
-from repro_env.agents.rollout import Episode, TokenBatch, pack, summarize
+from repro_env.agents.episodes import Episode, TokenBatch, pack, summarize
 from repro_env.config import check
 from repro_env.length_penalty import length_rewards
 

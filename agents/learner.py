@@ -24,7 +24,7 @@ from gymnasium.vector import AutoresetMode
 
 from repro_env.agents.losses import check_finite
 from repro_env.agents.policy import LMPolicy, PolicyConfig, model_dir
-from repro_env.agents.rollout import Episode, TokenBatch, collect_episodes, rescore_topk, summarize
+from repro_env.agents.episodes import Episode, TokenBatch, collect_episodes, rescore_topk, summarize
 from repro_env.config import check, check_device, to_dict
 from repro_env.errors import CheckpointError, ConfigError
 from repro_env.scoring.base import BUNDLED_MODEL

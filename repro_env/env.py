@@ -37,7 +37,7 @@ class Drawn(NamedTuple):
 
 
 @dataclass
-class Episode:
+class EpisodeState:
     """The state of one episode: the problem, the reasoning so far and the scored J history."""
 
     problem: Problem
@@ -183,7 +183,7 @@ class ReasoningEnv(gym.Env[str, str]):
             self.spec_task.max_prompt_chars + limits.max_steps * (limits.max_segment_chars
                                                                   + len(self.spec_task.delimiter))
         )
-        self.episode: Episode | None = None
+        self.episode: EpisodeState | None = None
 
     # -- Gymnasium API -------------------------------------------------------------------------
 
@@ -249,7 +249,7 @@ class ReasoningEnv(gym.Env[str, str]):
         task = self.spec_task
         marker = SegmentMarker(drawn.problem.answer, location=task.answer_location, is_backtrack=task.is_backtrack,
                                final_answer=task.final_answer_regex)
-        self.episode = Episode(problem=drawn.problem, prompt=drawn.prompt, answer=drawn.answer,
+        self.episode = EpisodeState(problem=drawn.problem, prompt=drawn.prompt, answer=drawn.answer,
                                session=session, J_points=[session.J_baseline], marker=marker)
         return self.episode.text, {"problem_id": drawn.problem.id, "J_baseline": session.J_baseline}
 
@@ -259,7 +259,7 @@ class ReasoningEnv(gym.Env[str, str]):
                 self.episode.session.close()
             self.episode = None
 
-    def _require_episode(self) -> Episode:
+    def _require_episode(self) -> EpisodeState:
         if self.episode is None or self.episode.done:
             raise gym.error.ResetNeeded("call reset() before step(): the episode has ended or not started")
         return self.episode
@@ -277,7 +277,7 @@ class ReasoningEnv(gym.Env[str, str]):
         delimiter = self.spec_task.delimiter
         return action if action.endswith(delimiter) else action + delimiter
 
-    def finish_step(self, episode: Episode, segment: str, step: StepScore | None):
+    def finish_step(self, episode: EpisodeState, segment: str, step: StepScore | None):
         """Account a scored (or context-overflowing, ``step=None``) segment: reward, flags, info."""
         task, limits = self.spec_task, self.spec_task.limits
         overflow = step is None
@@ -318,7 +318,7 @@ class ReasoningEnv(gym.Env[str, str]):
             return True
         return step.entropy >= reward_cfg.entropy_threshold
 
-    def _score_point(self, episode: Episode, J: float) -> dict[str, Any]:
+    def _score_point(self, episode: EpisodeState, J: float) -> dict[str, Any]:
         """Add a scored point and return its RePro components (REPRO_SPEC §3–§4)."""
         episode.J_points.append(J)
         parts = rp.reward_points(self.spec_task.reward, episode.J_points, selection="all")
@@ -326,7 +326,7 @@ class ReasoningEnv(gym.Env[str, str]):
                 "process_score": float(parts.score[-1]), "process_reward": float(parts.rewards[-1]), "scored": True}
 
     @staticmethod
-    def _overthinking_info(episode: Episode, segment: str) -> dict[str, bool]:
+    def _overthinking_info(episode: EpisodeState, segment: str) -> dict[str, bool]:
         """The segment's marks (:class:`repro_env.overthinking.SegmentMarker`): ``overthinking``;
         ``after_answer`` and ``answer_stated`` only for tasks that locate the answer in the reasoning."""
         overthinking, after = episode.marker.mark(segment)
@@ -345,7 +345,7 @@ class ReasoningEnv(gym.Env[str, str]):
         return bool(eos and eos in segment)
 
     @staticmethod
-    def transcript(episode: Episode, colour: bool = False) -> str:
+    def transcript(episode: EpisodeState, colour: bool = False) -> str:
         """The prompt and each segment with its reward, for ``render``."""
         green, red, dim, end = ("\x1b[32m", "\x1b[31m", "\x1b[2m", "\x1b[0m") if colour else ("",) * 4
         lines = [f"{dim}{episode.prompt.rstrip()}{end}"]

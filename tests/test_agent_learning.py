@@ -13,7 +13,7 @@ import torch
 
 from repro_env.agents.grpo import GRPO, GRPOConfig
 from repro_env.agents.ppo import PPO, PPOConfig
-from repro_env.agents.rollout import pack
+from repro_env.agents.episodes import pack
 
 
 @pytest.fixture(scope="module")

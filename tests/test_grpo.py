@@ -11,7 +11,7 @@ import torch
 from repro_env.agents.grpo import GRPO, GRPOConfig, grpo_token_advantages
 from repro_env.agents.losses import clipped_policy_loss, kl_k3
 from repro_env.agents.policy import Trace
-from repro_env.agents.rollout import Episode, pack
+from repro_env.agents.episodes import Episode, pack
 from repro_env.errors import CheckpointError, ConfigError, ScorerError, TrainingError
 
 

@@ -127,7 +127,7 @@ def test_api_returns_plain_data_and_import_stays_light(bundled):
 def test_rows_equal_the_env_online_values(bundled):
     import gymnasium as gym
 
-    from repro_env.rollout import run_episode, scripted_policy
+    from repro_env.transcripts import run_episode, scripted_policy
 
     env = gym.make("RePro-JSONLExample-v0", scorer=bundled)
     source = env.unwrapped.source
