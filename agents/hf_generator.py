@@ -113,7 +113,8 @@ class HFGenerator:
                     base = len(traces[b].ids) + len(g.ids)
                     if (cfg.look_ahead and g.stop == "delimiter" and policy.room(base) > 0
                             and policy.decode(g.ids).endswith(cfg.delimiter)):  # else the env adds one
-                        building[b] = LookAhead(base, policy.room(base), greedy, Generated([], [], float("nan"), ""), [])
+                        building[b] = LookAhead(base, policy.room(base), greedy,
+                                                Generated([], [], float("nan"), ""), [])
                         chunks[at[b]] = [token]  # the segment's last token, so that the row can go on
             if any(chunks[at[b]] for b in range(B) if running[b]):
                 for b in fed_ahead:

@@ -99,7 +99,8 @@ def test_split_response_of_a_list_of_segments():
 ])
 def test_split_response_with_a_think_block(prompt, response, prefix, segments, tail, truncated):
     s = split(prompt, response)
-    assert (s.prefix, s.segments, s.tail, s.think, s.truncated, s.after) == (prefix, segments, tail, True, truncated, ())
+    assert (s.prefix, s.segments, s.tail, s.after) == (prefix, segments, tail, ())
+    assert s.think and s.truncated == truncated
     begin = len(s.prefix) - len(prompt)  # the spans tile the response from the reasoning on
     assert response[begin:] == "".join(response[i:j] for i, j in s.spans) + tail
 
