@@ -8,6 +8,7 @@ import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -224,14 +225,26 @@ def record_to_problem(record: Mapping[str, Any], fields: RecordFields, where: st
                    solution=solution, meta=meta)
 
 
+def plain_decimal(value: float) -> str:
+    """A finite float as a person writes it, never in scientific notation: its shortest round-trip
+    digits in plain decimal. ``72.0`` → ``"72"``, ``5e-05`` → ``"0.00005"``, ``1e-07`` →
+    ``"0.0000001"``, ``1e+22`` → ``"10000000000000000000000"``, ``-0.0`` → ``"0"``."""
+    if value == 0:
+        return "0"
+    text = format(Decimal(repr(value)), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def record_text(record: Mapping[str, Any], key: str, where: str, *, numbers: bool) -> str:
     """A record's question or answer as text. ``null``, ``""``, lists and mappings are errors: as
-    strings they would become questions like "None" and answers that ``\\boxed{None}`` matches."""
+    strings they would become questions like "None" and answers that ``\\boxed{None}`` matches. A
+    number answer is written in plain decimal (:func:`plain_decimal`): ``5e-05`` would verify
+    against nothing a model writes."""
     value = record[key]
     if numbers and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if numbers and isinstance(value, float) and math.isfinite(value):
-        return str(int(value)) if value.is_integer() else str(value)
+        return plain_decimal(value)
     if not isinstance(value, str) or not value.strip():
         expected = "a non-empty string" + (" or a finite number" if numbers else "")
         raise TaskSpecError(f"{where}: field '{key}' must be {expected}, got {describe(value)}")
