@@ -251,6 +251,14 @@ def record_text(record: Mapping[str, Any], key: str, where: str, *, numbers: boo
     return value
 
 
+def json_error(e: ValueError) -> str:
+    """What ``json.loads`` refused: its message and column, or Python's own limit (an integer of
+    more than 4300 digits is a ``ValueError``, not a ``JSONDecodeError``)."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at column {e.colno}"
+    return str(e).split(";")[0]
+
+
 def read_jsonl(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """``(file:line, record)`` for every non-blank line; a bad line is a located ``TaskSpecError``."""
     records = []
@@ -265,8 +273,8 @@ def read_jsonl(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskSpecError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+            except ValueError as e:  # JSONDecodeError, or an integer literal of more than 4300 digits
+                raise TaskSpecError(f"{path}:{lineno}: invalid JSON ({json_error(e)})") from e
             if not isinstance(record, dict):
                 raise TaskSpecError(f"{path}:{lineno}: a record must be a JSON object, "
                                     f"got {describe(record)}")

@@ -17,7 +17,7 @@ from typing import Any
 
 from repro_env.config import describe
 from repro_env.errors import ConfigError, TaskSpecError, TraceInputError
-from repro_env.problems import record_text
+from repro_env.problems import json_error, record_text
 from repro_env.tasks import TaskSpec
 from repro_env.verify import extract_answer, final_part
 
@@ -100,8 +100,8 @@ class TraceReader:
                                  f"{e.start}); re-encode the file as UTF-8") from e
         try:
             record = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise self.error(line, "", f"the line is not valid JSON ({e.msg} at column {e.colno})") from e
+        except ValueError as e:  # JSONDecodeError, or an integer literal of more than 4300 digits
+            raise self.error(line, "", f"the line is not valid JSON ({json_error(e)})") from e
         if not isinstance(record, Mapping):
             raise self.error(line, "", f"the line must be a JSON object, got {type(record).__name__}")
         return self.from_record(line, record)

@@ -206,13 +206,16 @@ def _plain_number(answer: str) -> tuple[Fraction, bool] | None:
     match = _NUMBER.match(s)
     if match is None or not _UNIT_TAIL.match(s[match.end():]):
         return None
-    if match.group("fnum") is not None:
-        num, den = int(match.group("fnum")), int(match.group("fden"))
-    elif match.group("num") is not None:
-        num, den = int(match.group("num")), int(match.group("den"))
-    else:
-        value = Fraction(match.group("dec"))
-        num, den = value.numerator, value.denominator
+    try:  # more than 4300 digits (Python's int-string limit): not a plain number; math-verify decides
+        if match.group("fnum") is not None:
+            num, den = int(match.group("fnum")), int(match.group("fden"))
+        elif match.group("num") is not None:
+            num, den = int(match.group("num")), int(match.group("den"))
+        else:
+            value = Fraction(match.group("dec"))
+            num, den = value.numerator, value.denominator
+    except ValueError:
+        return None
     if den == 0:
         return None
     value = Fraction(num, den)

@@ -215,3 +215,10 @@ def test_a_binary_jsonl_line_is_named(tmp_path):
     path.write_bytes(b'{"question": "q", "answer": "1"}\n\xff\xfe\n')
     with pytest.raises(TaskSpecError, match=r"data.jsonl:2: not UTF-8 text \(invalid start byte at byte 0"):
         read_jsonl(path)
+
+
+def test_a_json_integer_of_more_than_4300_digits_is_a_located_error(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"question": "q", "answer": "1"}\n{"question": "q", "answer": ' + "1" * 5000 + "}\n")
+    with pytest.raises(TaskSpecError, match=r"data.jsonl:2: invalid JSON \(Exceeds the limit \(4300 digits\)"):
+        read_jsonl(path)

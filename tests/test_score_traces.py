@@ -298,3 +298,10 @@ def test_overthinking_fields_per_trace_in_the_summary_and_the_csv(tmp_path, bund
     assert located_nowhere["summary"]["mean_tokens_after_first_correct"] is None
     assert "tokens after first correct    n/a (the task cannot locate the answer" in format_summary(
         located_nowhere["summary"], [])
+
+
+def test_an_integer_of_more_than_4300_digits_is_a_bad_line_not_a_crash():
+    reader = TraceReader(resolve_task("RePro-Math-v0"), TraceFields(), "t.jsonl")
+    line = '{"question": "q", "answer": ' + "1" * 5000 + ', "response": "So \\\\boxed{1}."}'
+    with pytest.raises(TraceInputError, match=r"t.jsonl:3: the line is not valid JSON \(Exceeds the limit \(4300"):
+        reader.parse(3, line)

@@ -290,3 +290,11 @@ def test_timeout_works_in_a_daemonic_worker_process():
     assert out.get(timeout=30) == (False, True)
     child.join(timeout=10)
     assert child.exitcode == 0
+
+
+def test_numbers_of_more_than_4300_digits_are_wrong_answers_not_crashes():
+    """Python refuses int("1" * 5000) (its int-string limit); a degenerate completion must not kill a run."""
+    huge = "1" * 5000
+    assert compare_numbers(huge, "42") is None
+    assert verify_answer(f"So \\boxed{{{huge}}}.", "42") is False
+    assert verify_answer(f"\\boxed{{{huge}}}", huge) is True  # the same string still verifies
