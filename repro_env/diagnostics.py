@@ -47,6 +47,7 @@ import csv
 import dataclasses
 import heapq
 import json
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -304,6 +305,8 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
     reader = TraceReader(spec, fields, where)
     if scorer is None:
         scorer = _make_scorer(spec, model, backend, scorer_overrides)
+    if out_dir is not None:
+        own_out_dir(out_dir)
     engine = TraceScorer(scorer, spec, reader)
     result: dict[str, Any] = {"traces": [], "worst": [], "skipped": [], "files": {}}
     summary, worst, start = Summary(answer_location=spec.answer_location), [], time.perf_counter()
@@ -335,6 +338,27 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
 
             result["files"].update(write_report(out_dir, result["worst"], result["summary"], spec.id))
     return result
+
+
+def own_out_dir(out_dir: Path) -> None:
+    """Make ``--out`` this run's own, so that old and new results never sit side by side: a file
+    there is an error; a directory holding only a previous run's outputs (``OUTPUT_FILES``,
+    ``plots/``) is emptied; any other content is refused (it is not ours to delete)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; give a directory (it is created when missing)")
+    if not out_dir.is_dir():
+        return
+    entries = sorted(out_dir.iterdir())
+    foreign = [p.name for p in entries if p.name not in (*OUTPUT_FILES, "plots")]
+    if foreign:
+        raise ConfigError(f"--out {out_dir} holds files that repro-env score did not write ({', '.join(foreign[:5])}"
+                          f"{', ...' if len(foreign) > 5 else ''}); give a new or empty directory, or the directory "
+                          "of an earlier score run, whose results are replaced")
+    for path in entries:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _make_scorer(spec: TaskSpec, model: str | None, backend: str | None, overrides: Mapping[str, Any] | None) -> Any:

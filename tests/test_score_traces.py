@@ -24,7 +24,7 @@ from repro_env.diagnostics import (
     format_summary,
     score_traces,
 )
-from repro_env.errors import TraceInputError
+from repro_env.errors import ConfigError, TraceInputError
 from repro_env.scoring import ScoreRequest, ScoreResult, make_scorer
 from repro_env.tasks import resolve_task
 
@@ -305,3 +305,21 @@ def test_an_integer_of_more_than_4300_digits_is_a_bad_line_not_a_crash():
     line = '{"question": "q", "answer": ' + "1" * 5000 + ', "response": "So \\\\boxed{1}."}'
     with pytest.raises(TraceInputError, match=r"t.jsonl:3: the line is not valid JSON \(Exceeds the limit \(4300"):
         reader.parse(3, line)
+
+
+def test_a_rerun_replaces_its_own_output_directory_and_refuses_anything_else(tmp_path, bundled):
+    """issue 28: a rerun with --no-plots, or one that scores nothing, left the old report, curves and
+    skipped.jsonl beside the new scores."""
+    out = tmp_path / "out"
+    path = write_jsonl(tmp_path / "t.jsonl", [GOOD, BAD_CASES[0][0]])
+    score_traces(path, scorer=bundled, out=out, skip_bad=True, plots=True, report_limit=1)
+    assert {"report.html", "curves.png", "plots", "skipped.jsonl"} <= {p.name for p in out.iterdir()}
+    score_traces(write_jsonl(tmp_path / "good.jsonl", [GOOD]), scorer=bundled, out=out, plots=False)
+    assert sorted(p.name for p in out.iterdir()) == ["scores.csv", "scores.jsonl", "summary.json"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"--out .*out holds files that repro-env score did not write \(notes.txt\)"):
+        score_traces(path, scorer=bundled, out=out)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "scores.jsonl").is_file()
+    with pytest.raises(ConfigError, match=r"--out .*notes.txt is a file; give a directory"):
+        score_traces(path, scorer=bundled, out=out / "notes.txt")
+
