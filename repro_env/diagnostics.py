@@ -229,10 +229,25 @@ class Summary:
 def csv_rows(row: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """One CSV row per segment, the trace's columns repeated (the segment's ``overthinking`` flag is
     the column ``overthinking_segment``; ``overthinking`` is the trace's)."""
-    head = {k: row[k] for k in TRACE_CSV_COLUMNS}
+    head = {k: _csv_safe(row[k]) for k in TRACE_CSV_COLUMNS}
     for segment in row["segments"]:
-        cells = {k: segment[k] for k in CSV_COLUMNS[len(TRACE_CSV_COLUMNS):] if k in segment}
+        cells = {k: _csv_safe(segment[k]) for k in CSV_COLUMNS[len(TRACE_CSV_COLUMNS):] if k in segment}
         yield {**head, **cells, "overthinking_segment": segment["overthinking"]}
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A spreadsheet reads a text cell that starts with one of these as a formula (OWASP, CSV injection)."""
+
+
+def _csv_safe(value: Any) -> Any:
+    """A text cell that would start a formula gets a leading ``'``, so that spreadsheets show it as
+    text (OWASP's advice on CSV injection); numbers and other cells are kept."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (ANSI escapes, newlines) written as escapes, for the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def format_tokens_after(summary: Mapping[str, Any]) -> str:
@@ -261,7 +276,7 @@ def format_summary(summary: Mapping[str, Any], worst: list[Mapping[str, Any]], l
         lines += ["", f"  worst {min(limit, len(worst))} by process return:",
                   f"  {'line':>5} {'id':<28} {'segs':>4} {'J gain':>8} {'return':>8} {'bt':>3} {'r~<0':>4} correct"]
         for row in worst[:limit]:
-            lines.append(f"  {row['line']:>5} {str(row['id'])[-28:]:<28} {row['num_segments']:>4} "
+            lines.append(f"  {row['line']:>5} {printable(str(row['id']))[-28:]:<28} {row['num_segments']:>4} "
                          f"{row['J_gain']:>+8.4f} {row['process_return']:>+8.4f} {row['backtracks']:>3} "
                          f"{row['negative_rewards']:>4} {row['correct']}")
     return "\n".join(lines)

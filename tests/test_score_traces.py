@@ -323,3 +323,19 @@ def test_a_rerun_replaces_its_own_output_directory_and_refuses_anything_else(tmp
     with pytest.raises(ConfigError, match=r"--out .*notes.txt is a file; give a directory"):
         score_traces(path, scorer=bundled, out=out / "notes.txt")
 
+
+def test_hostile_ids_and_texts_stay_text_in_the_csv_the_plots_and_the_terminal(tmp_path, bundled):
+    """issue 28: an id with $...$ crashed the report (matplotlib math markup) after the scores were
+    written; cells starting with = + - @ went into scores.csv as formulas; ANSI escapes and newlines
+    in ids were printed raw."""
+    hostile = "=HYPERLINK(1) $x^2$ \x1b[31mred\nline"
+    record = {**GOOD, "id": hostile, "response": "- 6 * 5 = 30.\n\nThe answer is \\boxed{30}."}
+    result = score_traces([record], scorer=bundled, out=tmp_path / "out", plots=True, report_limit=1)
+    assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "curves.png").is_file()
+    with open(tmp_path / "out" / "scores.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["id"] for r in rows} == {"'" + hostile} and rows[0]["text"] == "'- 6 * 5 = 30.\n\n"
+    assert rows[0]["J"] == str(result["traces"][0]["segments"][0]["J"])  # numbers stay numbers
+    table = format_summary(result["summary"], result["worst"])
+    assert "\x1b" not in table and "\\x1b[31mred\\nline" in table
+
