@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from repro_env.agents.checkpoint import CONFIG
-from repro_env.config import check, describe, from_mapping, load_yaml, read_yaml_file, to_dict
+from repro_env.config import SEED_RANGE, check, describe, from_mapping, is_seed, load_yaml, read_yaml_file, to_dict
 from repro_env.errors import ConfigError
 from repro_env.registry import Registry
 
@@ -75,7 +75,7 @@ class TrainConfig:
         check(self.eval_samples >= 1, "eval_samples", self.eval_samples, "an int >= 1")
         check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an int >= 1")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an int >= 1")
-        check(self.seed >= 0, "seed", self.seed, "an int >= 0 (numpy and torch seeds are unsigned)")
+        check(is_seed(self.seed), "seed", self.seed, SEED_RANGE)
 
 
 # -- learners ---------------------------------------------------------------------------------

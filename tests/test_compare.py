@@ -280,8 +280,10 @@ def test_identical_run_configs_share_one_run(tmp_path):
                                           r"differs from that of 'w=0', got 'w 0'"),
     ({"methods": {"starting model": {}}}, r"field 'methods.starting model' must be another name"),
     ({"methods": {"A": {}}, "algorithms": ["grpo"]}, r"field 'algorithms' is the old spelling of 'methods'"),
-    ({"seeds": []}, r"field 'seeds' must be a non-empty list of distinct ints >= 0, got \(\)"),
-    ({"seeds": [0, -1]}, r"field 'seeds' must be a non-empty list of distinct ints >= 0, got \(0, -1\)"),
+    ({"seeds": []}, r"field 'seeds' must be a non-empty list of distinct ints in \[0, 2\*\*32 - 1\], got \(\)"),
+    ({"seeds": [0, -1]}, r"field 'seeds' must be a non-empty list of distinct ints in \[0, 2\*\*32 - 1\], got "
+     r"\(0, -1\)"),
+    ({"seeds": [2**64]}, r"field 'seeds' must be a non-empty list of distinct ints in \[0, 2\*\*32 - 1\]"),
     ({"updates": 0}, r"field 'updates' must be an int >= 1, got 0"),
     ({"checkpoint_every": 0}, r"field 'checkpoint_every' must be an int >= 1, got 0"),
     ({"bootstrap_samples": 0}, r"field 'bootstrap_samples' must be an int >= 1"),

@@ -180,6 +180,9 @@ def test_every_shipped_config_loads():
     ({"eval_samples": 0}, r"field 'eval_samples' must be an int >= 1, got 0 \(int\)"),
     ({"learner": {"lr": -1}}, r"field 'learner.lr' must be a number > 0, got -1.0 \(float\)"),
     ({"algorithm": "bandt"}, r"field 'algorithm' must be one of .* Did you mean 'bandit'\?"),
+    # issue 28: passed the check, then a raw OverflowError once the model had loaded
+    ({"seed": 2**64}, r"field 'seed' must be an int in \[0, 2\*\*32 - 1\] \(a seed numpy and torch accept\), got "
+     r"18446744073709551616 \(int\)"),
 ])
 def test_config_errors_name_the_file_and_field(tmp_path, fields, message):
     path = write_config(tmp_path / "bad.yaml", **fields)
