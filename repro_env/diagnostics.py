@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from repro_env import reward as rp
+from repro_env.config import check
 from repro_env.errors import ConfigError, TraceInputError
 from repro_env.overthinking import mark_segments, response_figures
 from repro_env.segments import tokenize_with_boundaries
@@ -303,11 +304,16 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
     """
     if not isinstance(report_limit, int) or report_limit < 0:
         raise ConfigError(f"field 'report_limit' must be an int >= 0, got {report_limit!r}")
+    check(isinstance(task, str | Path | TaskSpec), "task", task, "a task id, a task YAML path or a TaskSpec")
+    check(not isinstance(traces, Mapping | bytes), "traces", traces,
+          "a JSONL path or an iterable of dicts, one per trace (one trace: wrap its dict in a list)")
     spec = resolve_task(task)
     fields = fields or TraceFields()
     out_dir = Path(out) if out is not None else None
     if isinstance(traces, str | Path):
         path = Path(traces)
+        if path.is_dir():
+            raise ConfigError(f"traces file {path} is a directory; give the JSONL file in it")
         if not path.is_file():
             raise ConfigError(f"traces file {path} does not exist (cwd: {Path.cwd()})")
         if out_dir is not None and any(path.resolve() == (out_dir / name).resolve() for name in OUTPUT_FILES):

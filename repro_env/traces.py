@@ -92,6 +92,9 @@ class TraceReader:
 
     def parse(self, line: int, raw: bytes | str) -> TraceLine:
         """One line (bytes as read from the file) → a :class:`TraceLine`."""
+        if not isinstance(raw, bytes | str):
+            raise self.error(line, "", f"a trace must be a dict (one per trace) or a JSON line, got "
+                             f"{describe(raw, 60)}")
         if isinstance(raw, bytes):
             try:
                 raw = raw.decode("utf-8")

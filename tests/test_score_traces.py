@@ -339,3 +339,17 @@ def test_hostile_ids_and_texts_stay_text_in_the_csv_the_plots_and_the_terminal(t
     table = format_summary(result["summary"], result["worst"])
     assert "\x1b" not in table and "\\x1b[31mred\\nline" in table
 
+
+def test_the_python_api_names_what_is_wrong_with_its_arguments(tmp_path, bundled):
+    """issue 28: these were raw TypeErrors or misleading messages."""
+    with pytest.raises(ConfigError, match=r"field 'traces' must be a JSONL path or an iterable of dicts, one per "
+                                          r"trace \(one trace: wrap its dict in a list\)"):
+        score_traces(GOOD, scorer=bundled)
+    with pytest.raises(ConfigError, match=r"traces file .* is a directory; give the JSONL file in it"):
+        score_traces(tmp_path, scorer=bundled)
+    with pytest.raises(ConfigError, match=r"field 'task' must be a task id, a task YAML path or a TaskSpec, got None"):
+        score_traces([GOOD], scorer=bundled, task=None)
+    result = score_traces([None, GOOD], scorer=bundled, skip_bad=True)
+    assert result["summary"]["traces"] == 1 and result["skipped"][0]["line"] == 1
+    assert "a trace must be a dict (one per trace) or a JSON line, got None" in result["skipped"][0]["error"]
+
