@@ -323,9 +323,9 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
         where, lines = str(path), read_lines(path)
     else:
         where, lines, total = "traces", enumerate(traces, 1), None
-    reader = TraceReader(spec, fields, where)
     if scorer is None:
         scorer = _make_scorer(spec, model, backend, scorer_overrides)
+    reader = TraceReader(spec, fields, where, max_chars=char_limit(scorer))
     if out_dir is not None:
         own_out_dir(out_dir)
     engine = TraceScorer(scorer, spec, reader)
@@ -359,6 +359,17 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
 
             result["files"].update(write_report(out_dir, result["worst"], result["summary"], spec.id))
     return result
+
+
+def char_limit(scorer: Any) -> int | None:
+    """The most characters a prompt and response can have and still fit the scorer's context in some
+    tokenisation: ``max_length`` tokens, each at most as long as the vocabulary's longest token
+    (a token decodes to no more characters than its own string has). ``None`` when the scorer has
+    no tokenizer to ask."""
+    tokenizer, max_length = getattr(scorer, "tokenizer", None), getattr(scorer, "max_length", None)
+    if tokenizer is None or not isinstance(max_length, int):
+        return None
+    return max_length * max((len(token) for token in tokenizer.get_vocab()), default=1)
 
 
 def own_out_dir(out_dir: Path) -> None:

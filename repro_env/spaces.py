@@ -17,7 +17,8 @@ from gymnasium.vector.utils import shared_memory
 SAMPLE_CHARSET = string.ascii_letters + string.digits + " .,;:!?+-*/=()'\n"
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A lone surrogate (``"\\ud800"``): a JSON string may hold one, but it is not text: no UTF-8, no tokenizer."""
 
 
 class ReasoningText(gym.spaces.Text):
@@ -41,7 +42,7 @@ class ReasoningText(gym.spaces.Text):
             return f"must have {self.min_length} to {self.max_length} characters, got {len(x)}"
         if not self.blank and not x.strip():
             return f"must contain a non-whitespace character, got {x!r:.80}"
-        surrogate = _LONE_SURROGATE.search(x)
+        surrogate = LONE_SURROGATE.search(x)
         if surrogate:
             return (f"must be valid unicode text, got a lone surrogate {surrogate.group()!r} at index "
                     f"{surrogate.start()} (it has no UTF-8 encoding)")

@@ -18,6 +18,7 @@ from typing import Any
 from repro_env.config import describe
 from repro_env.errors import ConfigError, TaskSpecError, TraceInputError
 from repro_env.problems import json_error, record_text
+from repro_env.spaces import LONE_SURROGATE
 from repro_env.tasks import TaskSpec
 from repro_env.verify import extract_answer, final_part
 
@@ -80,11 +81,14 @@ class TraceLine:
 class TraceReader:
     """Parses the lines of a traces file into :class:`TraceLine` (or raises :class:`TraceInputError`)."""
 
-    def __init__(self, task: TaskSpec, fields: TraceFields, where: str) -> None:
+    def __init__(self, task: TaskSpec, fields: TraceFields, where: str, *, max_chars: int | None = None) -> None:
         if task.verifier.kind == "reasoning_gym":
             raise ConfigError(f"task {task.id}: verifier 'reasoning_gym' needs the dataset's entries; "
                               "score traces with a task whose verifier.kind is 'math' or 'exact'")
         self.task, self.fields, self.where = task, fields, where
+        self.max_chars = max_chars
+        """Prompts + responses longer than this cannot fit the scorer's context, whatever their
+        tokens: refused before any other work (a 10 MB line took 15 s to tokenise)."""
 
     def error(self, line: int, name: str, message: str) -> TraceInputError:
         return TraceInputError(f"{self.where}:{line}: {message} (or pass --skip-bad to skip such lines)",
@@ -105,6 +109,8 @@ class TraceReader:
             record = json.loads(raw)
         except ValueError as e:  # JSONDecodeError, or an integer literal of more than 4300 digits
             raise self.error(line, "", f"the line is not valid JSON ({json_error(e)})") from e
+        except RecursionError as e:
+            raise self.error(line, "", "the line nests JSON arrays or objects too deeply to read") from e
         if not isinstance(record, Mapping):
             raise self.error(line, "", f"the line must be a JSON object, got {type(record).__name__}")
         return self.from_record(line, record)
@@ -115,6 +121,11 @@ class TraceReader:
         gold = self._answer(line, record)
         name, response = self._response(line, record)
         prompt = task.prompt_template.format(question=question) if f.template else question
+        chars = len(prompt) + sum(map(len, [response] if isinstance(response, str) else response))
+        if self.max_chars is not None and chars > self.max_chars:
+            raise self.error(line, name, f"the trace is too long: {chars} characters of prompt and response, more "
+                             f"than the scorer's context can hold in any tokenisation (at most {self.max_chars}); "
+                             "shorten it or score with a model of a longer context")
         split = task.split_response(prompt, response)
         segments, prefix = split.segments + split.after, split.prefix
         if not isinstance(response, str):
@@ -129,9 +140,9 @@ class TraceReader:
                              f"{task.final_answer_pattern!r}); a truncated trace cannot be verified")
         trace_id = record.get(f.id)
         return TraceLine(line=line, id=str(trace_id) if trace_id not in (None, "") else f"line-{line}",
-                     question=question, prefix=prefix, segments=tuple(segments), gold=gold,
-                     answer=task.answer_template.format(answer=gold), response=response,
-                     think=split.think, reasoning=len(split.segments), response_field=name)
+                         question=question, prefix=prefix, segments=tuple(segments), gold=gold,
+                         answer=task.answer_template.format(answer=gold), response=response,
+                         think=split.think, reasoning=len(split.segments), response_field=name)
 
     def _text(self, line: int, record: Mapping[str, Any], name: str) -> str:
         if name not in record:
@@ -139,7 +150,16 @@ class TraceReader:
         value = record[name]
         if not isinstance(value, str) or not value.strip():
             raise self.error(line, name, f"field '{name}' must be a non-empty string, got {describe(value, 60)}")
-        return value
+        return self._unicode(line, name, value)
+
+    def _unicode(self, line: int, name: str, text: str) -> str:
+        """``text`` with CRLF line ends as ``\\n`` (a CRLF file would be one segment); a lone surrogate
+        (``"\\ud800"`` in the JSON) is bad input, not text any tokenizer can take."""
+        surrogate = LONE_SURROGATE.search(text)
+        if surrogate:
+            raise self.error(line, name, f"field '{name}' is not valid unicode text: a lone surrogate "
+                             f"{surrogate.group()!r} at index {surrogate.start()}")
+        return text.replace("\r\n", "\n")
 
     def _answer(self, line: int, record: Mapping[str, Any]) -> str:
         name = self.fields.answer
@@ -147,7 +167,7 @@ class TraceReader:
             raise self.error(line, name, f"field '{name}' is missing; the line has {_keys(record)} "
                              "(pass --answer-field NAME)")
         try:  # the rule of task sources: 72.0 is "72", as the env renders it; null, NaN and lists are errors
-            return record_text(record, name, f"line {line}", numbers=True).strip()
+            return self._unicode(line, name, record_text(record, name, f"line {line}", numbers=True).strip())
         except TaskSpecError as e:
             raise self.error(line, name, f"field '{name}' must be a non-empty string or a finite number, got "
                              f"{describe(record[name], 60)}") from e
@@ -161,11 +181,15 @@ class TraceReader:
                              "(pass --response-field NAME)")
         value = record[name]
         if isinstance(value, list) and value and all(isinstance(s, str) for s in value):
-            return name, list(value)
+            empty = next((i for i, s in enumerate(value) if not s.strip()), None)
+            if empty is not None:  # env.step refuses a whitespace-only segment
+                raise self.error(line, name, f"field '{name}' item {empty} is {value[empty]!r}: every segment "
+                                 "needs some text")
+            return name, [self._unicode(line, name, s) for s in value]
         if not isinstance(value, str) or not value.strip():
             raise self.error(line, name, f"field '{name}' must be a non-empty string or a list of strings, "
                              f"got {describe(value, 60)}")
-        return name, value
+        return name, self._unicode(line, name, value)
 
 
 def _keys(record: Mapping[str, Any]) -> str:

@@ -21,6 +21,7 @@ from repro_env.diagnostics import (
     TraceFields,
     TraceReader,
     TraceScorer,
+    char_limit,
     format_summary,
     score_traces,
 )
@@ -352,4 +353,30 @@ def test_the_python_api_names_what_is_wrong_with_its_arguments(tmp_path, bundled
     result = score_traces([None, GOOD], scorer=bundled, skip_bad=True)
     assert result["summary"]["traces"] == 1 and result["skipped"][0]["line"] == 1
     assert "a trace must be a dict (one per trace) or a JSON line, got None" in result["skipped"][0]["error"]
+
+
+def test_lines_a_tokenizer_or_json_cannot_take_are_bad_lines(tmp_path, bundled):
+    """issue 28: a lone-surrogate escape gave a tokenizers TypeError and deep nesting a RecursionError,
+    neither skipped by --skip-bad; a CRLF file was one segment; an empty list item was scored as a
+    delimiter-only segment; a 10 MB line was refused only after tokenising it."""
+    limit = char_limit(bundled)
+    assert limit == bundled.max_length * max(len(t) for t in bundled.tokenizer.get_vocab())
+    lines = [json.dumps(GOOD),
+             json.dumps({**GOOD, "response": "\ud800 6 * 5 = 30. The answer is \\boxed{30}."}),
+             '{"question": "q", "answer": 1, "response": ' + "[" * 100_000 + "]" * 100_000 + "}",
+             json.dumps({**GOOD, "response": ["6 * 5 = 30.", "  ", "The answer is \\boxed{30}."]}),
+             json.dumps({**GOOD, "response": "a" * limit + " The answer is \\boxed{30}."}),
+             json.dumps({**GOOD, "response": "6 * 5 = 30.\r\n\r\nThe answer is \\boxed{30}."})]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = score_traces(path, scorer=bundled, skip_bad=True)
+    errors = {s["line"]: s["error"] for s in result["skipped"]}
+    assert sorted(errors) == [2, 3, 4, 5]
+    assert "field 'response' is not valid unicode text: a lone surrogate '\\ud800' at index 0" in errors[2]
+    assert "the line nests JSON arrays or objects too deeply to read" in errors[3]
+    assert "field 'response' item 1 is '  ': every segment needs some text" in errors[4]
+    assert "the trace is too long:" in errors[5]
+    assert f"more than the scorer's context can hold in any tokenisation (at most {limit})" in errors[5]
+    crlf = result["traces"][1]  # the CRLF response splits like the LF one
+    assert [s["text"] for s in crlf["segments"]] == [s["text"] for s in result["traces"][0]["segments"]]
 
