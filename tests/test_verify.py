@@ -5,9 +5,12 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from math_verify import parse, verify
 
 from repro_env.verify import (
+    boxed_contents,
     compare_numbers,
     exact_match,
     extract_answer,
@@ -298,3 +301,31 @@ def test_numbers_of_more_than_4300_digits_are_wrong_answers_not_crashes():
     assert compare_numbers(huge, "42") is None
     assert verify_answer(f"So \\boxed{{{huge}}}.", "42") is False
     assert verify_answer(f"\\boxed{{{huge}}}", huge) is True  # the same string still verifies
+
+
+def _boxed_by_scanning(text: str) -> list[str]:
+    """The old reference: from each box, scan to the brace that balances it (quadratic)."""
+    import re
+
+    contents = []
+    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth = 1
+        for pos in range(match.end(), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[pos], 0)
+            if depth == 0:
+                contents.append(text[match.end():pos])
+                break
+    return contents
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["\\boxed{", "\\fbox {", "{", "}", "7", " "]), max_size=40).map("".join))
+def test_boxed_contents_in_one_pass_equal_the_scan_from_each_box(text):
+    assert boxed_contents(text) == _boxed_by_scanning(text)
+
+
+def test_many_unclosed_boxes_are_read_in_one_pass():
+    """issue 28: 20k open boxes took more than 150 s; one closed box at the end is still found."""
+    text = "\\boxed{" * 20_000 + " so \\boxed{42}"
+    assert boxed_contents(text) == ["42"] and extract_answer(text) == "42"
+
