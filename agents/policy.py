@@ -299,7 +299,8 @@ class LMPolicy:
         return log_probs, entropy, out.hidden_states[-1]
 
 
-GENERATORS = Registry("generation backend", "repro_env.generators")
+GENERATORS = Registry("generation backend", "repro_env.generators", accepts=lambda target: isinstance(target, type),
+                      expected="a generator class")
 """``backend:`` names of :class:`PolicyConfig` → generator classes (or their paths); plugins add theirs
 under the entry-point group ``repro_env.generators``."""
 GENERATORS.register("hf", "repro_env.agents.hf_generator:HFGenerator")

@@ -28,7 +28,8 @@ from repro_env.registry import Registry
 RESUMABLE_FIELDS = ("updates", "eval_every", "eval_problems", "eval_samples", "checkpoint_every",
                     "keep_checkpoints", "out_dir")
 
-LEARNERS = Registry("learner", "repro_env.learners")
+LEARNERS = Registry("learner", "repro_env.learners",
+                    accepts=lambda target: isinstance(target, type | LearnerSpec), expected="a Learner class")
 """``algorithm:`` names → Learner classes (or their paths); plugins add theirs under the entry-point
 group ``repro_env.learners``, e.g. ``my-learner = "my_plugin.learner:MyLearner"``."""
 LEARNERS.register("grpo", "repro_env.agents.grpo:GRPO")

@@ -125,3 +125,31 @@ def test_a_scorer_config_built_directly_refuses_an_unknown_backend():
     with pytest.raises(ConfigError, match=r"field 'backend' must be one of 'hf', 'vllm', 'vllm-server' or "
                                           r"'package.module:Name', got 'server' \(str\). Did you mean 'vllm-server'\?"):
         ScorerConfig(backend="server")
+
+
+@pytest.mark.parametrize("target", [42, {"backend": "hf"}, "no_colon", "os:", print])
+def test_a_scorer_target_is_checked_when_it_is_registered(target):
+    """issue 28: 42, a dict or a bad path were accepted and failed later with a raw TypeError."""
+    with pytest.raises(ConfigError, match=r"scorer backend 'n': the target must be a Scorer class or its "
+                                          r"'package.module:Name' path, got "):
+        register_scorer("n", target)
+
+
+def test_a_path_to_something_else_than_a_class_is_named_before_it_is_called():
+    register_scorer("cwd", "os:getcwd")
+    with pytest.raises(ConfigError, match=r"scorer backend 'cwd' \(registered as 'os:getcwd'\) is .*getcwd.*, "
+                                          r"not a Scorer class"):
+        ScorerConfig(backend="cwd")
+
+
+def test_a_plugin_that_fails_on_import_is_named_with_its_entry_point(monkeypatch):
+    points = [EntryPoint(name="broken", value="tests.plugins.raising_plugin:Scorer", group="repro_env.scorers")]
+    monkeypatch.setattr(repro_env.registry, "entry_points",
+                        lambda group: points if group == "repro_env.scorers" else [])
+    monkeypatch.setattr(SCORERS, "_plugins_read", False)
+    with pytest.raises(ConfigError, match=r"scorer backend 'broken' \(entry point "
+                                          r"'tests.plugins.raising_plugin:Scorer' of an unknown distribution, group 'repro_env.scorers'\): cannot import "
+                                          r"'Scorer' from 'tests.plugins.raising_plugin' \(RuntimeError: this plugin "
+                                          r"is broken\)"):
+        SCORERS.get("broken")
+
