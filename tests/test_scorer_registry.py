@@ -148,8 +148,8 @@ def test_a_plugin_that_fails_on_import_is_named_with_its_entry_point(monkeypatch
                         lambda group: points if group == "repro_env.scorers" else [])
     monkeypatch.setattr(SCORERS, "_plugins_read", False)
     with pytest.raises(ConfigError, match=r"scorer backend 'broken' \(entry point "
-                                          r"'tests.plugins.raising_plugin:Scorer' of an unknown distribution, group 'repro_env.scorers'\): cannot import "
-                                          r"'Scorer' from 'tests.plugins.raising_plugin' \(RuntimeError: this plugin "
-                                          r"is broken\)"):
+                                          r"'tests.plugins.raising_plugin:Scorer' of an unknown distribution, group "
+                                          r"'repro_env.scorers'\): cannot import 'Scorer' from "
+                                          r"'tests.plugins.raising_plugin' \(RuntimeError: this plugin is broken\)"):
         SCORERS.get("broken")
 
