@@ -470,6 +470,10 @@ def score_main(args: Any) -> int:
                          id=args.id_field, template=not args.no_template)
     overrides: dict[str, Any] = {"batch_size": args.batch_size}
     if args.base_url:
+        backend = args.backend or resolve_task(args.task).scorer.backend
+        if backend != "vllm-server":
+            raise ConfigError(f"--base-url is a setting of the vllm-server backend, and the scorer backend here is "
+                              f"{backend!r}: add --backend vllm-server")
         overrides["options"] = {"base_url": args.base_url}
     out = Path(args.out) if args.out else Path(f"{Path(args.traces).stem}_scores")
     result = score_traces(args.traces, model=args.model, backend=args.backend, task=args.task, fields=fields,

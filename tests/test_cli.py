@@ -152,6 +152,15 @@ def test_rollout_refuses_a_seed_numpy_and_gymnasium_would_reject():
     assert "field '--seed' must be an int in [0, 2**32 - 1] (a seed numpy and torch accept), got -5 (int)" in result.stderr
 
 
+def test_score_base_url_names_the_backend_that_takes_it(tmp_path):
+    result = repro_env_cli("score", str(ROOT / "examples" / "traces.jsonl"), "--base-url", "http://127.0.0.1:9",
+                           "--out", str(tmp_path / "out"))
+    assert result.returncode == 2  # was "unknown key 'options.base_url'"
+    assert ("--base-url is a setting of the vllm-server backend, and the scorer backend here is 'hf': add "
+            "--backend vllm-server") in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_negative_seed_and_unwritable_out_dir(tmp_path):
     config = idle_config(tmp_path / "c.yaml", out_dir=str(tmp_path / "run"))
     result = repro_env_cli("train", str(config), "--set", "seed=-5")

@@ -154,3 +154,22 @@ def test_the_server_dies_mid_episode_and_comes_back(server, scorer, hf):
     server.start()
     step = session.append(SEGMENTS[1])  # the same step, retried: nothing was lost
     assert abs(step.J - hf.score(REQUESTS[:1])[0].J[2]) <= 1e-4
+
+
+def test_base_urls_in_the_openai_form_and_with_credentials(tiny_llama_dir):
+    """issue 28: a base URL ending in /v1 gave a 404 on /v1/v1/models; credentials in the URL were
+    echoed in error messages."""
+    from repro_env.errors import ConfigError
+    from repro_env.scoring.options import ServerOptions
+    from repro_env.scoring.server import ServerClient
+
+    port = free_port()  # nothing listens there
+    client = ServerClient(ServerOptions(base_url=f"http://user:s3cret@127.0.0.1:{port}/v1/", retries=0))
+    assert client.url == f"http://127.0.0.1:{port}"
+    with pytest.raises(ScorerError, match=rf"GET http://127.0.0.1:{port}/v1/models failed after 1 attempts") as info:
+        client.request("GET", "/v1/models")
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        ServerOptions(base_url="ftp://user:s3cret@example.org")
+    assert "ftp://***@example.org" in str(info.value) and "s3cret" not in str(info.value)
+

@@ -29,12 +29,14 @@ transfer (``/init_weight_transfer_engine``, ``/update_weights``) avoids the disk
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,8 +60,16 @@ class ServerClient:
 
     def __init__(self, options: Any) -> None:
         self.options = options
-        self.url = options.base_url.rstrip("/")
+        parts = urllib.parse.urlsplit(options.base_url.rstrip("/").removesuffix("/v1"))  # the OpenAI form too
+        host = parts.netloc.rpartition("@")[2]
+        self.url = urllib.parse.urlunsplit(parts._replace(netloc=host))
+        """The server's root, without credentials: shown in messages."""
         self.api_key = options.api_key or os.environ.get("VLLM_API_KEY", "")
+        self._basic = ""
+        if parts.username is not None:  # user:password@ in the URL: basic auth
+            user = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "")
+            self._basic = base64.b64encode(f"{user}:{password}".encode()).decode()
         self._weights_dir: tempfile.TemporaryDirectory | None = None
 
     def request(self, method: str, route: str, body: Any = None) -> Any:
@@ -67,6 +77,8 @@ class ServerClient:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        elif self._basic:
+            headers["Authorization"] = f"Basic {self._basic}"
         data = None if body is None else json.dumps(body).encode()
         last = ""
         for attempt in range(self.options.retries + 1):
