@@ -32,8 +32,8 @@ import numpy as np
 import yaml
 
 from repro_env.agents.checkpoint import CHECKPOINTS, latest_checkpoint, write_atomic
-from repro_env.agents.plots import is_curve_key
 from repro_env.agents.episodes import episode_metrics, summarize
+from repro_env.agents.plots import is_curve_key
 from repro_env.agents.run_config import LEARNERS, build_learner, parse_config
 from repro_env.agents.train import Trainer
 from repro_env.config import describe, read_yaml_file, to_dict

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from repro_env.advantages import grpo_advantages, token_advantages
+from repro_env.agents.episodes import Episode, TokenBatch, pack, summarize
 from repro_env.agents.learner import LearnerConfig, LMLearner
 from repro_env.agents.losses import clipped_policy_loss, kl_k3
-from repro_env.agents.episodes import Episode, TokenBatch, pack, summarize
 from repro_env.config import check
 from repro_env.length_penalty import length_rewards
 

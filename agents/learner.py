@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
+from repro_env.agents.episodes import Episode, TokenBatch, collect_episodes, rescore_topk, summarize
 from repro_env.agents.losses import check_finite
 from repro_env.agents.policy import LMPolicy, PolicyConfig, model_dir
-from repro_env.agents.episodes import Episode, TokenBatch, collect_episodes, rescore_topk, summarize
+from repro_env.assets import resolve_model
 from repro_env.config import check, check_device, to_dict
 from repro_env.errors import CheckpointError, ConfigError
 from repro_env.scoring.base import BUNDLED_MODEL
@@ -121,6 +122,10 @@ class LMLearner:
         from repro_env.vector import ReasoningVectorEnv
 
         check_device(config.device, "learner.device", present=True)  # before any model is loaded
+        try:  # a missing policy model is named before any check that compares it with the scorer's
+            resolve_model(config.model)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("field 'model'", "field 'learner.model'", 1)) from e
         self.config, self.seed = config, seed
         self.spec_task = resolve_task(task)
         # top-k needs whole trajectories: the envs score every boundary, rollouts() re-selects

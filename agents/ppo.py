@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from repro_env import advantages as adv
+from repro_env.agents.episodes import Episode, TokenBatch, pack, summarize
 from repro_env.agents.learner import LearnerConfig, LMLearner
 from repro_env.agents.losses import clipped_policy_loss, kl_k3, value_loss
-from repro_env.agents.episodes import Episode, TokenBatch, pack, summarize
 from repro_env.config import check
 
 

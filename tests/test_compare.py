@@ -34,10 +34,10 @@ from repro_env.agents.compare import (
     plan,
     with_ablation,
 )
+from repro_env.agents.episodes import Episode, rescore_topk
 from repro_env.agents.grid import check_saved_config, eval_seed, first_difference, worker_learners
 from repro_env.agents.plots import mean_band
 from repro_env.agents.policy import Trace
-from repro_env.agents.episodes import Episode, rescore_topk
 from repro_env.agents.run_config import register_learner
 from repro_env.config import from_mapping
 from repro_env.errors import ConfigError

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from repro_env.agents.episodes import Episode, pack
 from repro_env.agents.grpo import GRPO, GRPOConfig, grpo_token_advantages
 from repro_env.agents.losses import clipped_policy_loss, kl_k3
 from repro_env.agents.policy import Trace
-from repro_env.agents.episodes import Episode, pack
 from repro_env.errors import CheckpointError, ConfigError, ScorerError, TrainingError
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from repro_env.advantages import ppo_advantages
+from repro_env.agents.episodes import Episode
 from repro_env.agents.losses import value_loss
 from repro_env.agents.policy import Trace
 from repro_env.agents.ppo import PPO, PPOConfig, token_rewards
-from repro_env.agents.episodes import Episode
 from repro_env.errors import ConfigError
 
 

@@ -20,8 +20,8 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from repro_env.errors import ScorerError
-from repro_env.scoring.base import StepScore
 from repro_env.kv_cache import grown
+from repro_env.scoring.base import StepScore
 from repro_env.scoring.prefill import finite_values, next_token_entropy
 
 if TYPE_CHECKING:
