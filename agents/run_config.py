@@ -241,6 +241,10 @@ def resume_config(run_dir: Path, config_path: str | None, sets: Sequence[str]) -
 
     Only ``RESUMABLE_FIELDS`` may differ from the saved config (e.g. raise ``updates`` to extend).
     """
+    moved = [item for item in sets if item.partition("=")[0].strip() == "out_dir"]
+    if moved:
+        raise ConfigError(f"--set {moved[0]!r}: a resumed run continues in its own directory {str(run_dir)!r}; to "
+                          "branch it, copy that directory and resume the copy")
     saved_path = run_dir / CONFIG
     if not saved_path.is_file():
         raise ConfigError(f"--resume {str(run_dir)!r}: no {CONFIG} there; is it a run directory?")

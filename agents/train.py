@@ -177,6 +177,9 @@ class Trainer:
         self.examples = MetricsLog(self.run_dir, "examples")
         if resume:
             self.last_checkpoint = load_latest_good(self.learner, self.ckpt_root)
+            if self.learner.updates > self.config.updates:  # the run's files would contradict its config
+                raise ConfigError(f"field 'updates' is {self.config.updates}, but {self.run_dir} has done "
+                                  f"{self.learner.updates} updates; resume with updates >= {self.learner.updates}")
             self.metrics.truncate_after(self.learner.updates)
             self.evals.truncate_after(self.learner.updates)
             self.examples.truncate_after(self.learner.updates)

@@ -230,6 +230,10 @@ def test_scorer_follows_policy_needs_the_same_model(fixture_task, tiny_llama_dir
     shutil.copytree(tiny_llama_dir, other)
     with pytest.raises(ConfigError, match="field 'scorer_follows_policy' = true needs the task's scorer model"):
         GRPO(GRPOConfig(model=str(other)), fixture_task)
+    # issue 28: a missing policy model is named first, not as a scorer mismatch
+    with pytest.raises(ConfigError, match=r"field 'learner.model' must be a model directory .* got "
+                                          r"'/nonexistent/model': there is no directory"):
+        GRPO(GRPOConfig(model="/nonexistent/model"), fixture_task)
 
 
 @pytest.mark.parametrize(("fields", "message"), [

@@ -356,6 +356,19 @@ def test_resume_rejects_changing_the_experiment(tmp_path):
         main_train(["--resume", str(tmp_path / "nowhere")])
 
 
+def test_resume_refuses_fewer_updates_than_done_and_another_out_dir(tmp_path):
+    """issue 28: updates=1 after 3 rewrote config.yaml to 1 beside 3 updates of metrics; out_dir was ignored."""
+    _, run_dir = run(tmp_path, "updates=3")
+    saved = (run_dir / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"field 'updates' is 1, but .*run has done 3 updates; resume with "
+                                          r"updates >= 3"):
+        main_train(["--resume", str(run_dir), "--set", "updates=1", "--no-progress"])
+    assert (run_dir / "config.yaml").read_text() == saved
+    assert [r["update"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
+    with pytest.raises(ConfigError, match=r"--set 'out_dir=elsewhere': a resumed run continues in its own directory"):
+        main_train(["--resume", str(run_dir), "--set", "out_dir=elsewhere"])
+
+
 # -- faults -----------------------------------------------------------------------------------
 
 
