@@ -329,3 +329,19 @@ def test_many_unclosed_boxes_are_read_in_one_pass():
     text = "\\boxed{" * 20_000 + " so \\boxed{42}"
     assert boxed_contents(text) == ["42"] and extract_answer(text) == "42"
 
+
+@pytest.mark.parametrize(("response", "gold", "expected"), [
+    ("\\boxed{2 hundred}", "200", True), ("\\boxed{2 hundred}", "2", False),
+    ("The answer is 2 million.", "2000000", True), ("The answer is 2 million.", "2", False),
+    ("\\boxed{2.5 million}", "2500000", True), ("\\boxed{4 thousand}", "4000", True),
+    ("\\boxed{2 dozen}", "24", True), ("\\boxed{2 dozen}", "2", False),
+    ("\\boxed{2 and a half}", "2.5", True), ("\\boxed{2 and a half}", "2", False),
+    ("\\boxed{3 squared}", "3", False), ("\\boxed{3 squared}", "9", False),
+    ("\\boxed{5 below zero}", "5", False), ("\\boxed{5 or more}", "5", False), ("\\boxed{4 pi}", "4", False),
+    ("\\boxed{5 or more}", "5 or more", True),  # the gold verbatim
+    ("\\boxed{5 eggs}", "5", True), ("The answer is 12 apples in total.", "12", True),  # units still go
+])
+def test_words_that_change_a_number_are_never_dropped_as_units(response, gold, expected):
+    """issue 28: any word after a number was dropped as a unit, so \\boxed{2 hundred} verified as 2."""
+    assert verify_answer(response, gold) is expected
+
