@@ -173,3 +173,47 @@ def test_base_urls_in_the_openai_form_and_with_credentials(tiny_llama_dir):
         ServerOptions(base_url="ftp://user:s3cret@example.org")
     assert "ftp://***@example.org" in str(info.value) and "s3cret" not in str(info.value)
 
+
+def test_malformed_server_replies_are_scorer_errors(monkeypatch):
+    """issue 28: [] from /v1/models, choices that are strings, mixed index types and a non-UTF-8 body
+    raised AttributeError, TypeError or UnicodeDecodeError, which skip the trainer's checkpoint path."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from repro_env.scoring.options import ServerOptions
+    from repro_env.scoring.server import ServerClient
+
+    class NotUtf8(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'\xff\xfe{"data": []}')
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", free_port()), NotUtf8)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = ServerClient(ServerOptions(base_url=f"http://127.0.0.1:{httpd.server_port}", retries=0))
+        with pytest.raises(ScorerError, match=r"GET http://127.0.0.1:\d+/v1/models: the server's reply is not UTF-8"):
+            client.request("GET", "/v1/models")
+    finally:
+        httpd.shutdown()
+    replies = {}
+    monkeypatch.setattr(client, "request", lambda method, route, body=None: replies[route])
+    replies["/v1/models"] = []
+    with pytest.raises(ScorerError, match=r"GET /v1/models at http://127.0.0.1:\d+: the server's reply has no "
+                                          r"'data' that is a list of dict: \[\]"):
+        client.check_model(None, "m")
+    scorer = object.__new__(VLLMServerScorer)  # the reply parsing alone: no server, no model
+    scorer.client, scorer.served, scorer.url = client, "m", client.url
+    replies["/v1/completions"] = {"choices": ["a", "b"]}
+    with pytest.raises(ScorerError, match=r"no 'choices' that is a list of dict"):
+        scorer._complete([[1], [2]])
+    replies["/v1/completions"] = {"choices": [{"index": 0}, {"index": "1"}]}
+    with pytest.raises(ScorerError, match=r"expected 2 choices with indices 0..1, got indices \[0, '1'\]"):
+        scorer._complete([[1], [2]])
+    replies["/v1/completions"] = {"choices": [{"index": 1, "text": "b"}, {"index": 0, "text": "a"}]}
+    assert [c["text"] for c in scorer._complete([[1], [2]])] == ["a", "b"]
+

@@ -89,6 +89,8 @@ class ServerClient:
                 with urllib.request.urlopen(request, timeout=self.options.request_timeout_s) as response:
                     text = response.read().decode()
                 return json.loads(text) if text else {}
+            except UnicodeDecodeError as e:
+                raise ScorerError(f"{method} {self.url}{route}: the server's reply is not UTF-8 text ({e})") from e
             except urllib.error.HTTPError as e:
                 message = e.read().decode(errors="replace")[:500]
                 if e.code < 500:
@@ -101,15 +103,27 @@ class ServerClient:
         raise ScorerError(f"{method} {self.url}{route} failed after {self.options.retries + 1} attempts "
                           f"(timeout {self.options.request_timeout_s} s each): {last}")
 
+    def field(self, reply: Any, route: str, key: str, kind: type, items: type | None = None) -> Any:
+        """``reply[key]``, when ``reply`` is a JSON object with a ``kind`` there (a list of ``items``,
+        if given); else a ``ScorerError`` naming the route and showing the reply."""
+        value = reply.get(key) if isinstance(reply, dict) else None
+        if not isinstance(value, kind) or (items is not None and not all(isinstance(v, items) for v in value)):
+            expected = f"a list of {items.__name__}" if items is not None else f"a {kind.__name__}"
+            raise ScorerError(f"{route} at {self.url}: the server's reply has no {key!r} that is {expected}: "
+                              f"{json.dumps(reply)[:200]}")
+        return value
+
     def check_model(self, tokenizer: Any, model: str) -> str:
         """The served model name, after checking it and the tokenizer against the local ``model``."""
-        models = [m["id"] for m in self.request("GET", "/v1/models").get("data", [])]
+        data = self.field(self.request("GET", "/v1/models"), "GET /v1/models", "data", list, dict)
+        models = [m.get("id") for m in data]
         name = self.options.served_model_name or (models[0] if len(models) == 1 else "")
         if name not in models:
             wanted = self.options.served_model_name or "exactly one model"
             raise ScorerError(f"the server at {self.url} serves {models}, not {wanted!r}; "
                               "set options.served_model_name")
-        theirs = self.request("POST", "/tokenize", {"model": name, "prompt": PROBE_TEXT}).get("tokens")
+        theirs = self.field(self.request("POST", "/tokenize", {"model": name, "prompt": PROBE_TEXT}), "POST /tokenize",
+                            "tokens", list)
         ours = list(tokenizer(PROBE_TEXT)["input_ids"])
         if theirs != ours:
             raise ScorerError(f"the server at {self.url} ({name}) tokenises differently from the local model "
@@ -191,11 +205,14 @@ class VLLMServerScorer(VLLMScorer):
     def _complete(self, prompts: list[list[int]], **params: Any) -> list[dict[str, Any]]:
         body = {"model": self.served, "prompt": prompts, "max_tokens": 1, "temperature": 0.0,
                 "return_tokens_as_token_ids": True, **params}
-        choices = self.client.request("POST", "/v1/completions", body).get("choices")
-        if not isinstance(choices, list) or len(choices) != len(prompts):
-            raise ScorerError(f"POST {self.url}/v1/completions: expected {len(prompts)} choices, got "
-                              f"{len(choices) if isinstance(choices, list) else repr(choices)[:100]}")
-        return sorted(choices, key=lambda c: c.get("index", 0))
+        choices = self.client.field(self.client.request("POST", "/v1/completions", body), "POST /v1/completions",
+                                    "choices", list, dict)
+        indices = [c.get("index") for c in choices] if any("index" in c for c in choices) else list(range(len(choices)))
+        if (len(choices) != len(prompts) or not all(type(i) is int for i in indices)
+                or sorted(indices) != list(range(len(prompts)))):
+            raise ScorerError(f"POST {self.url}/v1/completions: expected {len(prompts)} choices with indices "
+                              f"0..{len(prompts) - 1}, got indices {indices[:20]}")
+        return [choice for _, choice in sorted(zip(indices, choices, strict=True), key=lambda pair: pair[0])]
 
     def _read_J(self, probe: Probe, choice: dict[str, Any]) -> float:
         rows = choice.get("prompt_logprobs")
