@@ -21,13 +21,17 @@ Three generation backends behind :meth:`LMPolicy.act`:
 - ``vllm`` (:class:`repro_env.agents.vllm_generator.VLLMGenerator`): a vLLM engine fed with token ids; after
   each update :meth:`LMPolicy.sync_generator` pushes the trained weights into it in place.
 - ``vllm-server`` (:class:`repro_env.agents.vllm_generator.ServerGenerator`): the same requests to a vLLM
-  OpenAI server at ``server.base_url`` that serves ``model``; the weight push goes over HTTP.
+  OpenAI server at ``options.base_url`` that serves ``model``; the weight push goes over HTTP.
+
+A backend's own settings are its generator class's ``options_class`` (a frozen dataclass), given as
+``PolicyConfig.options`` (the learner's ``generator_options``) and checked like any config.
 
 The training copy of the model is always a transformers model (``policy.model``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +40,10 @@ from typing import Any, Literal, Protocol
 import torch
 
 from repro_env.assets import BUNDLED_MODEL, resolve_model
-from repro_env.config import check
+from repro_env.config import check, options_from_mapping
 from repro_env.errors import ConfigError, ScorerError
 from repro_env.registry import Registry
-from repro_env.scoring.options import ServerOptions
+from repro_env.scoring.base import NoOptions
 
 EOS_SEGMENT = "eos"
 STOP_REASONS = ("delimiter", "eos", "length", "context")
@@ -66,8 +70,10 @@ class PolicyConfig:
     """Segment delimiter (the task's)."""
     max_segment_chars: int = 200
     """Longest action text the env accepts (the task's ``limits.max_segment_chars``)."""
-    server: ServerOptions = field(default_factory=ServerOptions)
-    """The vLLM server of ``backend: vllm-server`` (the scorer's ``vllm-server`` options)."""
+    options: Any = None
+    """The backend's own settings, fields of its generator class's ``options_class`` (a mapping or
+    that dataclass): ``vllm-server`` → ``ServerOptions`` (``base_url``, ``concurrency`` ...),
+    ``vllm`` → ``VLLMOptions`` (``gpu_memory_utilization``), ``hf`` → none."""
     look_ahead: bool = True
     """``hf`` backend: a row whose segment ends with the delimiter while others still decode samples
     the start of its next segment meanwhile (module docstring); off, it waits idle."""
@@ -76,6 +82,11 @@ class PolicyConfig:
         check(isinstance(self.model, str) and self.model != "", "model", self.model,
               "a model directory or 'bundled'")
         GENERATORS.check(self.backend, "backend")
+        options_class = getattr(GENERATORS.get(self.backend, "backend"), "options_class", NoOptions)
+        options = {} if self.options is None else self.options
+        if dataclasses.is_dataclass(options) and not isinstance(options, options_class):
+            options = dataclasses.asdict(options)  # another backend's: its fields must fit this one
+        object.__setattr__(self, "options", options_from_mapping(options_class, options, "options"))
         check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", self.dtype,
               "one of 'float32', 'bfloat16', 'float16'")
         check(isinstance(self.temperature, int | float) and self.temperature > 0, "temperature",

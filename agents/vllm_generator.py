@@ -40,6 +40,7 @@ import torch
 from repro_env.agents.policy import Generated, Trace, segment_done
 from repro_env.errors import ScorerError
 from repro_env.scoring.base import ScorerConfig, checked_log_probs
+from repro_env.scoring.options import ServerOptions, VLLMOptions
 
 MAX_CONTINUATIONS = 4
 """Rounds that continue a whitespace-only segment before giving up."""
@@ -57,10 +58,13 @@ class Completion:
 class VLLMGenerator:
     """Segments from a vLLM engine on the policy's model directory (module docstring)."""
 
-    def __init__(self, policy: Any, *, seed: int = 0, gpu_memory_utilization: float = 0.5) -> None:
+    options_class = VLLMOptions
+
+    def __init__(self, policy: Any, *, seed: int = 0) -> None:
         from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, VLLMScorer, import_vllm
 
         self.policy = policy
+        gpu_memory_utilization = policy.config.options.gpu_memory_utilization
         for name, value in ENGINE_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
         vllm = import_vllm()
@@ -136,12 +140,14 @@ def stop_reason(finish: str | None, stopped_by: Any) -> str:
 class ServerGenerator(VLLMGenerator):
     """Segments from a vLLM OpenAI server that serves the policy's model (module docstring)."""
 
+    options_class = ServerOptions
+
     def __init__(self, policy: Any, *, seed: int = 0) -> None:  # no engine: the server is one; seeds per request
         from repro_env.scoring.server import ServerClient
         from repro_env.scoring.vllm import checkpoint_keys
 
         self.policy = policy
-        self.client = ServerClient(policy.config.server)
+        self.client = ServerClient(policy.config.options)
         self.served = self.client.check_model(policy.tokenizer, policy.config.model)
         self._checkpoint_keys = checkpoint_keys(Path(policy.path))
 

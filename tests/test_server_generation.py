@@ -57,7 +57,7 @@ def restore_server(server, tiny_llama_dir, fixture_weights):
 
 def policy_config(model, url: str, **fields) -> PolicyConfig:
     return PolicyConfig(model=str(model), backend="vllm-server", max_segment_tokens=8,
-                        server=ServerOptions(base_url=url, retries=1, request_timeout_s=30), **fields)
+                        options=ServerOptions(base_url=url, retries=1, request_timeout_s=30), **fields)
 
 
 def test_server_segments_equal_the_hf_backend(server, tiny_llama_dir):
@@ -89,7 +89,7 @@ def test_grpo_update_pushes_its_weights_to_the_generation_server(restore_server,
     task = resolve_task("RePro-Math-v0", {"scorer": {"model": str(tiny_llama_dir), "max_length": 192},
                                           "limits": {"max_steps": 3, "max_segment_tokens": 8}})
     config = GRPOConfig(model=str(tiny_llama_dir), backend="vllm-server",
-                        server=ServerOptions(base_url=restore_server.url, retries=1),
+                        generator_options=ServerOptions(base_url=restore_server.url, retries=1),
                         prompts_per_update=2, group_size=2, lr=1e-2, micro_batch_size=4, kl_coef=0.0)
     learner = GRPO(config, task, seed=0)
     hf_policy = LMPolicy(PolicyConfig(model=str(tiny_llama_dir), max_segment_tokens=8), seed=0)
