@@ -19,7 +19,7 @@ scorer's own weight push (:meth:`repro_env.scoring.vllm.VLLMScorer.reload_weight
 scorer view of this engine), which also clears the prefix cache.
 
 The server backend sends the same requests to ``/v1/completions`` (token-id prompt, ``stop``,
-``return_token_ids``), one request per trace with its own seed, ``server.concurrency`` at a time
+``return_token_ids``), one request per trace with its own seed, ``options.concurrency`` at a time
 (the server batches them). Its weight push writes safetensors for the server to load
 (:meth:`repro_env.scoring.server.ServerClient.push_weights`, dev mode); on a GPU cluster vLLM's
 NCCL weight transfer (``/init_weight_transfer_engine``, ``/update_weights``) replaces the disk
