@@ -14,26 +14,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import GRPOConfig  # the trl extra, which `make test` installs: a failing import fails loudly
 
-pytest.importorskip("trl")  # the trl extra; `make test` installs it
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-from trl import GRPOConfig  # noqa: E402
-
-from repro_env import advantages as adv  # noqa: E402
-from repro_env import reward as rp  # noqa: E402
-from repro_env.assets import bundled_model_dir  # noqa: E402
-from repro_env.errors import ConfigError  # noqa: E402
-from repro_env.integrations.trl import (  # noqa: E402
+from repro_env import advantages as adv
+from repro_env import reward as rp
+from repro_env.assets import bundled_model_dir
+from repro_env.errors import ConfigError
+from repro_env.integrations.trl import (
     ReProGRPOTrainer,
     length_penalty_reward_func,
     outcome_reward_func,
     segment_token_counts,
     task_dataset,
 )
-from repro_env.scoring.base import ScoreRequest  # noqa: E402
-from repro_env.scoring.hf import HFScorer  # noqa: E402
-from repro_env.segments import split_segments  # noqa: E402
-from repro_env.tasks import resolve_task  # noqa: E402
+from repro_env.scoring.base import ScoreRequest
+from repro_env.scoring.hf import HFScorer
+from repro_env.segments import split_segments
+from repro_env.tasks import resolve_task
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "RePro-Math-v0"
