@@ -324,6 +324,16 @@ def test_segment_token_counts_follow_characters():
     assert first.startswith("So 3 + 4 = 7.") and "answer" not in first
 
 
+def test_segment_token_counts_give_a_token_cut_by_a_boundary_to_the_segment_it_starts_in():
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    text = "So 3 + 4 = 7.\n\nThe answer is \\boxed{7}."
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+    k = next(i for i, (a, b) in enumerate(offsets) if b - a >= 3 and a > 0)  # a token of several characters
+    cut = offsets[k][0] + 1  # a segment boundary inside it
+    assert segment_token_counts(tokenizer, ids, [text[:cut], text[cut:]]) == [k + 1, len(ids) - k - 1]
+
+
 def held_out_accuracy(model, tokenizer, problems: int = 48, samples: int = 2) -> float:
     """Mean outcome reward of sampled completions (T = 1, fixed seed) on test problems 0..N−1."""
     data = task_dataset(TASK, split="test", size=problems)
