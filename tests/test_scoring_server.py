@@ -6,7 +6,9 @@ types it (``repro-env vllm-serve``); the fault tests stop it and start it again.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -201,7 +203,7 @@ def test_malformed_server_replies_are_scorer_errors(monkeypatch):
     finally:
         httpd.shutdown()
     replies = {}
-    monkeypatch.setattr(client, "request", lambda method, route, body=None: replies[route])
+    monkeypatch.setattr(client, "request", lambda method, route, body=None, deadline=None: replies[route])
     replies["/v1/models"] = []
     with pytest.raises(ScorerError, match=r"GET /v1/models at http://127.0.0.1:\d+: the server's reply has no "
                                           r"'data' that is a list of dict: \[\]"):
@@ -216,4 +218,66 @@ def test_malformed_server_replies_are_scorer_errors(monkeypatch):
         scorer._complete([[1], [2]])
     replies["/v1/completions"] = {"choices": [{"index": 1, "text": "b"}, {"index": 0, "text": "a"}]}
     assert [c["text"] for c in scorer._complete([[1], [2]])] == ["a", "b"]
+
+
+def serve(handler_body) -> tuple[Any, str]:
+    """A local HTTP server thread whose GET handler is ``handler_body(handler)``; (server, base URL)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            handler_body(self)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_port}"
+
+
+def drip(handler, pause: float = 0.25, size: int = 40) -> None:
+    """A reply that arrives one byte at a time: each read is quick, the whole takes size × pause."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(size))
+    handler.end_headers()
+    for _ in range(size):
+        handler.wfile.write(b" ")
+        handler.wfile.flush()
+        time.sleep(pause)
+
+
+def test_time_limits_are_wall_clock_and_replies_are_bounded(monkeypatch):
+    """issue 28: a server dripping a byte every 0.5 s took 44 s against a 3 s limit (the limit was per
+    socket read); timeout_s was ignored; a 300 MB reply was read whole."""
+    from repro_env.scoring import server as server_module
+    from repro_env.scoring.options import ServerOptions
+    from repro_env.scoring.server import ServerClient
+
+    httpd, url = serve(drip)  # 40 bytes over 10 s
+    try:
+        client = ServerClient(ServerOptions(base_url=url, request_timeout_s=1.0, retries=0))
+        with pytest.raises(ScorerError, match=r"GET .*/v1/models failed after 1 attempts \(timeout 1.0 s each\): "
+                                              r"_TimeLimit: no whole reply within 1.0 s"):
+            client.request("GET", "/v1/models")
+        patient = ServerClient(ServerOptions(base_url=url, request_timeout_s=60.0, retries=3))
+        with pytest.raises(ScorerError, match=r"within the call's timeout_s\): _TimeLimit"):
+            patient.request("GET", "/v1/models", deadline=time.monotonic() + 1.0)  # a call's limit cuts retries
+    finally:
+        httpd.shutdown()
+
+    def big(handler):
+        handler.send_response(200)
+        handler.end_headers()
+        handler.wfile.write(b"[" + b"0," * (1 << 20) + b"0]")
+
+    monkeypatch.setattr(server_module, "MAX_REPLY_BYTES", 1 << 20)
+    httpd, url = serve(big)
+    try:
+        with pytest.raises(ScorerError, match=r"GET .*/v1/models: the reply is larger than 1 MB; lower "
+                                              r"options.batch_prompts"):
+            ServerClient(ServerOptions(base_url=url, retries=0)).request("GET", "/v1/models")
+    finally:
+        httpd.shutdown()
 

@@ -17,8 +17,11 @@ of ``vllm.entropy_from_top_logprobs``). Prompts go ``batch_prompts`` per request
 requests at a time. vLLM does not read its prefix cache for requests with prompt log-probs, so
 every J probe prefills its whole prefix on the server.
 
-Faults: connection errors and HTTP 5xx are retried ``retries`` times with exponential backoff; a
-4xx shows the server's message; a malformed or short response is a ``ScorerError``, never a NaN.
+HTTP goes through one ``httpx`` client per scorer (pooled keep-alive connections). Faults:
+connection errors, time-outs and HTTP 5xx are retried ``retries`` times with exponential backoff;
+a 4xx shows the server's message; a malformed or short response is a ``ScorerError``, never a NaN.
+Time limits are wall-clock: ``request_timeout_s`` per attempt, the whole reply included, and the
+scorer config's ``timeout_s`` per scoring call; a reply larger than ``MAX_REPLY_BYTES`` is refused.
 A failed call changes no session (``sessions_append`` commits only after every value is in).
 
 Weight sync (``reload_weights``) needs the server in dev mode (``VLLM_SERVER_DEV_MODE=1``): the
@@ -29,19 +32,19 @@ transfer (``/init_weight_transfer_engine``, ``/update_weights``) avoids the disk
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from repro_env.assets import resolve_model
 from repro_env.errors import ScorerError
@@ -50,6 +53,13 @@ from repro_env.scoring.options import ServerOptions
 from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, Probe, VLLMScorer, checkpoint_keys, entropy_from_top_logprobs
 
 PROBE_TEXT = "Question: what is 12 + 5 times 3?\n\nSo 12 + 15 = 27. \\boxed{27}"
+MAX_REPLY_BYTES = 256 << 20
+"""Largest reply read (a J request of 64 prompts of 16k tokens, one prompt log-prob per token, is
+about 60 MB of JSON); a larger one is refused as it arrives, not read whole."""
+
+
+class _TimeLimit(Exception):
+    """One attempt ran out of its wall-clock time (retried like a network time-out)."""
 
 
 class ServerClient:
@@ -65,43 +75,72 @@ class ServerClient:
         self.url = urllib.parse.urlunsplit(parts._replace(netloc=host))
         """The server's root, without credentials: shown in messages."""
         self.api_key = options.api_key or os.environ.get("VLLM_API_KEY", "")
-        self._basic = ""
-        if parts.username is not None:  # user:password@ in the URL: basic auth
-            user = urllib.parse.unquote(parts.username)
-            password = urllib.parse.unquote(parts.password or "")
-            self._basic = base64.b64encode(f"{user}:{password}".encode()).decode()
-        self._weights_dir: tempfile.TemporaryDirectory | None = None
-
-    def request(self, method: str, route: str, body: Any = None) -> Any:
-        """One JSON request with bounded retries on connection errors and 5xx."""
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        elif self._basic:
-            headers["Authorization"] = f"Basic {self._basic}"
-        data = None if body is None else json.dumps(body).encode()
-        last = ""
+        auth = None
+        if parts.username is not None and not self.api_key:  # user:password@ in the URL: basic auth
+            auth = httpx.BasicAuth(urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+        connections = options.concurrency + 4  # the scorer's or generator's requests in flight, plus checks
+        self._http = httpx.Client(base_url=self.url, headers=headers, auth=auth,
+                                  timeout=httpx.Timeout(options.request_timeout_s),
+                                  limits=httpx.Limits(max_connections=connections,
+                                                      max_keepalive_connections=connections))
+        weakref.finalize(self, self._http.close)
+        self._weights_dir: tempfile.TemporaryDirectory | None = None
+
+    def request(self, method: str, route: str, body: Any = None, *, deadline: float | None = None) -> Any:
+        """One JSON request on a pooled keep-alive connection.
+
+        Each attempt has ``request_timeout_s`` of wall-clock time, the whole reply included (a server
+        that drips bytes is cut off), and reads at most ``MAX_REPLY_BYTES``; ``deadline`` (a
+        ``time.monotonic()`` value) bounds all attempts together. Connection errors, time-outs and
+        HTTP 5xx are retried ``retries`` times with exponential backoff; a 4xx shows the server's message.
+        """
+        where, last = f"{method} {self.url}{route}", ""
         for attempt in range(self.options.retries + 1):
             if attempt:
-                time.sleep(0.5 * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.url + route, data=data, headers=headers, method=method)
+                pause = 0.5 * 2 ** (attempt - 1)
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)
+            limit = time.monotonic() + self.options.request_timeout_s
+            limit = limit if deadline is None else min(limit, deadline)
             try:
-                with urllib.request.urlopen(request, timeout=self.options.request_timeout_s) as response:
-                    text = response.read().decode()
+                status, raw = self._send(method, route, body, limit, where)
+            except (httpx.TransportError, _TimeLimit) as e:  # connect/read errors and timeouts: retried
+                last = f"{type(e).__name__}: {e}"
+                continue
+            if status >= 500:
+                last = f"HTTP {status}: {raw[:500].decode(errors='replace')}"
+                continue
+            if status >= 400:
+                raise ScorerError(f"{where}: HTTP {status}: {raw[:500].decode(errors='replace')}")
+            try:
+                text = raw.decode()
                 return json.loads(text) if text else {}
             except UnicodeDecodeError as e:
-                raise ScorerError(f"{method} {self.url}{route}: the server's reply is not UTF-8 text ({e})") from e
-            except urllib.error.HTTPError as e:
-                message = e.read().decode(errors="replace")[:500]
-                if e.code < 500:
-                    raise ScorerError(f"{method} {self.url}{route}: HTTP {e.code}: {message}") from e
-                last = f"HTTP {e.code}: {message}"
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-            except json.JSONDecodeError as e:
-                raise ScorerError(f"{method} {self.url}{route}: the server's reply is not JSON: {e}") from e
-        raise ScorerError(f"{method} {self.url}{route} failed after {self.options.retries + 1} attempts "
-                          f"(timeout {self.options.request_timeout_s} s each): {last}")
+                raise ScorerError(f"{where}: the server's reply is not UTF-8 text ({e})") from e
+            except ValueError as e:
+                raise ScorerError(f"{where}: the server's reply is not JSON: {e}") from e
+        budget = f"timeout {self.options.request_timeout_s} s each" + (", within the call's timeout_s" if deadline else "")
+        raise ScorerError(f"{where} failed after {attempt + 1} attempts ({budget}): {last}")
+
+    def _send(self, method: str, route: str, body: Any, limit: float, where: str) -> tuple[int, bytes]:
+        """(status, body) of one attempt, read in chunks until ``limit`` (monotonic time)."""
+        timeout = httpx.Timeout(max(limit - time.monotonic(), 1e-3))
+        content = None if body is None else json.dumps(body).encode()
+        with self._http.stream(method, route, content=content, timeout=timeout) as response:
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_REPLY_BYTES:
+                    raise ScorerError(f"{where}: the reply is larger than {MAX_REPLY_BYTES >> 20} MB; lower "
+                                      "options.batch_prompts")
+                if time.monotonic() > limit:
+                    raise _TimeLimit(f"no whole reply within {self.options.request_timeout_s} s")
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)
 
     def field(self, reply: Any, route: str, key: str, kind: type, items: type | None = None) -> Any:
         """``reply[key]``, when ``reply`` is a JSON object with a ``kind`` there (a list of ``items``,
@@ -186,27 +225,29 @@ class VLLMServerScorer(VLLMScorer):
         unique = list(dict.fromkeys(probes))
         size = self.options.batch_prompts
         chunks = [unique[i:i + size] for i in range(0, len(unique), size)]
+        deadline = None if self.config.timeout_s is None else time.monotonic() + self.config.timeout_s
         with ThreadPoolExecutor(max_workers=self.options.concurrency) as pool:
-            values = list(pool.map(self._evaluate_chunk, chunks))
+            values = list(pool.map(lambda chunk: self._evaluate_chunk(chunk, deadline), chunks))
         return {p: v for chunk, vals in zip(chunks, values, strict=True) for p, v in zip(chunk, vals, strict=True)}
 
-    def _evaluate_chunk(self, probes: list[Probe]) -> list[float]:
+    def _evaluate_chunk(self, probes: list[Probe], deadline: float | None = None) -> list[float]:
         j_probes = [p for p in probes if p.answer is not None]
         h_probes = [p for p in probes if p.answer is None]
         out: dict[Probe, float] = {}
         if j_probes:
-            choices = self._complete([[*p.prefix, *p.answer] for p in j_probes], prompt_logprobs=0)
+            choices = self._complete([[*p.prefix, *p.answer] for p in j_probes], deadline, prompt_logprobs=0)
             out.update((p, self._read_J(p, c)) for p, c in zip(j_probes, choices, strict=True))
         if h_probes:
-            choices = self._complete([list(p.prefix) for p in h_probes], logprobs=self.entropy_top_n)
+            choices = self._complete([list(p.prefix) for p in h_probes], deadline, logprobs=self.entropy_top_n)
             out.update((p, self._read_entropy(c)) for p, c in zip(h_probes, choices, strict=True))
         return [out[p] for p in probes]
 
-    def _complete(self, prompts: list[list[int]], **params: Any) -> list[dict[str, Any]]:
+    def _complete(self, prompts: list[list[int]], deadline: float | None = None, **params: Any
+                  ) -> list[dict[str, Any]]:
         body = {"model": self.served, "prompt": prompts, "max_tokens": 1, "temperature": 0.0,
                 "return_tokens_as_token_ids": True, **params}
-        choices = self.client.field(self.client.request("POST", "/v1/completions", body), "POST /v1/completions",
-                                    "choices", list, dict)
+        reply = self.client.request("POST", "/v1/completions", body, deadline=deadline)
+        choices = self.client.field(reply, "POST /v1/completions", "choices", list, dict)
         indices = [c.get("index") for c in choices] if any("index" in c for c in choices) else list(range(len(choices)))
         if (len(choices) != len(prompts) or not all(type(i) is int for i in indices)
                 or sorted(indices) != list(range(len(prompts)))):
@@ -277,8 +318,8 @@ def wait_for_server(url: str, timeout_s: float, process: Any = None) -> None:
         if process is not None and process.poll() is not None:
             raise ScorerError(f"the vLLM server for {url} exited with code {process.returncode} while starting")
         try:
-            with urllib.request.urlopen(url.rstrip("/") + "/v1/models", timeout=2):
-                return
-        except (urllib.error.URLError, ConnectionError, OSError):
+            httpx.get(url.rstrip("/") + "/v1/models", timeout=2).raise_for_status()
+            return
+        except httpx.HTTPError:
             time.sleep(0.5)
     raise ScorerError(f"the vLLM server at {url} did not answer within {timeout_s} s")
