@@ -123,7 +123,8 @@ class ServerClient:
                 raise ScorerError(f"{where}: the server's reply is not UTF-8 text ({e})") from e
             except ValueError as e:
                 raise ScorerError(f"{where}: the server's reply is not JSON: {e}") from e
-        budget = f"timeout {self.options.request_timeout_s} s each" + (", within the call's timeout_s" if deadline else "")
+        budget = f"timeout {self.options.request_timeout_s} s each"
+        budget += ", within the call's timeout_s" if deadline is not None else ""
         raise ScorerError(f"{where} failed after {attempt + 1} attempts ({budget}): {last}")
 
     def _send(self, method: str, route: str, body: Any, limit: float, where: str) -> tuple[int, bytes]:
