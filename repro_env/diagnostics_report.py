@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from repro_env.diagnostics import format_tokens_after
+from repro_env.diagnostics_summary import format_tokens_after
 
 GRID_MAX = 16
 """Traces in ``curves.png``."""
