@@ -249,11 +249,12 @@ class VLLMServerScorer(VLLMScorer):
                 "return_tokens_as_token_ids": True, **params}
         reply = self.client.request("POST", "/v1/completions", body, deadline=deadline)
         choices = self.client.field(reply, "POST /v1/completions", "choices", list, dict)
+        if len(choices) != len(prompts):
+            raise ScorerError(f"POST {self.url}/v1/completions: expected {len(prompts)} choices, got {len(choices)}")
         indices = [c.get("index") for c in choices] if any("index" in c for c in choices) else list(range(len(choices)))
-        if (len(choices) != len(prompts) or not all(type(i) is int for i in indices)
-                or sorted(indices) != list(range(len(prompts)))):
-            raise ScorerError(f"POST {self.url}/v1/completions: expected {len(prompts)} choices with indices "
-                              f"0..{len(prompts) - 1}, got indices {indices[:20]}")
+        if not all(type(i) is int for i in indices) or sorted(indices) != list(range(len(prompts))):
+            raise ScorerError(f"POST {self.url}/v1/completions: expected choices with indices 0..{len(prompts) - 1}, "
+                              f"got indices {indices[:20]}")
         return [choice for _, choice in sorted(zip(indices, choices, strict=True), key=lambda pair: pair[0])]
 
     def _read_J(self, probe: Probe, choice: dict[str, Any]) -> float:
