@@ -58,6 +58,34 @@ def test_J_and_entropies_equal_the_hf_scorer(scorer, hf):
         assert abs(step.J - batch.J[t]) <= 1e-4 and abs(step.entropy - batch.entropies[t - 1]) <= 1e-4
 
 
+def test_cached_J_probes_equal_the_hf_scorer_and_see_a_weight_push(vllm_server, tiny_llama_dir, hf):
+    """issue 29: ``j_probes: cached`` reads J through one-token reads that use the prefix cache. Equal
+    to the hf scorer in batch and in a session, for a one-token answer and for an answer longer than
+    a cache block (16 tokens); after a weight push (with /reset_prefix_cache) no stale block is read."""
+    cached = make_scorer(server_config(tiny_llama_dir, vllm_server.url, j_probes="cached"))
+    one = next(a for a in ("7", "x", "a", "=") if len(hf.answer_ids(a)) == 1)
+    long_answer = "\\boxed{" + "1234567890" * 3 + "}"
+    assert len(hf.answer_ids(long_answer)) > 16
+    requests = [*REQUESTS, ScoreRequest(QUESTION, SEGMENTS, one), ScoreRequest(QUESTION, SEGMENTS[:2], long_answer)]
+    for ours, reference in zip(cached.score(requests), hf.score(requests), strict=True):
+        np.testing.assert_allclose(ours.J, reference.J, atol=1e-4, rtol=0)
+    batch = hf.score(requests[-1:])[0]
+    session = cached.session(QUESTION, long_answer)
+    assert abs(session.J_baseline - batch.J[0]) <= 1e-4
+    for t, segment in enumerate(SEGMENTS[:2], start=1):
+        assert abs(session.append(segment).J - batch.J[t]) <= 1e-4
+    original = {k: v.clone() for k, v in hf.model.state_dict().items()}
+    generator = torch.Generator().manual_seed(2)
+    nudged = {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in original.items()}
+    try:
+        hf.reload_weights(nudged)
+        cached.reload_weights(nudged)  # the cache holds blocks of the old weights until the reset
+        np.testing.assert_allclose(cached.score(requests)[0].J, hf.score(requests)[0].J, atol=1e-4, rtol=0)
+    finally:
+        hf.reload_weights(original)
+        cached.reload_weights(original)
+
+
 def test_gymnasium_check_env_with_the_server_scorer(scorer):
     from gymnasium.utils.env_checker import check_env
 

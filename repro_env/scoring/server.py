@@ -15,7 +15,10 @@ answer tokens); each entropy probe is ``q + τ<t`` with the top ``max_logprobs``
 next token (exact when the vocabulary fits ``--max-logprobs``, else the tail-bucket approximation
 of ``vllm.entropy_from_top_logprobs``). Prompts go ``batch_prompts`` per request, ``concurrency``
 requests at a time. vLLM does not read its prefix cache for requests with prompt log-probs, so
-every J probe prefills its whole prefix on the server.
+every J probe prefills its whole prefix on the server: about M·L/2 tokens for M points on a
+response of L. With ``options.j_probes: cached`` each answer token is instead a one-token read
+(``logprob_token_ids``, no prompt log-probs) after the longest prefix of its response has been
+sent once: the reads find that prefix in the cache, about L + M·|a|·(block size) tokens.
 
 HTTP goes through one ``httpx`` client per scorer (pooled keep-alive connections). Faults:
 connection errors, time-outs and HTTP 5xx are retried ``retries`` times with exponential backoff;
@@ -235,7 +238,9 @@ class VLLMServerScorer(VLLMScorer):
         j_probes = [p for p in probes if p.answer is not None]
         h_probes = [p for p in probes if p.answer is None]
         out: dict[Probe, float] = {}
-        if j_probes:
+        if j_probes and self.options.j_probes == "cached":
+            out.update(zip(j_probes, self._cached_J(j_probes, deadline), strict=True))
+        elif j_probes:
             choices = self._complete([[*p.prefix, *p.answer] for p in j_probes], deadline, prompt_logprobs=0)
             out.update((p, self._read_J(p, c)) for p, c in zip(j_probes, choices, strict=True))
         if h_probes:
@@ -256,6 +261,40 @@ class VLLMServerScorer(VLLMScorer):
             raise ScorerError(f"POST {self.url}/v1/completions: expected choices with indices 0..{len(prompts) - 1}, "
                               f"got indices {indices[:20]}")
         return [choice for _, choice in sorted(zip(indices, choices, strict=True), key=lambda pair: pair[0])]
+
+    def _cached_J(self, probes: list[Probe], deadline: float | None) -> list[float]:
+        """J of each probe from one-token reads that use the server's prefix cache (``j_probes: cached``).
+
+        The log-prob of answer token ``a_i`` after ``q + τ≤t`` is the next-token log-prob of ``a_i``
+        at the end of the prompt ``q + τ≤t + a[:i]``: a request with ``logprob_token_ids`` and no
+        prompt log-probs, so vLLM serves it from its prefix cache. The longest prefixes go first,
+        alone, so that their blocks are cached before the reads are scheduled; the reads of one
+        answer token share a request."""
+        longest: list[tuple[int, ...]] = []
+        for prefix in sorted({p.prefix for p in probes}, key=len, reverse=True):
+            if not any(other[:len(prefix)] == prefix for other in longest):
+                longest.append(prefix)
+        self._complete([list(prefix) for prefix in longest], deadline)
+        reads: dict[int, list[tuple[int, int]]] = {}  # answer token → (probe, position) of its reads
+        for k, probe in enumerate(probes):
+            for i, token in enumerate(probe.answer):
+                reads.setdefault(token, []).append((k, i))
+        log_probs: list[list[Any]] = [[None] * len(probe.answer) for probe in probes]
+        for token, where in reads.items():
+            prompts = [[*probes[k].prefix, *probes[k].answer[:i]] for k, i in where]
+            choices = self._complete(prompts, deadline, logprobs=1, logprob_token_ids=[token])
+            for (k, i), choice in zip(where, choices, strict=True):
+                try:
+                    log_probs[k][i] = choice["logprobs"]["top_logprobs"][0][f"token_id:{token}"]
+                except (TypeError, KeyError, IndexError) as e:
+                    raise ScorerError(f"the server's reply lacks the log-prob of answer token {token} "
+                                      f"({type(e).__name__}: {e}); j_probes 'cached' needs a vLLM that takes "
+                                      "logprob_token_ids (else use 'prompt_logprobs')") from e
+        out = []
+        for probe, row in zip(probes, log_probs, strict=True):
+            token_lp = checked_log_probs(row, f"the answer log-probs of a J probe ({len(probe.prefix)} prefix tokens)")
+            out.append(sum(token_lp) / len(token_lp))
+        return out
 
     def _read_J(self, probe: Probe, choice: dict[str, Any]) -> float:
         rows = choice.get("prompt_logprobs")
