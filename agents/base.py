@@ -1,4 +1,4 @@
-"""What a learner is (the rollout helper that GRPO and PPO share is agents/rollout.py).
+"""What a learner is (the rollout helper that GRPO and PPO share is agents/episodes.py).
 
 A learner owns a policy and its training envs and turns rollouts into parameter updates::
 

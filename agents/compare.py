@@ -12,13 +12,13 @@ same budget on each of its seeds, then is evaluated on the task's held-out split
                                               with the same run config share one run
     eval     = test problems 0..eval_problems−1, greedy and eval_samples samples each at the learner's
                temperature (1.0 by default), with a sampling seed that depends on the seed only, so
-               every method is paired; per-episode rows of ``agents.rollout.episode_metrics``
+               every method is paired; per-episode rows of ``agents.episodes.episode_metrics``
     table    = mean [95% CI] per metric, bootstrap over seeds and problems (agents.bootstrap), and the
                paired difference of each method to its baseline, also relative in %
 
 A method's ``baseline`` defaults to the row of the same algorithm with the process reward off and no
 overrides; a method that is that row, or has none, gets no paired row. A learner is any name of the
-learner registry (``repro_env.agents.train.register_learner``, or a plugin's ``repro_env.learners``
+learner registry (``repro_env.agents.run_config.register_learner``, or a plugin's ``repro_env.learners``
 entry point) or a ``'package.module:Class'`` path; its config fields go under ``learners: {NAME:
 {...}}`` (shared by all its methods; a method's ``learner:`` overrides them).
 
@@ -54,8 +54,18 @@ from typing import Any
 from repro_env.agents.checkpoint import locked_run_dir
 from repro_env.agents.grid import Job, check_saved_config, run_jobs
 from repro_env.agents.report import write_results
-from repro_env.agents.train import LEARNERS, TrainingInterrupted, apply_sets, learner_spec, parse_config
-from repro_env.config import check, describe, from_mapping, options_from_mapping, read_yaml_file, suggest
+from repro_env.agents.run_config import LEARNERS, apply_sets, learner_spec, parse_config
+from repro_env.agents.train import TrainingInterrupted
+from repro_env.config import (
+    SEED_RANGE,
+    check,
+    describe,
+    from_mapping,
+    is_seed,
+    options_from_mapping,
+    read_yaml_file,
+    suggest,
+)
 from repro_env.errors import ConfigError, ReproEnvError, ScorerError, TrainingError
 
 ALIASES = ("grpo", "ppo")
@@ -87,8 +97,8 @@ class MethodConfig:
             check(key not in self.learner, f"learner.{key}", self.learner.get(key),
                   "unset here ('model' is the grid's; 'process_reward' is the method's own field)")
         check(self.seeds is None or (len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)
-                                     and all(s >= 0 for s in self.seeds)),
-              "seeds", self.seeds, "a non-empty list of distinct ints >= 0, or unset")
+                                     and all(is_seed(s) for s in self.seeds)),
+              "seeds", self.seeds, "a non-empty list of distinct ints in [0, 2**32 - 1], or unset")
 
 
 @dataclass(frozen=True)
@@ -157,13 +167,13 @@ class CompareConfig:
     """Plots: rolling mean over this many updates."""
 
     def __post_init__(self) -> None:
-        check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds) and all(s >= 0 for s in self.seeds),
-              "seeds", self.seeds, "a non-empty list of distinct ints >= 0")
+        check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds) and all(is_seed(s) for s in self.seeds),
+              "seeds", self.seeds, "a non-empty list of distinct ints in [0, 2**32 - 1]")
         for name in ("updates", "eval_problems", "checkpoint_every", "bootstrap_samples", "workers", "threads",
                      "smooth"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "an int >= 1")
         check(self.eval_samples >= 2, "eval_samples", self.eval_samples, "an int >= 2 (avg@n at T=1)")
-        check(self.bootstrap_seed >= 0, "bootstrap_seed", self.bootstrap_seed, "an int >= 0")
+        check(is_seed(self.bootstrap_seed), "bootstrap_seed", self.bootstrap_seed, SEED_RANGE)
         for name, section in self.learners.items():
             LEARNERS.check(name, f"learners.{name}")
             check(isinstance(section, Mapping), f"learners.{name}", section, f"a mapping of {name}'s config fields")

@@ -32,9 +32,10 @@ import numpy as np
 import yaml
 
 from repro_env.agents.checkpoint import CHECKPOINTS, latest_checkpoint, write_atomic
+from repro_env.agents.episodes import episode_metrics, summarize
 from repro_env.agents.plots import is_curve_key
-from repro_env.agents.rollout import episode_metrics, summarize
-from repro_env.agents.train import LEARNERS, Trainer, build_learner, parse_config
+from repro_env.agents.run_config import LEARNERS, build_learner, parse_config
+from repro_env.agents.train import Trainer
 from repro_env.config import describe, read_yaml_file, to_dict
 from repro_env.errors import ConfigError
 
@@ -55,7 +56,7 @@ class Job:
     seed: int
     """Training seed; the evaluation's sampling seed is ``eval_seed(seed)``."""
     train: dict[str, Any]
-    """The run's TrainConfig mapping (parsed by agents.train)."""
+    """The run's TrainConfig mapping (parsed by agents.run_config)."""
     trains: bool = True
     """False: evaluate the starting model only."""
 
@@ -213,7 +214,7 @@ _WORKER: dict[str, Any] = {}  # a worker process's event queue, set by _init_wor
 
 
 def worker_learners(config: Any) -> dict[str, Any]:
-    """The grid's registered learners as objects: a spawned worker imports agents.train afresh, so
+    """The grid's registered learners as objects: a spawned worker imports agents.run_config afresh, so
     names added with ``register_learner`` must be registered there again (they must be picklable)."""
     names = dict.fromkeys([*(m.algorithm for m in config.methods.values()), config.ablation.algorithm])
     return {name: LEARNERS.get(name) for name in names if ":" not in name}

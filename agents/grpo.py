@@ -3,7 +3,7 @@
 One update, top to bottom::
 
     indices  = P problems from the train split; each is given to G sub-envs (a group)
-    episodes = one rollout per sub-env (agents.rollout.collect_episodes)
+    episodes = one rollout per sub-env (agents.episodes.collect_episodes)
     R'       = R + w_len·len_reward        Kimi k1.5 length reward, off unless length_penalty > 0
     A        = (R' − mean_g R') / (std_g R' + 1e-6)                    per rollout
     r̃'       = (r̃ − μ_g) / (σ_g + 1e-6)    over the group's scored segments
@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from repro_env import reward as rp
+from repro_env.advantages import grpo_advantages, token_advantages
+from repro_env.agents.episodes import Episode, TokenBatch, pack, summarize
 from repro_env.agents.learner import LearnerConfig, LMLearner
 from repro_env.agents.losses import clipped_policy_loss, kl_k3
-from repro_env.agents.rollout import Episode, TokenBatch, pack, summarize
 from repro_env.config import check
 from repro_env.length_penalty import length_rewards
 
@@ -91,11 +91,11 @@ def grpo_token_advantages(episodes: Sequence[Episode], groups: Sequence[int], al
     out: list[np.ndarray | None] = [None] * len(episodes)
     for g in np.unique(groups):
         members = np.flatnonzero(groups == g)
-        A, segment_adv = rp.grpo_advantages(R[members], [episodes[i].process_rewards for i in members],
+        A, segment_adv = grpo_advantages(R[members], [episodes[i].process_rewards for i in members],
                                             [episodes[i].scored for i in members], alpha)
         for i, a, adv in zip(members, A, segment_adv, strict=True):
             counts = episodes[i].segment_token_counts()
-            out[i] = rp.token_advantages(adv, counts, 0, outcome_advantage=float(a))
+            out[i] = token_advantages(adv, counts, 0, outcome_advantage=float(a))
     return out  # type: ignore[return-value]
 
 

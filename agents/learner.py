@@ -13,8 +13,8 @@ import copy
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
+from repro_env.agents.episodes import Episode, TokenBatch, collect_episodes, rescore_topk, summarize
 from repro_env.agents.losses import check_finite
 from repro_env.agents.policy import LMPolicy, PolicyConfig, model_dir
-from repro_env.agents.rollout import Episode, TokenBatch, collect_episodes, rescore_topk, summarize
+from repro_env.assets import resolve_model
 from repro_env.config import check, check_device, to_dict
 from repro_env.errors import CheckpointError, ConfigError
 from repro_env.scoring.base import BUNDLED_MODEL
-from repro_env.scoring.options import ServerOptions
 
 WEIGHTS_FILE = "policy.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -50,10 +50,11 @@ class LearnerConfig:
     """Policy weights and activations."""
     temperature: float = 1.0
     """Sampling temperature of training rollouts (evaluation is greedy unless ``samples`` > 1)."""
-    server: ServerOptions = field(default_factory=ServerOptions)
-    """The generation server of ``backend: vllm-server``: the scorer's options class; generation uses
-    ``base_url``, ``served_model_name``, ``api_key``, ``request_timeout_s``, ``retries``,
-    ``concurrency`` (requests in flight, one per segment) and ``weights_dir``."""
+    generator_options: Any = None
+    """The generation backend's own settings (``PolicyConfig.options``): for ``vllm-server`` the
+    server's ``ServerOptions`` (``base_url``, ``served_model_name``, ``api_key``,
+    ``request_timeout_s``, ``retries``, ``concurrency``: requests in flight, one per segment,
+    ``weights_dir``); for ``vllm`` ``gpu_memory_utilization``; none for ``hf``."""
     lr: float = 1e-6
     """AdamW learning rate of the policy (the paper's 1e-6; tiny models want ~1e-4)."""
     weight_decay: float = 0.0
@@ -82,9 +83,24 @@ class LearnerConfig:
     eval_batch_size: int = 16
     """Episodes run in parallel during ``evaluate``."""
 
+    @classmethod
+    def normalise_mapping(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Run directories written before ``generator_options`` saved the server's settings as
+        ``server`` (with every backend): read them as ``generator_options`` for ``vllm-server``, drop
+        them for the backends that ignored them."""
+        data = dict(data)
+        if "server" in data:
+            if "generator_options" in data:
+                raise ConfigError("field 'server' is the old name of 'generator_options'; give only one of them")
+            server = data.pop("server")
+            if data.get("backend", "hf") == "vllm-server":
+                data["generator_options"] = server
+        return data
+
     def __post_init__(self) -> None:
-        PolicyConfig(model=self.model, backend=self.backend, device=self.device, dtype=self.dtype,
-                     temperature=self.temperature, server=self.server)
+        policy = PolicyConfig(model=self.model, backend=self.backend, device=self.device, dtype=self.dtype,
+                              temperature=self.temperature, options=self.generator_options)
+        object.__setattr__(self, "generator_options", policy.options)  # resolved: saved in full, resumable
         check_device(self.device)
         check(_number(self.lr) and self.lr > 0, "lr", self.lr, "a number > 0")
         check(_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay,
@@ -121,6 +137,10 @@ class LMLearner:
         from repro_env.vector import ReasoningVectorEnv
 
         check_device(config.device, "learner.device", present=True)  # before any model is loaded
+        try:  # a missing policy model is named before any check that compares it with the scorer's
+            resolve_model(config.model)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("field 'model'", "field 'learner.model'", 1)) from e
         self.config, self.seed = config, seed
         self.spec_task = resolve_task(task)
         # top-k needs whole trajectories: the envs score every boundary, rollouts() re-selects
@@ -145,7 +165,8 @@ class LMLearner:
         limits = self.spec_task.limits
         self.policy = LMPolicy(PolicyConfig(
             model=config.model, backend=config.backend, device=config.device, dtype=config.dtype,
-            temperature=config.temperature, server=config.server, max_segment_tokens=limits.max_segment_tokens,
+            temperature=config.temperature, options=config.generator_options,
+            max_segment_tokens=limits.max_segment_tokens,
             delimiter=self.spec_task.delimiter, max_segment_chars=limits.max_segment_chars), seed=seed)
         self.alpha = (self.spec_task.reward.alpha if config.alpha is None else config.alpha) \
             if config.process_reward else 0.0

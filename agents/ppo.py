@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from repro_env import reward as rp
+from repro_env import advantages as adv
+from repro_env.agents.episodes import Episode, TokenBatch, pack, summarize
 from repro_env.agents.learner import LearnerConfig, LMLearner
 from repro_env.agents.losses import clipped_policy_loss, kl_k3, value_loss
-from repro_env.agents.rollout import Episode, TokenBatch, pack, summarize
 from repro_env.config import check
 
 
@@ -130,7 +130,7 @@ class PPO(LMLearner):
         compact = np.zeros(real.shape)  # (B, N) old values of the generated tokens, in order
         compact[real] = self._old_values[mask.cpu()].double().numpy()
         cfg = self.config
-        advantages, returns = rp.ppo_advantages(outcome, process, compact, self.alpha, cfg.gamma,
+        advantages, returns = adv.ppo_advantages(outcome, process, compact, self.alpha, cfg.gamma,
                                                 cfg.lam, process_mask=process_mask, mask=real)
         for name, values in (("advantages", advantages), ("returns", returns)):
             full = torch.zeros(mask.shape)  # (B, L−1)

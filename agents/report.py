@@ -1,6 +1,6 @@
 """``repro-env compare``'s report: results.md and results.json from the runs' per-episode rows.
 
-Every metric of ``agents.rollout.episode_metrics`` gets, per method and decoding mode, its mean over
+Every metric of ``agents.episodes.episode_metrics`` gets, per method and decoding mode, its mean over
 the applicable episodes and a 95% bootstrap interval over seeds and problems; every method with a
 baseline gets the paired difference (absolute and relative in %) with its own interval
 (agents.bootstrap has the definitions). results.md shows the metrics of ``SHOWN`` that were

@@ -19,7 +19,7 @@ scorer's own weight push (:meth:`repro_env.scoring.vllm.VLLMScorer.reload_weight
 scorer view of this engine), which also clears the prefix cache.
 
 The server backend sends the same requests to ``/v1/completions`` (token-id prompt, ``stop``,
-``return_token_ids``), one request per trace with its own seed, ``server.concurrency`` at a time
+``return_token_ids``), one request per trace with its own seed, ``options.concurrency`` at a time
 (the server batches them). Its weight push writes safetensors for the server to load
 (:meth:`repro_env.scoring.server.ServerClient.push_weights`, dev mode); on a GPU cluster vLLM's
 NCCL weight transfer (``/init_weight_transfer_engine``, ``/update_weights``) replaces the disk
@@ -40,6 +40,7 @@ import torch
 from repro_env.agents.policy import Generated, Trace, segment_done
 from repro_env.errors import ScorerError
 from repro_env.scoring.base import ScorerConfig, checked_log_probs
+from repro_env.scoring.options import ServerOptions, VLLMOptions
 
 MAX_CONTINUATIONS = 4
 """Rounds that continue a whitespace-only segment before giving up."""
@@ -57,13 +58,16 @@ class Completion:
 class VLLMGenerator:
     """Segments from a vLLM engine on the policy's model directory (module docstring)."""
 
-    def __init__(self, policy: Any, *, seed: int = 0, gpu_memory_utilization: float = 0.5) -> None:
-        from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, VLLMScorer, _import_vllm
+    options_class = VLLMOptions
+
+    def __init__(self, policy: Any, *, seed: int = 0) -> None:
+        from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, VLLMScorer, import_vllm
 
         self.policy = policy
+        gpu_memory_utilization = policy.config.options.gpu_memory_utilization
         for name, value in ENGINE_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
-        vllm = _import_vllm()
+        vllm = import_vllm()
         path = str(policy.path)
         scorer_config = ScorerConfig(backend="vllm", model=path, dtype=policy.config.dtype,
                                      max_length=policy.max_positions,
@@ -136,14 +140,16 @@ def stop_reason(finish: str | None, stopped_by: Any) -> str:
 class ServerGenerator(VLLMGenerator):
     """Segments from a vLLM OpenAI server that serves the policy's model (module docstring)."""
 
+    options_class = ServerOptions
+
     def __init__(self, policy: Any, *, seed: int = 0) -> None:  # no engine: the server is one; seeds per request
         from repro_env.scoring.server import ServerClient
-        from repro_env.scoring.vllm import _checkpoint_keys
+        from repro_env.scoring.vllm import checkpoint_keys
 
         self.policy = policy
-        self.client = ServerClient(policy.config.server)
+        self.client = ServerClient(policy.config.options)
         self.served = self.client.check_model(policy.tokenizer, policy.config.model)
-        self._checkpoint_keys = _checkpoint_keys(Path(policy.path))
+        self._checkpoint_keys = checkpoint_keys(Path(policy.path))
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Have the server load ``model``'s weights and reset its prefix cache (dev mode)."""

@@ -22,20 +22,20 @@ import torch
 from tqdm import tqdm
 
 import repro_env  # noqa: F401
-from repro_env.scoring import hf
+from repro_env.scoring import hf_session
 
 FED = {"tokens": 0, "rows": 0}
 
 
 def _count_fed(run_steps):
-    def counted(self, steps):
+    def counted(scorer, steps):
         FED["tokens"] += sum(len(step.inputs) for step in steps)
         FED["rows"] += len(steps)
-        return run_steps(self, steps)
+        return run_steps(scorer, steps)
     return counted
 
 
-hf.HFScorer._run_steps = _count_fed(hf.HFScorer._run_steps)
+hf_session._run_steps = _count_fed(hf_session._run_steps)  # every session step's forward goes through it
 
 
 @torch.no_grad()

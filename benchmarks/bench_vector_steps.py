@@ -24,8 +24,8 @@ from transformers import AutoTokenizer
 from transformers.cache_utils import Cache
 
 from repro_env.assets import bundled_model_dir
+from repro_env.kv_cache import buffer_layers
 from repro_env.scoring import hf
-from repro_env.scoring.prefill import buffer_layers
 
 LINE = "Next, 17 + 25 = 42 and 42 * 3 = 126, so we carry 126 to the next step of the sum.\n\n"
 

@@ -65,8 +65,8 @@ def judge(out: Path) -> str:
     stats = statistics(out, config, table, baselines)
     paired = {p["method"]: p for p in stats["paired"]}
     lines = ["## RePro against outcome-only: the targets", "",
-             "| method | baseline | mode | accuracy Δ (not lower) | tokens (≥ 25% lower) | backtracks (≥ 50% lower) "
-             "| tokens after 1st correct (≥ 50% lower) |", "|---|---|---|---|---|---|---|"]
+             "| method | baseline | mode | accuracy Δ (not lower) | tokens (≥ 25% lower) "
+             "| backtracks (≥ 50% lower) | tokens after 1st correct (≥ 50% lower) |", "|---|---|---|---|---|---|---|"]
     for method, base in PAIRS:
         if method not in paired:
             continue

@@ -39,13 +39,13 @@ def cmd_tasks_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
-    from repro_env.rollout import rollout_main
+    from repro_env.transcripts import rollout_main
 
     return rollout_main(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from repro_env.rollout import demo_main
+    from repro_env.transcripts import demo_main
 
     return demo_main(args)
 

@@ -114,6 +114,16 @@ def describe(value: Any, limit: int | None = None) -> str:
     return f"{text} ({type(value).__name__})"
 
 
+SEED_MAX = 2**32 - 1
+"""Largest seed accepted: numpy's legacy generators take seeds below 2**32 (torch's up to 2**64)."""
+SEED_RANGE = "an int in [0, 2**32 - 1] (a seed numpy and torch accept)"
+
+
+def is_seed(value: Any) -> bool:
+    """An int (not a bool) in [0, ``SEED_MAX``]."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX
+
+
 def check(ok: bool, field: str, value: Any, expected: str, error: type[ConfigError] = ConfigError) -> None:
     """Raise ``error`` "field 'F' must be EXPECTED, got VALUE (type)" unless ``ok``."""
     if not ok:

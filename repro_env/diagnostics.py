@@ -1,10 +1,11 @@
 """RePro diagnostics for reasoning traces that already exist (``repro-env score``, ``score_traces``).
 
 A traces file holds one JSON object per line: a question, the reasoning or the full response, and
-the gold answer (field names in :class:`TraceFields`). For every trace the scorer computes J at
-the baseline and after every segment in one tree-masked pass (REPRO_SPEC §2, §7), and the reward
-functions of :mod:`repro_env.reward` turn that into the per-segment S_magn, S_stab, S and r̃
-(§3–§4), exactly as the env computes them online with ``selection: all``::
+the gold answer (field names in :class:`TraceFields`; lines parsed by :mod:`repro_env.traces`). For
+every trace the scorer computes J at the baseline and after every segment in one tree-masked
+pass (REPRO_SPEC §2, §7), and :func:`repro_env.reward.reward_points` turns that into the
+per-segment S_magn, S_stab, S and r̃ (§3–§4), exactly as the env computes them online with
+``selection: all``::
 
     J_t = (1/|a|) · Σ_i log π(a_i | q, τ≤t, a_<i)             t = 0..T
     S_t = (1−w)·S_magn,t + w·S_stab,t,   r̃_t = S_t − S_{t−1}   (S_0 = 0)
@@ -16,21 +17,20 @@ computation), the overthinking segments and their tokens, and the tokens after t
 answer (``None`` where the trace never states the gold answer in its reasoning or the task's
 ``answer_location`` is ``none``; its mean is over the traces where it applies, "n/a" when none).
 
-How a response becomes segments:
+How a response becomes segments: ``TaskSpec.split_response`` (:func:`repro_env.segments.split_response`,
+the one definition the env and the TRL trainer share):
 
-- a string is split on the task's delimiter (``segments.split_segments``); a list of strings is
-  taken as the segments. Every segment ends with the delimiter, as in ``env.step``: a list item
-  without it gets it, and so does the last segment of a string (trailing whitespace replaced), so
-  J_T is what the env would pay for the same trace;
-- a response with a ``</think>`` block (R1 style, the ``<think>`` tag optional) is split on its
-  think part, as in the paper: the text up to and including ``<think>`` joins the prompt, the
-  think part is τ, and the text after ``</think>`` is where the final answer is read. **(choice)**
-  J appends ``a`` right after ``q + τ≤t`` (§2), without a ``</think>`` tag in between;
-- without a think block, the reasoning ends before the segment that states the final answer (the
-  first that matches the task's ``final_answer_pattern``, ``segments.reasoning_length``; REPRO_SPEC
-  §4), as in the env: that segment and any after it are shown, marked ``"scored": false``, with
-  ``r`` 0 and ``None`` for J, S_magn, S_stab and S, and no J is computed for them. J_T, the J gain
-  and S_T are those of the end of the reasoning.
+- a string is split on the task's delimiter; a list of strings is taken as the segments. Every
+  segment ends with the delimiter, as in ``env.step``, so J_T is what the env would pay;
+- a response with a think block (R1 style: ``</think>``, ``<think>`` optional; the task's
+  ``think_tags``) is split on its think part, as in the paper: the text up to and including
+  ``<think>`` joins the prompt, the think part is τ, and the text after ``</think>`` is where the
+  final answer is read. **(choice)** J appends ``a`` right after ``q + τ≤t`` (§2), without a
+  ``</think>`` tag in between;
+- without a think block, the reasoning ends before the segment that states the final answer
+  (REPRO_SPEC §4), as in the env: that segment and any after it are shown, marked ``"scored":
+  false``, with ``r`` 0 and ``None`` for J, S_magn, S_stab and S, and no J is computed for them.
+  J_T, the J gain and S_T are those of the end of the reasoning.
 
 Every point of the reasoning is scored, whatever the task's ``reward.selection``: a diagnostic wants
 the whole curve.
@@ -47,216 +47,36 @@ import csv
 import dataclasses
 import heapq
 import json
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from repro_env import reward as rp
-from repro_env.config import describe
-from repro_env.errors import ConfigError, TaskSpecError, TraceInputError
+from repro_env.config import check
+from repro_env.diagnostics_summary import CSV_COLUMNS, Summary, csv_rows, format_summary
+from repro_env.errors import ConfigError, TraceInputError
 from repro_env.overthinking import mark_segments, response_figures
-from repro_env.problems import _record_text
-from repro_env.segments import THINK_CLOSE, THINK_OPEN, reasoning_length, split_segments, tokenize_with_boundaries
+from repro_env.segments import tokenize_with_boundaries
 from repro_env.tasks import TaskSpec, resolve_task
-from repro_env.verify import extract_answer, final_part, is_collection, outcome_reward
+from repro_env.traces import TraceFields, TraceLine, TraceReader, read_lines
+from repro_env.verify import extract_answer, is_collection, outcome_reward
 
-RESPONSE_FIELDS = ("response", "reasoning", "solution", "completion", "output")
-"""Tried in this order when :attr:`TraceFields.response` is not set."""
 OUTPUT_FILES = ("scores.jsonl", "scores.csv", "skipped.jsonl", "summary.json", "report.html", "curves.png")
 """What ``repro-env score --out DIR`` writes into DIR (besides ``plots/``)."""
-TRACE_CSV_COLUMNS = ("line", "id", "correct", "J_0", "J_gain", "process_return", "backtracks", "overthinking",
-                     "tokens_after_first_correct")
-CSV_COLUMNS = (*TRACE_CSV_COLUMNS, "t", "scored", "J", "S_magn", "S_stab", "S", "r", "backtrack",
-               "overthinking_segment", "after_answer", "tokens", "entropy", "text")
-
-
-@dataclass(frozen=True)
-class TraceFields:
-    """Where each part of a trace is in a line's JSON object."""
-
-    question: str = "question"
-    """The question, rendered through the task's ``prompt_template`` (unless ``template`` is off)."""
-    response: str | None = None
-    """The reasoning or the full response (a string, or a list of segments); ``None``: the first of
-    ``response``, ``reasoning``, ``solution``, ``completion``, ``output`` that the line has."""
-    answer: str = "answer"
-    """The gold answer (a string or a number), rendered through the task's ``answer_template`` for J."""
-    id: str = "id"
-    """An id for the tables and the report (optional; default ``line-N``)."""
-    template: bool = True
-    """Render the question through the task's prompt template; off: the field is the whole prompt."""
-
-    def __post_init__(self) -> None:
-        for name in ("question", "answer", "id"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"field '{name}' must be a non-empty field name, got {value!r}")
-        if self.response is not None and (not isinstance(self.response, str) or not self.response):
-            raise ConfigError(f"field 'response' must be a non-empty field name or None, got {self.response!r}")
-
-
-@dataclass(frozen=True)
-class Trace:
-    """One parsed line, ready to score."""
-
-    line: int
-    id: str
-    question: str
-    """The question as the file gives it."""
-    prefix: str
-    """What J conditions on before τ: the rendered prompt, plus the text up to ``<think>``."""
-    segments: tuple[str, ...]
-    gold: str
-    answer: str
-    """``a``: the gold answer through the task's answer template."""
-    response: str
-    """The whole response, for verification."""
-    think: bool
-    """The response had a ``</think>`` block and τ is its think part."""
-    reasoning: int
-    """How many leading segments are reasoning, the scored ones: all of a think block; without one,
-    those before the segment that states the final answer (REPRO_SPEC §4)."""
-    response_field: str = "response"
-    """The field the response came from (named in errors)."""
-    tokens: tuple[int, ...] = ()
-    """(T,) tokens of each segment."""
-
-
-def split_think(response: str) -> tuple[str, str, str] | None:
-    """``(head, think, tail)`` of an R1-style response, or ``None`` without ``</think>``.
-
-    ``head`` ends with ``<think>`` and the whitespace after it (empty when the tag is in the
-    prompt), ``think`` is the reasoning, ``tail`` the text after the first ``</think>``.
-    """
-    if THINK_CLOSE not in response:
-        return None
-    before, _, tail = response.partition(THINK_CLOSE)
-    at = before.find(THINK_OPEN)
-    cut = 0 if at < 0 else at + len(THINK_OPEN)
-    cut += len(before[cut:]) - len(before[cut:].lstrip())
-    return before[:cut], before[cut:], tail
-
-
-class TraceReader:
-    """Parses the lines of a traces file into :class:`Trace` (or raises :class:`TraceInputError`)."""
-
-    def __init__(self, task: TaskSpec, fields: TraceFields, where: str) -> None:
-        if task.verifier.kind == "reasoning_gym":
-            raise ConfigError(f"task {task.id}: verifier 'reasoning_gym' needs the dataset's entries; "
-                              "score traces with a task whose verifier.kind is 'math' or 'exact'")
-        self.task, self.fields, self.where = task, fields, where
-
-    def error(self, line: int, name: str, message: str) -> TraceInputError:
-        return TraceInputError(f"{self.where}:{line}: {message} (or pass --skip-bad to skip such lines)",
-                               line=line, field=name)
-
-    def parse(self, line: int, raw: bytes | str) -> Trace:
-        """One line (bytes as read from the file) → a :class:`Trace`."""
-        if isinstance(raw, bytes):
-            try:
-                raw = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise self.error(line, "", f"the line is not valid UTF-8 (byte {raw[e.start]:#04x} at byte "
-                                 f"{e.start}); re-encode the file as UTF-8") from e
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise self.error(line, "", f"the line is not valid JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(record, Mapping):
-            raise self.error(line, "", f"the line must be a JSON object, got {type(record).__name__}")
-        return self.from_record(line, record)
-
-    def from_record(self, line: int, record: Mapping[str, Any]) -> Trace:
-        f, task = self.fields, self.task
-        question = self._text(line, record, f.question)
-        gold = self._answer(line, record)
-        name, response = self._response(line, record)
-        prompt = task.prompt_template.format(question=question) if f.template else question
-        parts = split_think(response) if isinstance(response, str) else None
-        if parts is not None:
-            head, reasoning, _ = parts
-            segments, prefix = split_segments(reasoning, task.delimiter), prompt + head
-        elif isinstance(response, str):
-            segments, prefix = split_segments(response, task.delimiter), prompt
-        else:
-            segments = [s if s.endswith(task.delimiter) else s + task.delimiter for s in response]
-            prefix, response = prompt, "".join(segments)
-        if segments and not segments[-1].endswith(task.delimiter):  # as env.step: every segment ends with it
-            segments[-1] = segments[-1].rstrip() + task.delimiter
-        if not any(s.strip() for s in segments):
-            raise self.error(line, name, f"field '{name}' has no reasoning to score (empty"
-                             f"{' think block' if parts else ''})")
-        pattern = task.final_answer_pattern if task.final_answer_regex.groups else None
-        if extract_answer(final_part(response), pattern) is None and not task.final_answer_regex.search(response):
-            raise self.error(line, name, f"field '{name}' states no final answer (no \\boxed{{...}}, "
-                             f"'answer is ...' or match of the task's final_answer_pattern "
-                             f"{task.final_answer_pattern!r}); a truncated trace cannot be verified")
-        trace_id = record.get(f.id)
-        reasoning = len(segments) if parts is not None else reasoning_length(segments, task.final_answer_regex)
-        return Trace(line=line, id=str(trace_id) if trace_id not in (None, "") else f"line-{line}",
-                     question=question, prefix=prefix, segments=tuple(segments), gold=gold,
-                     answer=task.answer_template.format(answer=gold), response=response,
-                     think=parts is not None, reasoning=reasoning, response_field=name)
-
-    def _text(self, line: int, record: Mapping[str, Any], name: str) -> str:
-        if name not in record:
-            raise self.error(line, name, f"field '{name}' is missing; the line has {_keys(record)}")
-        value = record[name]
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(line, name, f"field '{name}' must be a non-empty string, got {describe(value, 60)}")
-        return value
-
-    def _answer(self, line: int, record: Mapping[str, Any]) -> str:
-        name = self.fields.answer
-        if name not in record:
-            raise self.error(line, name, f"field '{name}' is missing; the line has {_keys(record)} "
-                             "(pass --answer-field NAME)")
-        try:  # the rule of task sources: 72.0 is "72", as the env renders it; null, NaN and lists are errors
-            return _record_text(record, name, f"line {line}", numbers=True).strip()
-        except TaskSpecError as e:
-            raise self.error(line, name, f"field '{name}' must be a non-empty string or a finite number, got "
-                             f"{describe(record[name], 60)}") from e
-
-    def _response(self, line: int, record: Mapping[str, Any]) -> tuple[str, str | list[str]]:
-        names = (self.fields.response,) if self.fields.response else RESPONSE_FIELDS
-        name = next((n for n in names if n in record), None)
-        if name is None:
-            tried = f"'{names[0]}'" if len(names) == 1 else "any of " + ", ".join(f"'{n}'" for n in names)
-            raise self.error(line, names[0], f"field {tried} is missing; the line has {_keys(record)} "
-                             "(pass --response-field NAME)")
-        value = record[name]
-        if isinstance(value, list) and value and all(isinstance(s, str) for s in value):
-            return name, list(value)
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(line, name, f"field '{name}' must be a non-empty string or a list of strings, "
-                             f"got {describe(value, 60)}")
-        return name, value
-
-
-def _keys(record: Mapping[str, Any]) -> str:
-    return ", ".join(f"'{k}'" for k in list(record)[:12]) or "no keys"
-
-
 # ---------------------------------------------------------------------------------------------
 # Scoring
 
 
-def trace_row(trace: Trace, J: np.ndarray, entropies: np.ndarray, task: TaskSpec) -> dict[str, Any]:
+def trace_row(trace: TraceLine, J: np.ndarray, entropies: np.ndarray, task: TaskSpec) -> dict[str, Any]:
     """The plain-data row of one scored trace. ``J``: (R+1,) = [J_0, J_1..J_R] over the R =
     ``trace.reasoning`` scored segments; ``entropies``: (T,), every segment."""
-    cfg = task.reward
     R = trace.reasoning
-    if R > 0:
-        magnitude = rp.magnitude_scores(J, cfg.eps)  # (R,)
-        stability = rp.stability_scores(J, cfg.ema)  # (R,)
-        score = rp.process_scores(J, cfg.stability_weight, cfg.ema, cfg.eps)  # (R,)
-        rewards = rp.rewards_for(cfg, J)  # (R,)
-    else:  # the first segment states the answer: nothing to score but J_0
-        magnitude = stability = score = rewards = np.zeros(0)
+    parts = rp.reward_points(task.reward, J, selection="all")  # (R,) each; empty when R = 0
+    magnitude, stability, score, rewards = parts.magnitude, parts.stability, parts.score, parts.rewards
     backtracks = [task.is_backtrack(s) for s in trace.segments]
     marks = mark_segments(trace.segments, trace.gold, location=task.answer_location, is_backtrack=task.is_backtrack,
                           final_answer=None if trace.think else task.final_answer_regex)
@@ -296,7 +116,7 @@ class TraceScorer:
     def __init__(self, scorer: Any, task: TaskSpec, reader: TraceReader) -> None:
         self.scorer, self.task, self.reader = scorer, task, reader
 
-    def tokenize(self, trace: Trace) -> Trace:
+    def tokenize(self, trace: TraceLine) -> TraceLine:
         """Token counts per segment, and the context check (an over-long trace is bad input)."""
         tokenizer = self.scorer.tokenizer
         ids, boundaries = tokenize_with_boundaries(tokenizer, trace.prefix, trace.segments)
@@ -310,7 +130,7 @@ class TraceScorer:
                 "of a longer context")
         return dataclasses.replace(trace, tokens=tuple(int(n) for n in np.diff(boundaries)))
 
-    def score(self, traces: list[Trace]) -> list[dict[str, Any]]:
+    def score(self, traces: list[TraceLine]) -> list[dict[str, Any]]:
         from repro_env.scoring import ScoreRequest
 
         requests = [ScoreRequest(t.prefix, t.segments, t.answer, points=tuple(range(1, t.reasoning + 1)))
@@ -324,7 +144,7 @@ class TraceScorer:
 
         At most ``chunk`` lines are held at once: the input is consumed as the rows are taken.
         """
-        pending: list[Trace | dict[str, Any]] = []
+        pending: list[TraceLine | dict[str, Any]] = []
         for line, raw in lines:
             try:
                 trace = self.reader.from_record(line, raw) if isinstance(raw, Mapping) else self.reader.parse(line, raw)
@@ -338,116 +158,10 @@ class TraceScorer:
                 pending = []
         yield from self._flush(pending)
 
-    def _flush(self, pending: list[Trace | dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        scored = iter(self.score([p for p in pending if isinstance(p, Trace)]))
+    def _flush(self, pending: list[TraceLine | dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        scored = iter(self.score([p for p in pending if isinstance(p, TraceLine)]))
         for p in pending:
-            yield next(scored) if isinstance(p, Trace) else p
-
-
-def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, bytes) of each non-blank line, read lazily."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            if raw.strip():
-                yield number, raw
-
-
-# ---------------------------------------------------------------------------------------------
-# Summary and outputs
-
-
-@dataclass
-class Summary:
-    """Running totals over the scored traces (nothing per trace is kept)."""
-
-    traces: int = 0
-    skipped: int = 0
-    segments: int = 0
-    scored_segments: int = 0
-    negative_segments: int = 0
-    backtracks: int = 0
-    correct: int = 0
-    J_gain: float = 0.0
-    process_return: float = 0.0
-    overthinking: int = 0
-    overthinking_tokens: int = 0
-    tokens_after: int = 0
-    """Σ tokens after the first correct answer, over the ``answer_located`` traces."""
-    answer_located: int = 0
-    """Traces whose reasoning states the gold answer (where ``tokens_after_first_correct`` applies)."""
-    answer_location: str = "none"
-    """The task's ``answer_location``: ``none`` means no trace can have the tokens-after figure."""
-    seconds: float = 0.0
-
-    def add(self, row: Mapping[str, Any]) -> None:
-        self.traces += 1
-        self.segments += row["num_segments"]
-        self.scored_segments += row["scored_segments"]
-        self.negative_segments += row["negative_rewards"]
-        self.backtracks += row["backtracks"]
-        self.correct += row["correct"]
-        self.J_gain += row["J_gain"]
-        self.process_return += row["process_return"]
-        self.overthinking += row["overthinking"]
-        self.overthinking_tokens += row["overthinking_tokens"]
-        if row["tokens_after_first_correct"] is not None:
-            self.answer_located += 1
-            self.tokens_after += row["tokens_after_first_correct"]
-
-    def as_dict(self) -> dict[str, Any]:
-        n = max(self.traces, 1)
-        return {"traces": self.traces, "skipped": self.skipped, "seconds": round(self.seconds, 3),
-                "traces_per_s": self.traces / self.seconds if self.seconds > 0 else None,
-                "mean_J_gain": self.J_gain / n, "mean_process_return": self.process_return / n,
-                "backtracks_per_trace": self.backtracks / n, "accuracy": self.correct / n,
-                "segments_per_trace": self.segments / n,
-                "negative_reward_share": self.negative_segments / max(self.scored_segments, 1),
-                "overthinking_share": self.overthinking / n,
-                "overthinking_tokens_per_trace": self.overthinking_tokens / n,
-                "mean_tokens_after_first_correct": (self.tokens_after / self.answer_located
-                                                    if self.answer_located else None),
-                "traces_with_answer_located": self.answer_located, "answer_location": self.answer_location}
-
-
-def csv_rows(row: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """One CSV row per segment, the trace's columns repeated (the segment's ``overthinking`` flag is
-    the column ``overthinking_segment``; ``overthinking`` is the trace's)."""
-    head = {k: row[k] for k in TRACE_CSV_COLUMNS}
-    for segment in row["segments"]:
-        cells = {k: segment[k] for k in CSV_COLUMNS[len(TRACE_CSV_COLUMNS):] if k in segment}
-        yield {**head, **cells, "overthinking_segment": segment["overthinking"]}
-
-
-def format_tokens_after(summary: Mapping[str, Any]) -> str:
-    """The mean tokens after the first correct answer, or "n/a" and why (never a made-up 0)."""
-    mean = summary["mean_tokens_after_first_correct"]
-    if summary["answer_location"] == "none":
-        return "n/a (the task cannot locate the answer in the reasoning: answer_location none)"
-    if mean is None:
-        return "n/a (no trace states the gold answer in its reasoning)"
-    return f"{mean:.1f} (over the {summary['traces_with_answer_located']} traces that state the answer)"
-
-
-def format_summary(summary: Mapping[str, Any], worst: list[Mapping[str, Any]], limit: int = 10) -> str:
-    """The terminal table: the means, then the worst traces by process return."""
-    rate = summary["traces_per_s"]
-    lines = [f"scored {summary['traces']} traces ({summary['skipped']} skipped) in {summary['seconds']:.1f} s"
-             + (f": {rate:.1f} traces/s" if rate else ""),
-             f"  mean J gain (J_T - J_0)        {summary['mean_J_gain']:+.4f}",
-             f"  mean process return (S_T)      {summary['mean_process_return']:+.4f}",
-             f"  backtracks per trace           {summary['backtracks_per_trace']:.2f}",
-             f"  segments with negative r~      {100 * summary['negative_reward_share']:.1f}%",
-             f"  accuracy (answer verifies)     {100 * summary['accuracy']:.1f}%",
-             f"  with an overthinking segment   {100 * summary['overthinking_share']:.1f}%",
-             f"  tokens after first correct    {format_tokens_after(summary)}"]
-    if worst:
-        lines += ["", f"  worst {min(limit, len(worst))} by process return:",
-                  f"  {'line':>5} {'id':<28} {'segs':>4} {'J gain':>8} {'return':>8} {'bt':>3} {'r~<0':>4} correct"]
-        for row in worst[:limit]:
-            lines.append(f"  {row['line']:>5} {str(row['id'])[-28:]:<28} {row['num_segments']:>4} "
-                         f"{row['J_gain']:>+8.4f} {row['process_return']:>+8.4f} {row['backtracks']:>3} "
-                         f"{row['negative_rewards']:>4} {row['correct']}")
-    return "\n".join(lines)
+            yield next(scored) if isinstance(p, TraceLine) else p
 
 
 def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str | None = None,
@@ -471,11 +185,16 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
     """
     if not isinstance(report_limit, int) or report_limit < 0:
         raise ConfigError(f"field 'report_limit' must be an int >= 0, got {report_limit!r}")
+    check(isinstance(task, str | Path | TaskSpec), "task", task, "a task id, a task YAML path or a TaskSpec")
+    check(not isinstance(traces, Mapping | bytes), "traces", traces,
+          "a JSONL path or an iterable of dicts, one per trace (one trace: wrap its dict in a list)")
     spec = resolve_task(task)
     fields = fields or TraceFields()
     out_dir = Path(out) if out is not None else None
     if isinstance(traces, str | Path):
         path = Path(traces)
+        if path.is_dir():
+            raise ConfigError(f"traces file {path} is a directory; give the JSONL file in it")
         if not path.is_file():
             raise ConfigError(f"traces file {path} does not exist (cwd: {Path.cwd()})")
         if out_dir is not None and any(path.resolve() == (out_dir / name).resolve() for name in OUTPUT_FILES):
@@ -485,9 +204,11 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
         where, lines = str(path), read_lines(path)
     else:
         where, lines, total = "traces", enumerate(traces, 1), None
-    reader = TraceReader(spec, fields, where)
     if scorer is None:
         scorer = _make_scorer(spec, model, backend, scorer_overrides)
+    reader = TraceReader(spec, fields, where, max_chars=char_limit(scorer))
+    if out_dir is not None:
+        own_out_dir(out_dir)
     engine = TraceScorer(scorer, spec, reader)
     result: dict[str, Any] = {"traces": [], "worst": [], "skipped": [], "files": {}}
     summary, worst, start = Summary(answer_location=spec.answer_location), [], time.perf_counter()
@@ -519,6 +240,38 @@ def score_traces(traces: str | Path | Iterable[Mapping[str, Any]], *, model: str
 
             result["files"].update(write_report(out_dir, result["worst"], result["summary"], spec.id))
     return result
+
+
+def char_limit(scorer: Any) -> int | None:
+    """The most characters a prompt and response can have and still fit the scorer's context in some
+    tokenisation: ``max_length`` tokens, each at most as long as the vocabulary's longest token
+    (a token decodes to no more characters than its own string has). ``None`` when the scorer has
+    no tokenizer to ask."""
+    tokenizer, max_length = getattr(scorer, "tokenizer", None), getattr(scorer, "max_length", None)
+    if tokenizer is None or not isinstance(max_length, int):
+        return None
+    return max_length * max((len(token) for token in tokenizer.get_vocab()), default=1)
+
+
+def own_out_dir(out_dir: Path) -> None:
+    """Make ``--out`` this run's own, so that old and new results never sit side by side: a file
+    there is an error; a directory holding only a previous run's outputs (``OUTPUT_FILES``,
+    ``plots/``) is emptied; any other content is refused (it is not ours to delete)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; give a directory (it is created when missing)")
+    if not out_dir.is_dir():
+        return
+    entries = sorted(out_dir.iterdir())
+    foreign = [p.name for p in entries if p.name not in (*OUTPUT_FILES, "plots")]
+    if foreign:
+        raise ConfigError(f"--out {out_dir} holds files that repro-env score did not write ({', '.join(foreign[:5])}"
+                          f"{', ...' if len(foreign) > 5 else ''}); give a new or empty directory, or the directory "
+                          "of an earlier score run, whose results are replaced")
+    for path in entries:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _make_scorer(spec: TaskSpec, model: str | None, backend: str | None, overrides: Mapping[str, Any] | None) -> Any:
@@ -598,6 +351,10 @@ def score_main(args: Any) -> int:
                          id=args.id_field, template=not args.no_template)
     overrides: dict[str, Any] = {"batch_size": args.batch_size}
     if args.base_url:
+        backend = args.backend or resolve_task(args.task).scorer.backend
+        if backend != "vllm-server":
+            raise ConfigError(f"--base-url is a setting of the vllm-server backend, and the scorer backend here is "
+                              f"{backend!r}: add --backend vllm-server")
         overrides["options"] = {"base_url": args.base_url}
     out = Path(args.out) if args.out else Path(f"{Path(args.traces).stem}_scores")
     result = score_traces(args.traces, model=args.model, backend=args.backend, task=args.task, fields=fields,

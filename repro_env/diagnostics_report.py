@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from repro_env.diagnostics import format_tokens_after
+from repro_env.diagnostics_summary import format_tokens_after
 
 GRID_MAX = 16
 """Traces in ``curves.png``."""
@@ -71,8 +71,10 @@ def draw_curve(ax: Any, row: Mapping[str, Any], *, legend: bool = True) -> None:
 
 
 def _title(row: Mapping[str, Any]) -> str:
+    """A plot title; the id is plain text (matplotlib would read ``$...$`` in it as math markup)."""
     mark = "correct" if row["correct"] else "wrong"
-    return f"{row['id']} ({mark}): return {row['process_return']:+.3f}, J gain {row['J_gain']:+.2f}"
+    plain = str(row["id"]).replace("$", "\\$")
+    return f"{plain} ({mark}): return {row['process_return']:+.3f}, J gain {row['J_gain']:+.2f}"
 
 
 def curve_png(row: Mapping[str, Any]) -> bytes:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import re
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +9,6 @@ from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector.utils import shared_memory
 
 from repro_env import reward as rp
 from repro_env.config import describe
@@ -28,100 +24,8 @@ from repro_env.scoring import (
     shared_scorer,
     start_sessions,
 )
-from repro_env.segments import reasoning_length
+from repro_env.spaces import ReasoningText
 from repro_env.tasks import TaskSpec, load_task, make_source, resolve_task
-
-# Characters Text.sample() draws from; `contains` accepts any string (model output is arbitrary unicode).
-SAMPLE_CHARSET = string.ascii_letters + string.digits + " .,;:!?+-*/=()'\n"
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class ReasoningText(gym.spaces.Text):
-    """A ``Text`` space whose members are unicode strings within the length bounds.
-
-    Gymnasium's ``Text`` only admits characters of its charset (alphanumeric by default), but a
-    language model emits arbitrary unicode. Not members: lone surrogates (``"\\ud800"``: not text,
-    no tokenizer can encode them) and, with ``blank=False``, strings of only whitespace. Sampling
-    draws from ``SAMPLE_CHARSET``.
-    """
-
-    def __init__(self, max_length: int, *, min_length: int = 0, blank: bool = True, seed: int | None = None):
-        super().__init__(max_length, min_length=min_length, charset=SAMPLE_CHARSET, seed=seed)
-        self.blank = blank
-
-    def violation(self, x: Any) -> str | None:
-        """Why ``x`` is not a member (``None`` when it is)."""
-        if not isinstance(x, str):
-            return f"must be a str, got {type(x).__name__}: {x!r:.80}"
-        if not self.min_length <= len(x) <= self.max_length:
-            return f"must have {self.min_length} to {self.max_length} characters, got {len(x)}"
-        if not self.blank and not x.strip():
-            return f"must contain a non-whitespace character, got {x!r:.80}"
-        surrogate = _LONE_SURROGATE.search(x)
-        if surrogate:
-            return (f"must be valid unicode text, got a lone surrogate {surrogate.group()!r} at index "
-                    f"{surrogate.start()} (it has no UTF-8 encoding)")
-        return None
-
-    def contains(self, x: Any) -> bool:
-        return self.violation(x) is None
-
-    def sample(self, mask: Any = None, probability: Any = None) -> str:
-        text = super().sample(mask, probability)
-        while mask is None and probability is None and not self.contains(text):  # blank=False drew spaces
-            text = super().sample()
-        return text
-
-    def __repr__(self) -> str:
-        return f"ReasoningText({self.min_length}, {self.max_length}, charset=<any unicode>)"
-
-
-# AsyncVectorEnv passes observations through shared memory. Gymnasium stores a Text as indices into
-# its charset (model output is any unicode) and reads the memory once, into a tuple that later steps
-# never update; a ReasoningText stores code points (-1 past the end) read through a live view.
-class SharedTexts(Sequence):
-    """The strings in an AsyncVectorEnv's shared memory, read when indexed (as Gymnasium's array
-    views are); a deep copy, which the vector env returns unless ``copy=False``, is a tuple."""
-
-    def __init__(self, codes: np.ndarray):
-        self.codes = codes  # (n, max_length)
-
-    def __len__(self) -> int:
-        return len(self.codes)
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return tuple(self)[i]
-        row = self.codes[i]
-        return "".join(map(chr, row[row >= 0]))
-
-    def __deepcopy__(self, memo: dict) -> tuple[str, ...]:
-        return tuple(self)
-
-    def __repr__(self) -> str:
-        return f"SharedTexts({tuple(self)!r})"
-
-
-@shared_memory.create_shared_memory.register(ReasoningText)
-def _create_text_memory(space: ReasoningText, n: int = 1, ctx: Any = multiprocessing) -> Any:
-    memory = ctx.Array(np.dtype(np.int32).char, n * space.max_length)
-    np.frombuffer(memory.get_obj(), dtype=np.int32)[:] = -1  # (n · max_length,)
-    return memory
-
-
-@shared_memory.read_from_shared_memory.register(ReasoningText)
-def _read_text_memory(space: ReasoningText, memory: Any, n: int = 1) -> SharedTexts:
-    return SharedTexts(np.frombuffer(memory.get_obj(), dtype=np.int32).reshape(n, space.max_length))
-
-
-@shared_memory.write_to_shared_memory.register(ReasoningText)
-def _write_text_memory(space: ReasoningText, index: int, value: str, memory: Any) -> None:
-    size = space.max_length
-    row = np.frombuffer(memory.get_obj(), dtype=np.int32)[index * size:(index + 1) * size]  # (max_length,)
-    row[:] = -1
-    row[:len(value)] = np.fromiter(map(ord, value), dtype=np.int32, count=len(value))
 
 
 class Drawn(NamedTuple):
@@ -133,7 +37,7 @@ class Drawn(NamedTuple):
 
 
 @dataclass
-class Episode:
+class EpisodeState:
     """The state of one episode: the problem, the reasoning so far and the scored J history."""
 
     problem: Problem
@@ -144,8 +48,6 @@ class Episode:
     segments: list[str] = field(default_factory=list)
     J_points: list[float] = field(default_factory=list)
     """J at the baseline and at every scored point so far: [J_0, J_t1, J_t2, ...]."""
-    last_score: float = 0.0
-    """S at the last scored point (0 before any): the next scored segment earns S_t − this."""
     rewards: list[float] = field(default_factory=list)
     marker: SegmentMarker | None = None
     """The overthinking marks of the segments so far (:mod:`repro_env.overthinking`)."""
@@ -281,7 +183,7 @@ class ReasoningEnv(gym.Env[str, str]):
             self.spec_task.max_prompt_chars + limits.max_steps * (limits.max_segment_chars
                                                                   + len(self.spec_task.delimiter))
         )
-        self.episode: Episode | None = None
+        self.episode: EpisodeState | None = None
 
     # -- Gymnasium API -------------------------------------------------------------------------
 
@@ -347,7 +249,7 @@ class ReasoningEnv(gym.Env[str, str]):
         task = self.spec_task
         marker = SegmentMarker(drawn.problem.answer, location=task.answer_location, is_backtrack=task.is_backtrack,
                                final_answer=task.final_answer_regex)
-        self.episode = Episode(problem=drawn.problem, prompt=drawn.prompt, answer=drawn.answer,
+        self.episode = EpisodeState(problem=drawn.problem, prompt=drawn.prompt, answer=drawn.answer,
                                session=session, J_points=[session.J_baseline], marker=marker)
         return self.episode.text, {"problem_id": drawn.problem.id, "J_baseline": session.J_baseline}
 
@@ -357,7 +259,7 @@ class ReasoningEnv(gym.Env[str, str]):
                 self.episode.session.close()
             self.episode = None
 
-    def _require_episode(self) -> Episode:
+    def _require_episode(self) -> EpisodeState:
         if self.episode is None or self.episode.done:
             raise gym.error.ResetNeeded("call reset() before step(): the episode has ended or not started")
         return self.episode
@@ -375,7 +277,7 @@ class ReasoningEnv(gym.Env[str, str]):
         delimiter = self.spec_task.delimiter
         return action if action.endswith(delimiter) else action + delimiter
 
-    def finish_step(self, episode: Episode, segment: str, step: StepScore | None):
+    def finish_step(self, episode: EpisodeState, segment: str, step: StepScore | None):
         """Account a scored (or context-overflowing, ``step=None``) segment: reward, flags, info."""
         task, limits = self.spec_task, self.spec_task.limits
         overflow = step is None
@@ -416,21 +318,15 @@ class ReasoningEnv(gym.Env[str, str]):
             return True
         return step.entropy >= reward_cfg.entropy_threshold
 
-    def _score_point(self, episode: Episode, J: float) -> dict[str, Any]:
+    def _score_point(self, episode: EpisodeState, J: float) -> dict[str, Any]:
         """Add a scored point and return its RePro components (REPRO_SPEC §3–§4)."""
-        cfg = self.spec_task.reward
         episode.J_points.append(J)
-        J_points = np.asarray(episode.J_points)  # (1 + M,)
-        magnitude = rp.magnitude_scores(J_points, eps=cfg.eps)[-1]
-        stability = rp.stability_scores(J_points, ema=cfg.ema)[-1]
-        score = (1 - cfg.stability_weight) * magnitude + cfg.stability_weight * stability
-        process_reward = score - episode.last_score
-        episode.last_score = score
-        return {"J": J, "magnitude": float(magnitude), "stability": float(stability),
-                "process_score": float(score), "process_reward": float(process_reward), "scored": True}
+        parts = rp.reward_points(self.spec_task.reward, episode.J_points, selection="all")
+        return {"J": J, "magnitude": float(parts.magnitude[-1]), "stability": float(parts.stability[-1]),
+                "process_score": float(parts.score[-1]), "process_reward": float(parts.rewards[-1]), "scored": True}
 
     @staticmethod
-    def _overthinking_info(episode: Episode, segment: str) -> dict[str, bool]:
+    def _overthinking_info(episode: EpisodeState, segment: str) -> dict[str, bool]:
         """The segment's marks (:class:`repro_env.overthinking.SegmentMarker`): ``overthinking``;
         ``after_answer`` and ``answer_stated`` only for tasks that locate the answer in the reasoning."""
         overthinking, after = episode.marker.mark(segment)
@@ -440,15 +336,16 @@ class ReasoningEnv(gym.Env[str, str]):
 
     def ends_reasoning_at(self, segment: str) -> bool:
         """Whether ``segment`` states the final answer: it ends the episode and is not scored, so no J
-        is computed for it (REPRO_SPEC §4). The one place the env and the vector env decide this."""
-        return reasoning_length([segment], self.spec_task.final_answer_regex) == 0
+        is computed for it (REPRO_SPEC §4, ``TaskSpec.split_response``'s rule for a response without a
+        think block). The one place the env and the vector env decide this."""
+        return not self.spec_task.split_response("", [segment]).segments
 
     def _ends_text(self, segment: str) -> bool:
         eos = self.scorer.eos_token
         return bool(eos and eos in segment)
 
     @staticmethod
-    def transcript(episode: Episode, colour: bool = False) -> str:
+    def transcript(episode: EpisodeState, colour: bool = False) -> str:
         """The prompt and each segment with its reward, for ``render``."""
         green, red, dim, end = ("\x1b[32m", "\x1b[31m", "\x1b[2m", "\x1b[0m") if colour else ("",) * 4
         lines = [f"{dim}{episode.prompt.rstrip()}{end}"]

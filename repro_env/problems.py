@@ -8,6 +8,7 @@ import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ import numpy as np
 
 from repro_env.config import check, describe, suggest
 from repro_env.errors import TaskSpecError
+from repro_env.segments import DEFAULT_DELIMITER
 
 if TYPE_CHECKING:
     from repro_env.arithmetic import ArithmeticConfig
@@ -24,7 +26,6 @@ DEFAULT_PROMPT_TEMPLATE = "Question: {question}\n\n"
 """What the policy sees; the reasoning segments follow it directly."""
 DEFAULT_ANSWER_TEMPLATE = "\\boxed{{{answer}}}"
 """The answer string ``a`` whose mean log-prob is J (REPRO_SPEC §1); ``{answer}`` is filled in."""
-DEFAULT_DELIMITER = "\n\n"
 
 
 @dataclass(frozen=True)
@@ -219,23 +220,43 @@ def record_to_problem(record: Mapping[str, Any], fields: RecordFields, where: st
     used = (fields.question_field, fields.answer_field, fields.solution_field)
     meta = {k: v for k, v in record.items() if k not in used}
     return Problem(id=str(record[fields.id_field]) if fields.id_field and fields.id_field in record else default_id,
-                   question=_record_text(record, fields.question_field, where, numbers=False),
-                   answer=_record_text(record, fields.answer_field, where, numbers=True),
+                   question=record_text(record, fields.question_field, where, numbers=False),
+                   answer=record_text(record, fields.answer_field, where, numbers=True),
                    solution=solution, meta=meta)
 
 
-def _record_text(record: Mapping[str, Any], key: str, where: str, *, numbers: bool) -> str:
+def plain_decimal(value: float) -> str:
+    """A finite float as a person writes it, never in scientific notation: its shortest round-trip
+    digits in plain decimal. ``72.0`` → ``"72"``, ``5e-05`` → ``"0.00005"``, ``1e-07`` →
+    ``"0.0000001"``, ``1e+22`` → ``"10000000000000000000000"``, ``-0.0`` → ``"0"``."""
+    if value == 0:
+        return "0"
+    text = format(Decimal(repr(value)), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def record_text(record: Mapping[str, Any], key: str, where: str, *, numbers: bool) -> str:
     """A record's question or answer as text. ``null``, ``""``, lists and mappings are errors: as
-    strings they would become questions like "None" and answers that ``\\boxed{None}`` matches."""
+    strings they would become questions like "None" and answers that ``\\boxed{None}`` matches. A
+    number answer is written in plain decimal (:func:`plain_decimal`): ``5e-05`` would verify
+    against nothing a model writes."""
     value = record[key]
     if numbers and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if numbers and isinstance(value, float) and math.isfinite(value):
-        return str(int(value)) if value.is_integer() else str(value)
+        return plain_decimal(value)
     if not isinstance(value, str) or not value.strip():
         expected = "a non-empty string" + (" or a finite number" if numbers else "")
         raise TaskSpecError(f"{where}: field '{key}' must be {expected}, got {describe(value)}")
     return value
+
+
+def json_error(e: ValueError) -> str:
+    """What ``json.loads`` refused: its message and column, or Python's own limit (an integer of
+    more than 4300 digits is a ``ValueError``, not a ``JSONDecodeError``)."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at column {e.colno}"
+    return str(e).split(";")[0]
 
 
 def read_jsonl(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
@@ -252,8 +273,8 @@ def read_jsonl(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskSpecError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+            except ValueError as e:  # JSONDecodeError, or an integer literal of more than 4300 digits
+                raise TaskSpecError(f"{path}:{lineno}: invalid JSON ({json_error(e)})") from e
             if not isinstance(record, dict):
                 raise TaskSpecError(f"{path}:{lineno}: a record must be a JSON object, "
                                     f"got {describe(record)}")

@@ -15,7 +15,7 @@ with a did-you-mean.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -32,7 +32,7 @@ def import_object(target: str, what: str) -> Any:
         obj = importlib.import_module(module)
         for part in name.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
+    except Exception as e:  # a plugin module may raise anything on import
         raise ConfigError(f"{what}: cannot import {name!r} from {module!r} ({type(e).__name__}: {e})") from e
     return obj
 
@@ -40,18 +40,26 @@ def import_object(target: str, what: str) -> Any:
 class Registry:
     """Name → object, imported lazily; the entry-point group ``group`` adds installed plugins."""
 
-    def __init__(self, kind: str, group: str) -> None:
+    def __init__(self, kind: str, group: str, *, accepts: Callable[[Any], bool] = callable,
+                 expected: str = "a class or a function") -> None:
         self.kind = kind
         """What the names are, for messages (``scorer backend``)."""
         self.group = group
+        self.accepts, self.expected = accepts, expected
+        """What a target must be (checked at registration, and once imported), and its description."""
         self._targets: dict[str, Any] = {}
         self._loaded: dict[str, Any] = {}
+        self._origins: dict[str, str] = {}
         self._plugins_read = False
 
     def register(self, name: str, target: Any, *, replace: bool = False) -> None:
         """Register ``target`` (an object or a ``"package.module:Name"`` string) under ``name``."""
         if not isinstance(name, str) or not name or ":" in name:
             raise ConfigError(f"a {self.kind} name must be a non-empty string without ':', got {describe(name)}")
+        module, _, attr = target.partition(":") if isinstance(target, str) else ("", "", "")
+        if not (module and attr) and (isinstance(target, str) or not self.accepts(target)):
+            raise ConfigError(f"{self.kind} {name!r}: the target must be {self.expected} or its "
+                              f"'package.module:Name' path, got {describe(target)}")
         if name in self._targets and not replace and self._targets[name] != target:
             raise ConfigError(f"{self.kind} {name!r} is already registered ({self._targets[name]!r}); "
                               "pass replace=True to override it")
@@ -80,8 +88,11 @@ class Registry:
         if name in self._loaded:
             return self._loaded[name]
         target = self._targets.get(name, name)
-        what = f"{self.kind} {name!r}" + (f" (registered as {target!r})" if target != name else "")
+        what = f"{self.kind} {name!r}" + (f" ({self._origins[name]})" if name in self._origins else
+                                          f" (registered as {target!r})" if target != name else "")
         obj = import_object(target, what) if isinstance(target, str) else target
+        if not self.accepts(obj):
+            raise ConfigError(f"{what} is {describe(obj)}, not {self.expected}")
         self._loaded[name] = obj
         return obj
 
@@ -90,4 +101,7 @@ class Registry:
             return
         self._plugins_read = True
         for point in entry_points(group=self.group):
-            self._targets.setdefault(point.name, point.value)
+            if point.name not in self._targets:
+                self._targets[point.name] = point.value
+                dist = getattr(point.dist, "name", None) or "an unknown distribution"
+                self._origins[point.name] = f"entry point {point.value!r} of {dist}, group {self.group!r}"

@@ -18,11 +18,13 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from repro_env.errors import ConfigError, ScorerError
 
 DEFAULT_DELIMITER = "\n\n"
+"""The segment delimiter of the built-in tasks (REPRO_SPEC §1)."""
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 """The think-block tags of R1-style responses (REPRO_SPEC §1)."""
 
@@ -63,6 +65,80 @@ def reasoning_length(segments: Sequence[str], final_answer: re.Pattern[str]) -> 
     written, J no longer measures confidence in it. ``["a\\n\\n", "so \\boxed{2}"]`` → 1.
     """
     return next((t for t, segment in enumerate(segments) if final_answer.search(segment)), len(segments))
+
+
+@dataclass(frozen=True)
+class SplitResponse:
+    """A finished response as RePro scores it (:func:`split_response`)."""
+
+    prefix: str
+    """What J conditions on before the reasoning: the prompt, plus the response's text up to and
+    including its open think tag and the whitespace after it."""
+    segments: tuple[str, ...]
+    """The reasoning segments τ_1..τ_R, the scored ones, each ending with the delimiter."""
+    spans: tuple[tuple[int, int], ...]
+    """(R,) each reasoning segment's ``(begin, end)`` characters in the response, before the
+    delimiter was normalised; contiguous, so ``spans[-1][1]`` is where the reasoning ends."""
+    after: tuple[str, ...]
+    """Without a think block: the segments from the one that states the final answer on (not
+    scored); with one: empty (the text after the reasoning is ``tail``)."""
+    tail: str
+    """The response's text after the reasoning, as written: ``</think>`` and what follows it, or the
+    text of ``after``."""
+    think: bool
+    """The response has a think block (its reasoning is the block's inside)."""
+    truncated: bool
+    """The think block was never closed: all of the text after the open tag counts as reasoning."""
+
+
+def split_response(prompt: str, response: str | Sequence[str], *, final_answer: re.Pattern[str],
+                   delimiter: str = DEFAULT_DELIMITER, think_tags: tuple[str, str] = (THINK_OPEN, THINK_CLOSE)
+                   ) -> SplitResponse:
+    """Split a finished response into what RePro scores (REPRO_SPEC §1, §4): the one definition
+    that ``repro-env score``, the TRL trainer and the env's end-of-reasoning rule share.
+
+    - **Think block**: the response has one when it contains the close tag or the open tag, or when
+      ``prompt`` ends with the open tag (R1 and Qwen3 chat templates put ``<think>\n`` in the
+      generation prompt). The reasoning is the text after the open tag (and the whitespace after
+      it) up to the first close tag, and all of it is scored. Without a close tag it runs to the
+      end, and the response is ``truncated``.
+    - **No think block**: the response is split on ``delimiter`` and the reasoning ends before the
+      first segment that matches ``final_answer`` (:func:`reasoning_length`, REPRO_SPEC §4).
+    - A list of strings is a response already cut into segments (no think block); each gets the
+      delimiter when it lacks it.
+    - Segments end with ``delimiter``, as ``env.step`` ends them: the last segment of the text that
+      was split, when it lacks it, has its trailing whitespace replaced by it.
+
+    ``split_response("Q\n", "<think>\nA.\n\nB.\n</think>\nSo \\boxed{2}", ...)`` → prefix
+    ``"Q\n<think>\n"``, segments ``("A.\n\n", "B.\n\n")``, tail ``"</think>\nSo \\boxed{2}"``.
+    """
+    open_tag, close_tag = think_tags
+    if isinstance(response, str):
+        close = response.find(close_tag)
+        opened = response.find(open_tag, 0, close if close >= 0 else len(response))
+        think = close >= 0 or opened >= 0 or prompt.rstrip().endswith(open_tag)
+    else:
+        think = False
+    begin = 0
+    if think:
+        begin = 0 if opened < 0 else opened + len(open_tag)
+        end = close if close >= 0 else len(response)
+        begin = min(begin + len(response[begin:end]) - len(response[begin:end].lstrip()), end)
+        raw = split_segments(response[begin:end], delimiter)
+    elif isinstance(response, str):
+        raw = split_segments(response, delimiter)
+    else:
+        raw = [s if s.endswith(delimiter) else s + delimiter for s in response]
+        response = "".join(raw)
+    spans = char_spans(raw, begin)
+    cut = list(raw)
+    if cut and not cut[-1].endswith(delimiter):
+        cut[-1] = cut[-1].rstrip() + delimiter
+    R = len(cut) if think else reasoning_length(cut, final_answer)
+    reasoning_end = spans[R - 1][1] if R else begin
+    return SplitResponse(prefix=prompt + response[:begin], segments=tuple(cut[:R]), spans=tuple(spans[:R]),
+                         after=tuple(cut[R:]), tail=response[reasoning_end:], think=think,
+                         truncated=think and close < 0)
 
 
 def segment_char_ends(segments: Sequence[str], start: int = 0) -> list[int]:

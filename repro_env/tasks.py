@@ -20,7 +20,7 @@ import dataclasses
 import importlib.resources
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -33,7 +33,6 @@ from repro_env.errors import TaskSpecError
 from repro_env.overthinking import ANSWER_LOCATIONS, AnswerLocation
 from repro_env.problems import (
     DEFAULT_ANSWER_TEMPLATE,
-    DEFAULT_DELIMITER,
     DEFAULT_PROMPT_TEMPLATE,
     Problem,
     ProblemSource,
@@ -41,6 +40,7 @@ from repro_env.problems import (
 )
 from repro_env.reward import RewardConfig
 from repro_env.scoring.base import ScorerConfig
+from repro_env.segments import DEFAULT_DELIMITER, THINK_CLOSE, THINK_OPEN, SplitResponse, split_response
 from repro_env.sources import ReasoningGymOptions, SourceConfig, override_source, resolve_paths, source_kind
 from repro_env.verify import VerifierKind, outcome_reward
 
@@ -146,6 +146,9 @@ class TaskSpec:
     also extracts the final answer."""
     delimiter: str = DEFAULT_DELIMITER
     """Segment delimiter (REPRO_SPEC §1); a segment keeps it."""
+    think_tags: tuple[str, ...] = (THINK_OPEN, THINK_CLOSE)
+    """The open and close tags of a think block: in a response that has one, the reasoning is the
+    block's inside (:func:`repro_env.segments.split_response`)."""
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     """How the final answer is checked."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -173,6 +176,8 @@ class TaskSpec:
         for i, pattern in enumerate(self.backtrack_patterns):
             _check_regex(pattern, f"backtrack_patterns[{i}]", re.IGNORECASE)
         check(self.delimiter != "", "delimiter", self.delimiter, "a non-empty string", TaskSpecError)
+        check(len(self.think_tags) == 2 and all(self.think_tags) and self.think_tags[0] != self.think_tags[1],
+              "think_tags", list(self.think_tags), "two different non-empty strings, [open, close]", TaskSpecError)
         check(self.answer_location in ANSWER_LOCATIONS, "answer_location", self.answer_location,
               " or ".join(map(repr, ANSWER_LOCATIONS)), TaskSpecError)
         reasoning_gym = isinstance(self.source.options, ReasoningGymOptions)
@@ -204,6 +209,12 @@ class TaskSpec:
     def render_answer(self, problem: Problem) -> str:
         """The answer string ``a`` of REPRO_SPEC §1 (default ``\\boxed{<answer>}``)."""
         return self.answer_template.format(answer=problem.answer)
+
+    def split_response(self, prompt: str, response: str | Sequence[str]) -> SplitResponse:
+        """:func:`repro_env.segments.split_response` with this task's delimiter, final-answer pattern
+        and think tags: what RePro scores of a finished response."""
+        return split_response(prompt, response, final_answer=self.final_answer_regex, delimiter=self.delimiter,
+                              think_tags=(self.think_tags[0], self.think_tags[1]))
 
     def is_backtrack(self, segment: str) -> bool:
         """REPRO_SPEC §6 (choice): the segment matches one of the backtrack patterns."""

@@ -45,8 +45,12 @@ answer unnormalised, so math-verify's own normalisation applies.
   intermediate value and then its answer means the last one;
 - the text after ``</think>`` first: what is inside the think block is scratch work;
 - a thin space between digit groups (``10\\,000``) is a thousands separator, not a product;
-- any word after a number is a unit (``5 eggs`` = ``5``), not only those in math-verify's list;
-  the sign ``°`` is a degree sign like ``^\\circ``;
+- any word after a number is a unit (``5 eggs`` = ``5``), not only those in math-verify's list,
+  except the words that change its value: scale words and "and a half" are read (``2 hundred`` =
+  ``200``, ``2 dozen`` = ``24``, ``2 and a half`` = ``2.5``, ``2.5 million`` = ``2500000``), and
+  powers, constants, operators, comparisons and hedges (``3 squared``, ``4 pi``, ``5 or more``,
+  ``5 below zero``) make the answer wrong unless it is the gold verbatim (math-verify would drop the
+  words and read the number alone); the sign ``°`` is a degree sign like ``^\\circ``;
 - the value right after "the answer is" is the answer, not a later ``= 3`` in the same sentence;
 - a comma is never a decimal point: ``3,5`` is two answers, as math-verify itself reads it in
   ``\\boxed{3,5}`` (but not in prose, where it reads 3.5).
@@ -79,6 +83,7 @@ logger = logging.getLogger(__name__)
 VerifierKind = Literal["math", "exact", "reasoning_gym"]
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACES = re.compile(r"[{}]")
 _FINAL_ANSWER = re.compile(r"\bfinal answer\b[^\n]{0,100}?\s(?:is|are)\b\s*:?", re.IGNORECASE)
 _ANSWER = re.compile(r"\banswer\b\s*(?:is\b|[:=])\s*:?", re.IGNORECASE)
 _BOLD = re.compile(r"\*\*(?P<answer>[^*\n]+?)\*\*")
@@ -98,6 +103,15 @@ _NUMBER = re.compile(
 # What may follow a number and still leave it a plain number: nothing, or a space and words
 # (units, "apples", "in total").
 _UNIT_TAIL = re.compile(r"^(?:\s+[^\W\d_][^\d=+*/^<>()\[\]{}%]*)?$")
+# Words that change the value of the number before them, so they are never a unit. Scale words and
+# "and a half" right after the number are read (2 hundred = 200, 2 and a half = 2.5); the rest
+# (powers, constants, operators, comparisons, hedges) make an answer wrong unless it is the gold verbatim.
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12, "dozen": 12}
+_SCALE = re.compile(r"^\s+(hundred|thousand|million|billion|trillion|dozen)\b", re.IGNORECASE)
+_AND_A_HALF = re.compile(r"^\s+and\s+a\s+half\b", re.IGNORECASE)
+_VALUE_WORDS = re.compile(
+    r"\b(?:hundreds?|thousands?|millions?|billions?|trillions?|dozens?|half|halves|quarters?|thirds?|squared|cubed|"
+    r"pi|times|plus|minus|over|divided|more|less|fewer|above|below|under|least|most|zero)\b|π", re.IGNORECASE)
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:[, ]\d{3})+)(?![\d])")
 _LATEX_UNWRAP = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|operatorname|mbox)\s*\{([^{}]*)\}")
 _LATEX_SPACES = re.compile(r"\\[,;: ]|~")
@@ -144,16 +158,21 @@ def final_part(text: str) -> str:
 
 
 def boxed_contents(text: str) -> list[str]:
-    """Contents of every complete ``\\boxed{...}`` / ``\\fbox{...}``, braces balanced, in order."""
-    contents = []
-    for match in _BOXED.finditer(text):
-        depth = 1
-        for pos in range(match.end(), len(text)):
-            depth += {"{": 1, "}": -1}.get(text[pos], 0)
-            if depth == 0:
-                contents.append(text[match.end():pos])
-                break
-    return contents
+    """Contents of every complete ``\\boxed{...}`` / ``\\fbox{...}``, braces balanced, in order.
+
+    One pass over the braces with a stack, so linear in the text: scanning from each box to its
+    closing brace was quadratic in the open boxes (20k unclosed ``\\boxed{`` ran for minutes)."""
+    box_starts = {match.end() for match in _BOXED.finditer(text)}  # just after a box's "{"
+    stack: list[int | None] = []  # per open brace: where its box's content starts, or None
+    spans = []
+    for brace in _BRACES.finditer(text):
+        if brace.group() == "{":
+            stack.append(brace.end() if brace.end() in box_starts else None)
+        elif stack:
+            start = stack.pop()
+            if start is not None:
+                spans.append((start, brace.start()))
+    return [text[start:end] for start, end in sorted(spans)]
 
 
 def _value_after(text: str, keep_commas: bool) -> str:
@@ -204,20 +223,39 @@ def _plain_number(answer: str) -> tuple[Fraction, bool] | None:
     ``12 apples``); ``None`` for anything else, percentages included."""
     s = normalize_answer(answer)
     match = _NUMBER.match(s)
-    if match is None or not _UNIT_TAIL.match(s[match.end():]):
+    if match is None:
         return None
-    if match.group("fnum") is not None:
-        num, den = int(match.group("fnum")), int(match.group("fden"))
-    elif match.group("num") is not None:
-        num, den = int(match.group("num")), int(match.group("den"))
-    else:
-        value = Fraction(match.group("dec"))
-        num, den = value.numerator, value.denominator
+    tail, half, scale = s[match.end():], Fraction(0), 1
+    if (words := _AND_A_HALF.match(tail)) is not None:
+        half, tail = Fraction(1, 2), tail[words.end():]
+    if (words := _SCALE.match(tail)) is not None:
+        scale, tail = _SCALES[words.group(1).lower()], tail[words.end():]
+    if _VALUE_WORDS.search(tail) or not _UNIT_TAIL.match(tail):
+        return None
+    try:  # more than 4300 digits (Python's int-string limit): not a plain number; math-verify decides
+        if match.group("fnum") is not None:
+            num, den = int(match.group("fnum")), int(match.group("fden"))
+        elif match.group("num") is not None:
+            num, den = int(match.group("num")), int(match.group("den"))
+        else:
+            value = Fraction(match.group("dec"))
+            num, den = value.numerator, value.denominator
+    except ValueError:
+        return None
     if den == 0:
         return None
-    value = Fraction(num, den)
+    value = (Fraction(num, den) + half) * scale
     is_decimal = "." in (match.group("dec") or "")
     return (-value if match.group("sign") == "-" else value), is_decimal
+
+
+def changes_value(answer: str) -> bool:
+    """``answer`` is a number followed by words that change its value and that :func:`_plain_number`
+    does not read (``3 squared``, ``5 or more``, ``4 pi``): math-verify would drop them, so it is
+    not asked."""
+    s = normalize_answer(answer)
+    match = _NUMBER.match(s)
+    return match is not None and _VALUE_WORDS.search(s[match.end():]) is not None
 
 
 def compare_numbers(pred: str, gold: str) -> bool | None:
@@ -259,6 +297,8 @@ def verify_answer(response: str, gold: str, *, timeout_s: float = 5.0, pattern: 
         return decided
     if normalize_answer(pred) == normalize_answer(gold):
         return True
+    if changes_value(pred) or changes_value(gold):
+        return False
     return bool(_worker().verify(pred, gold, timeout_s, as_latex=extracted is not None))
 
 

@@ -199,15 +199,17 @@ def one_torch_thread():
 @pytest.fixture(autouse=True)
 def registries_restored():
     """Names a test registers (scorer backends, source kinds, learners) end with the test."""
-    from repro_env.agents.train import LEARNERS
+    from repro_env.agents.run_config import LEARNERS
     from repro_env.scoring import base
     from repro_env.sources import SOURCES
 
-    saved = [(r, dict(r._targets), dict(r._loaded), r._plugins_read) for r in (base.SCORERS, SOURCES, LEARNERS)]
+    saved = [(r, dict(r._targets), dict(r._loaded), dict(r._origins), r._plugins_read)
+             for r in (base.SCORERS, SOURCES, LEARNERS)]
     options = dict(base._OPTIONS)
     yield
-    for registry, targets, loaded, plugins_read in saved:
-        registry._targets, registry._loaded, registry._plugins_read = targets, loaded, plugins_read
+    for registry, targets, loaded, origins, plugins_read in saved:
+        registry._targets, registry._loaded, registry._origins = targets, loaded, origins
+        registry._plugins_read = plugins_read
     base._OPTIONS.clear()
     base._OPTIONS.update(options)
 

@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
+from repro_env.agents.episodes import pack
 from repro_env.agents.grpo import GRPO, GRPOConfig
 from repro_env.agents.ppo import PPO, PPOConfig
-from repro_env.agents.rollout import pack
 
 
 @pytest.fixture(scope="module")

@@ -52,12 +52,12 @@ import pytest
 import torch
 
 import repro_env  # noqa: F401
+from repro_env.advantages import grpo_process_advantages
 from repro_env.arithmetic import overthink
 from repro_env.assets import resolve_model
 from repro_env.overthinking import overthinking_segments
 from repro_env.pretrain_eval import generate_responses
 from repro_env.problems import DEFAULT_PROMPT_TEMPLATE
-from repro_env.reward import grpo_process_advantages
 from repro_env.segments import split_segments
 
 MODELS = ("bundled", "bundled-overthinker")

@@ -34,11 +34,11 @@ from repro_env.agents.compare import (
     plan,
     with_ablation,
 )
+from repro_env.agents.episodes import Episode, rescore_topk
 from repro_env.agents.grid import check_saved_config, eval_seed, first_difference, worker_learners
 from repro_env.agents.plots import mean_band
 from repro_env.agents.policy import Trace
-from repro_env.agents.rollout import Episode, rescore_topk
-from repro_env.agents.train import register_learner
+from repro_env.agents.run_config import register_learner
 from repro_env.config import from_mapping
 from repro_env.errors import ConfigError
 from repro_env.reward import RewardConfig
@@ -291,8 +291,10 @@ def test_identical_run_configs_share_one_run(tmp_path):
                                           r"differs from that of 'w=0', got 'w 0'"),
     ({"methods": {"starting model": {}}}, r"field 'methods.starting model' must be another name"),
     ({"methods": {"A": {}}, "algorithms": ["grpo"]}, r"field 'algorithms' is the old spelling of 'methods'"),
-    ({"seeds": []}, r"field 'seeds' must be a non-empty list of distinct ints >= 0, got \(\)"),
-    ({"seeds": [0, -1]}, r"field 'seeds' must be a non-empty list of distinct ints >= 0, got \(0, -1\)"),
+    ({"seeds": []}, r"field 'seeds' must be a non-empty list of distinct ints in \[0, 2\*\*32 - 1\], got \(\)"),
+    ({"seeds": [0, -1]}, r"field 'seeds' must be a non-empty list of distinct ints in \[0, 2\*\*32 - 1\], got "
+     r"\(0, -1\)"),
+    ({"seeds": [2**64]}, r"field 'seeds' must be a non-empty list of distinct ints in \[0, 2\*\*32 - 1\]"),
     ({"updates": 0}, r"field 'updates' must be an int >= 1, got 0"),
     ({"checkpoint_every": 0}, r"field 'checkpoint_every' must be an int >= 1, got 0"),
     ({"bootstrap_samples": 0}, r"field 'bootstrap_samples' must be an int >= 1"),

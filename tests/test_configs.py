@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from repro_env.agents.compare import load_compare_config, plan
-from repro_env.agents.train import build_learner, load_config, parse_config
+from repro_env.agents.run_config import build_learner, load_config, parse_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAIN_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("compare_"))

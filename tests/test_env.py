@@ -270,7 +270,7 @@ def test_topk_selection_is_refused_online(make_env):
 @pytest.mark.parametrize("overrides, message", [
     ({"rewrd": {"alpha": 1}}, "RePro-Math-v0 overrides: unknown key 'rewrd'. Did you mean 'reward'? Valid keys: "
      "answer_location, answer_template, backtrack_patterns, delimiter, description, final_answer_pattern, id, limits, "
-     "prompt_template, reward, scorer, source, splits, verifier"),
+     "prompt_template, reward, scorer, source, splits, think_tags, verifier"),
     ({"reward": {"alpah": 1}}, "RePro-Math-v0 overrides: unknown key 'reward.alpah'. Did you mean 'alpha'? "
      "Valid keys: alpha, ema, entropy_threshold, eps, k, selection, stability_weight"),
     ({"limits": {"max_steps": 0}}, "RePro-Math-v0 overrides: field 'limits.max_steps' must be an int >= 1, "

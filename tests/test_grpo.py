@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from repro_env.agents.episodes import Episode, pack
 from repro_env.agents.grpo import GRPO, GRPOConfig, grpo_token_advantages
 from repro_env.agents.losses import clipped_policy_loss, kl_k3
 from repro_env.agents.policy import Trace
-from repro_env.agents.rollout import Episode, pack
 from repro_env.errors import CheckpointError, ConfigError, ScorerError, TrainingError
 
 
@@ -230,6 +230,10 @@ def test_scorer_follows_policy_needs_the_same_model(fixture_task, tiny_llama_dir
     shutil.copytree(tiny_llama_dir, other)
     with pytest.raises(ConfigError, match="field 'scorer_follows_policy' = true needs the task's scorer model"):
         GRPO(GRPOConfig(model=str(other)), fixture_task)
+    # issue 28: a missing policy model is named first, not as a scorer mismatch
+    with pytest.raises(ConfigError, match=r"field 'learner.model' must be a model directory .* got "
+                                          r"'/nonexistent/model': there is no directory"):
+        GRPO(GRPOConfig(model="/nonexistent/model"), fixture_task)
 
 
 @pytest.mark.parametrize(("fields", "message"), [

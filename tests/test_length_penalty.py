@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from repro_env.agents import grpo as grpo_module
+from repro_env.agents.checkpoint import CONFIG
+from repro_env.agents.episodes import Episode
 from repro_env.agents.grpo import GRPO, GRPOBatch, GRPOConfig, grpo_token_advantages
 from repro_env.agents.policy import Trace
-from repro_env.agents.rollout import Episode
-from repro_env.agents.train import CONFIG, dump_config, load_config, resume_config
+from repro_env.agents.run_config import dump_config, load_config, resume_config
 from repro_env.errors import ConfigError, RewardInputError
 from repro_env.length_penalty import length_rewards
 

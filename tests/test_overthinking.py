@@ -10,8 +10,8 @@ import gymnasium as gym
 import pytest
 import torch
 
+from repro_env.agents.episodes import collect_episodes, episode_metrics, summarize
 from repro_env.agents.policy import Trace
-from repro_env.agents.rollout import collect_episodes, episode_metrics, summarize
 from repro_env.errors import ConfigError
 from repro_env.overthinking import SegmentMarks, mark_segments, overthinking_segments, response_figures
 from repro_env.tasks import DEFAULT_BACKTRACK_PATTERNS, load_task

@@ -67,7 +67,7 @@ def test_rows_that_finish_early_are_dropped_and_their_cache_comes_back(monkeypat
     """Once most rows have ended their segment the rest decode alone (a compacted cache); the full
     cache is rebuilt after the segment. Log-probs still equal a plain forward, later steps too.
     The bundled model, whose segments end at different lengths (the fixture model's rarely end)."""
-    from repro_env.agents.policy import HFGenerator
+    from repro_env.agents.hf_generator import HFGenerator
 
     policy = LMPolicy(PolicyConfig(model="bundled", max_segment_tokens=48), seed=0)
 
@@ -238,7 +238,8 @@ def test_vllm_backend_generates_like_hf_and_follows_weight_syncs(tiny_llama_dir)
 def test_a_generation_backend_can_be_named_by_its_class_path(tiny_llama_dir):
     """The registry's ``package.module:Class`` form: the hf generator by path equals ``backend: hf``."""
     config = PolicyConfig(model=str(tiny_llama_dir), max_segment_tokens=8)
-    by_path = LMPolicy(PolicyConfig(**{**config.__dict__, "backend": "repro_env.agents.policy:HFGenerator"}), seed=0)
+    by_path = LMPolicy(PolicyConfig(**{**config.__dict__, "backend": "repro_env.agents.hf_generator:HFGenerator"}),
+                       seed=0)
     assert type(by_path.generator).__name__ == "HFGenerator"
     ids = [[s.ids for s in step] for step in run_episode(by_path, PROMPTS, steps=2, greedy=True)[1]]
     assert ids == [[s.ids for s in step] for step in run_episode(LMPolicy(config), PROMPTS, steps=2, greedy=True)[1]]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from repro_env import reward as rp
+from repro_env.advantages import ppo_advantages
+from repro_env.agents.episodes import Episode
 from repro_env.agents.losses import value_loss
 from repro_env.agents.policy import Trace
 from repro_env.agents.ppo import PPO, PPOConfig, token_rewards
-from repro_env.agents.rollout import Episode
 from repro_env.errors import ConfigError
 
 
@@ -39,7 +39,7 @@ def test_token_rewards_sit_on_segment_ends():
 def test_ppo_advantages_by_hand_with_zero_values():
     """V = 0, γ = λ = 1: each GAE is the reward-to-go; whiten each over the 5 real tokens."""
     outcome, process, process_mask, mask = token_rewards(toy_batch())
-    advantages, returns = rp.ppo_advantages(outcome, process, np.zeros(mask.shape), 0.1,
+    advantages, returns = ppo_advantages(outcome, process, np.zeros(mask.shape), 0.1,
                                             process_mask=process_mask, mask=mask)
     # outcome-to-go: [1, 1, 1], [0, 0] → mean 0.6, sample std sqrt((3·0.4² + 2·0.6²)/(5 − 1)) = sqrt(0.3)
     s = math.sqrt((3 * 0.4 ** 2 + 2 * 0.6 ** 2) / (5 - 1))
@@ -60,7 +60,7 @@ def test_ppo_advantages_by_hand_with_zero_values():
 
 def test_plain_ppo_ignores_process_rewards():
     outcome, process, process_mask, mask = token_rewards(toy_batch())
-    plain, _ = rp.ppo_advantages(outcome, process, np.zeros(mask.shape), 0.0, process_mask=process_mask,
+    plain, _ = ppo_advantages(outcome, process, np.zeros(mask.shape), 0.0, process_mask=process_mask,
                                  mask=mask)
     s = math.sqrt((3 * 0.4 ** 2 + 2 * 0.6 ** 2) / (5 - 1))  # whitening: sample std (§5)
     np.testing.assert_allclose(plain[mask], [0.4 / s] * 3 + [-0.6 / s] * 2, rtol=1e-6)

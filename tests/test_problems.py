@@ -187,8 +187,38 @@ def test_numbers_are_answers(tmp_path):
     assert record_to_problem({**record, "answer": 2.5}, RecordFields(), "here", "p").answer == "2.5"
 
 
+@pytest.mark.parametrize(("number", "text"), [
+    (0.00005, "0.00005"), (1e-7, "0.0000001"), (72.0, "72"), (-2.5, "-2.5"), (1e22, "10000000000000000000000"),
+    (-0.0, "0"), (0.1, "0.1"), (123456.789, "123456.789"), (1.5e-10, "0.00000000015"),
+])
+def test_number_answers_are_written_in_plain_decimal_and_verify_by_value(number, text):
+    """str(float) gave '5e-05', which no boxed answer a model writes verified against."""
+    from repro_env.verify import verify_answer
+
+    answer = record_to_problem({"question": "q", "answer": number}, RecordFields(), "here", "p").answer
+    assert answer == text and float(answer) == number
+    assert verify_answer(f"\\boxed{{{text}}}", answer)
+
+
+def test_small_answers_verify_in_the_forms_people_write():
+    from repro_env.verify import outcome_reward
+
+    gold = record_to_problem({"question": "q", "answer": 5e-05}, RecordFields(), "here", "p").answer
+    for response in ("So \\boxed{0.00005}.", "So \\boxed{1/20000}.", "So \\boxed{5\\times10^{-5}}.",
+                     "So \\boxed{\\frac{1}{20000}}."):
+        assert outcome_reward(response, gold) == 1.0, response
+    assert outcome_reward("So \\boxed{0.0005}.", gold) == 0.0
+
+
 def test_a_binary_jsonl_line_is_named(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_bytes(b'{"question": "q", "answer": "1"}\n\xff\xfe\n')
     with pytest.raises(TaskSpecError, match=r"data.jsonl:2: not UTF-8 text \(invalid start byte at byte 0"):
+        read_jsonl(path)
+
+
+def test_a_json_integer_of_more_than_4300_digits_is_a_located_error(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"question": "q", "answer": "1"}\n{"question": "q", "answer": ' + "1" * 5000 + "}\n")
+    with pytest.raises(TaskSpecError, match=r"data.jsonl:2: invalid JSON \(Exceeds the limit \(4300 digits\)"):
         read_jsonl(path)

@@ -11,7 +11,7 @@ import pytest
 
 import repro_env
 from repro_env.errors import TaskSpecError
-from repro_env.tasks import builtin_task_files, load_task
+from repro_env.tasks import builtin_task_files, builtin_task_ids, load_task
 
 
 def run_python(code: str) -> str:
@@ -87,3 +87,21 @@ def test_gymnasium_check_env_on_every_builtin_id_with_its_default_scorer(task_id
     check_env(env.unwrapped)
     obs, info = env.reset(seed=0)
     assert env.observation_space.contains(obs) and info["J_baseline"] < 0
+
+
+def test_register_task_refuses_a_builtin_id_and_a_non_path(tmp_path):
+    """issue 28: a built-in id was replaced silently; register_task(None) was a raw TypeError."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("id: RePro-Math-v0\nsource: {kind: arithmetic}\n")
+    with pytest.raises(TaskSpecError, match=r"mine.yaml: id 'RePro-Math-v0' is a built-in task's \(math.yaml\); "
+                                            r"give the task another id, or pass override=True"):
+        repro_env.register_task(path)
+    assert gym.spec("RePro-Math-v0").kwargs["task"].endswith("math.yaml")  # untouched
+    with pytest.raises(TaskSpecError, match=r"register_task needs the path of a task YAML file, got None"):
+        repro_env.register_task(None)
+    try:
+        assert repro_env.register_task(path, override=True) == "RePro-Math-v0"
+        assert gym.spec("RePro-Math-v0").kwargs["task"] == str(path.resolve())
+    finally:
+        repro_env.register_task(builtin_task_ids()["RePro-Math-v0"])
+

@@ -12,26 +12,29 @@ from hypothesis import strategies as st
 
 from repro_env.config import from_mapping
 from repro_env.errors import ConfigError, RewardInputError
-from repro_env.reward import (
-    RewardConfig,
-    ema_path,
+from repro_env.advantages import (
     gae,
     grpo_advantages,
     grpo_outcome_advantages,
     grpo_process_advantages,
     grpo_token_advantages,
+    ppo_advantages,
+    token_advantages,
+    whiten,
+)
+from repro_env.reward import (
+    RewardConfig,
+    ema_path,
     magnitude_scores,
     points_for,
-    ppo_advantages,
     process_rewards,
     process_scores,
+    reward_points,
     rewards_for,
     scored_mask,
     select_points,
     spread_rewards,
     stability_scores,
-    token_advantages,
-    whiten,
 )
 
 # The worked example: J = [J_0, J_1, J_2, J_3] with a dip at point 2, smoothed with β = 0.5.
@@ -305,6 +308,66 @@ TRAILING = [2, 0, 1]  # answer-tail tokens after the reasoning
 # outcome advantages of R = [1, 0, 0]: mean 1/3, sample std sqrt(((2/3)² + 2·(1/3)²)/(3 − 1)) = sqrt(1/3)
 STD3 = math.sqrt(((2 / 3) ** 2 + 2 * (1 / 3) ** 2) / (3 - 1)) + 1e-6
 A3 = [(2 / 3) / STD3, -(1 / 3) / STD3, -(1 / 3) / STD3]
+
+
+# --- reward_points: the one J -> points -> r̃ composition -------------------------------------
+
+
+def test_reward_points_with_every_point_is_the_worked_example():
+    c = RewardConfig(stability_weight=0.3, ema=0.5)
+    parts = reward_points(c, J4)
+    assert parts.points == (1, 2, 3) and parts.T == 3
+    np.testing.assert_array_equal(parts.J, J4)
+    np.testing.assert_allclose(parts.magnitude, np.tanh(np.array(DELTA4) - 1) + 1, rtol=1e-12)
+    np.testing.assert_allclose(parts.stability, STAB4, rtol=1e-12)
+    np.testing.assert_allclose(parts.score, 0.7 * parts.magnitude + 0.3 * parts.stability, rtol=1e-12)
+    np.testing.assert_array_equal(parts.rewards, process_rewards(J4, 0.3, 0.5))
+    np.testing.assert_array_equal(parts.segment_rewards, parts.rewards)
+    assert parts.scored.tolist() == [True] * 3 and parts.process_return == pytest.approx(parts.score[-1])
+
+
+def test_reward_points_online_prefixes_give_the_same_rewards():
+    """The env calls it on the J seen so far and takes the last entries: r̃_j needs J_0..J_j only."""
+    J = [-3.0, -2.0, -2.5, -1.0, -1.2, -0.4]
+    full = reward_points(RewardConfig(), J)
+    for m in range(1, len(J)):
+        prefix = reward_points(RewardConfig(), J[:m + 1])
+        assert prefix.rewards[-1] == full.rewards[m - 1] and prefix.score[-1] == full.score[m - 1]
+
+
+def test_reward_points_selects_among_the_segment_ends_with_a_j():
+    # T = 5: step 5 has no J (the env scored none); top-1 by entropy among 1..3 (step 1's NaN is lowest), then 4
+    J = [-3.0, -2.0, -1.5, -1.0, -0.5, math.nan]
+    parts = reward_points(RewardConfig(selection="topk_entropy", k=1), J, [math.nan, 2.0, 1.0, 0.1, 3.0])
+    assert parts.points == (2, 4)
+    np.testing.assert_array_equal(parts.J, [-3.0, -1.5, -0.5])
+    np.testing.assert_array_equal(parts.rewards, process_rewards([-3.0, -1.5, -0.5]))
+    np.testing.assert_array_equal(parts.segment_rewards, [0.0, parts.rewards[0], 0.0, parts.rewards[1], 0.0])
+    assert parts.scored.tolist() == [False, True, False, True, False]
+    # the selection argument overrides the config's; "all" skips the NaN end
+    assert reward_points(RewardConfig(selection="topk_entropy", k=1), J, selection="all").points == (1, 2, 3, 4)
+    threshold = RewardConfig(selection="entropy_threshold", entropy_threshold=0.5)
+    assert reward_points(threshold, J, [0.1, 2.0, 1.0, 0.1, 3.0]).points == (2, 3, 4)
+
+
+def test_reward_points_without_a_scored_point():
+    for J in ([-2.0], [-2.0, math.nan, math.nan]):
+        parts = reward_points(RewardConfig(), J)
+        assert parts.points == () and parts.rewards.size == 0 and parts.process_return == 0.0
+        assert parts.segment_rewards.tolist() == [0.0] * (len(J) - 1) and not parts.scored.any()
+
+
+@pytest.mark.parametrize(("args", "kwargs", "match"), [
+    (([[-1.0, -0.5]],), {}, r"J must be a 1-D array \[J_0, J_1..J_T\]"),
+    (([],), {}, r"J must be a 1-D array"),
+    (([math.nan, -1.0],), {}, r"J\[0\] must be a finite mean log-prob"),
+    (([-1.0, 0.5],), {}, r"J\[1\] must be a mean log-prob <= 0"),
+    (([-1.0, -0.5], None), {"selection": "topk_entropy"}, r"selection 'topk_entropy' needs the segments' entropies"),
+    (([-1.0, -0.5], [1.0, 2.0]), {"selection": "topk_entropy"}, r"entropies must hold 1 values"),
+])
+def test_reward_points_rejects_bad_input(args, kwargs, match):
+    with pytest.raises(RewardInputError, match=match):
+        reward_points(RewardConfig(), *args, **kwargs)
 
 
 def test_grpo_outcome_advantages_by_hand():

@@ -21,11 +21,11 @@ from repro_env.diagnostics import (
     TraceFields,
     TraceReader,
     TraceScorer,
+    char_limit,
     format_summary,
     score_traces,
-    split_think,
 )
-from repro_env.errors import TraceInputError
+from repro_env.errors import ConfigError, TraceInputError
 from repro_env.scoring import ScoreRequest, ScoreResult, make_scorer
 from repro_env.tasks import resolve_task
 
@@ -128,7 +128,7 @@ def test_api_returns_plain_data_and_import_stays_light(bundled):
 def test_rows_equal_the_env_online_values(bundled):
     import gymnasium as gym
 
-    from repro_env.rollout import run_episode, scripted_policy
+    from repro_env.transcripts import run_episode, scripted_policy
 
     env = gym.make("RePro-JSONLExample-v0", scorer=bundled)
     source = env.unwrapped.source
@@ -156,10 +156,13 @@ def test_rows_equal_the_env_online_values(bundled):
 
 
 def test_think_block_is_split_on_its_think_part(bundled):
-    assert split_think("no think here") is None
-    assert split_think("<think>\nA.\n\nB.\n</think>\nFinal: \\boxed{2}") == ("<think>\n", "A.\n\nB.\n",
-                                                                            "\nFinal: \\boxed{2}")
-    assert split_think("A.\n\nB.</think>done") == ("", "A.\n\nB.", "done")  # tag in the prompt
+    task = resolve_task("RePro-Math-v0")
+    assert not task.split_response("Q", "no think here").think
+    split = task.split_response("Q", "<think>\nA.\n\nB.\n</think>\nFinal: \\boxed{2}")
+    assert (split.prefix, split.segments, split.tail) == ("Q<think>\n", ("A.\n\n", "B.\n\n"),
+                                                          "</think>\nFinal: \\boxed{2}")
+    split = task.split_response("Q", "A.\n\nB.</think>done")  # tag in the prompt
+    assert (split.prefix, split.segments, split.tail, split.think) == ("Q", ("A.\n\n", "B.\n\n"), "</think>done", True)
     response = "<think>\n6 * 5 = 31.\n\nThe answer is \\boxed{31}.\n</think>\n\nSo it is \\boxed{30}."
     row = score_traces([{"question": QUESTION, "response": response, "answer": "30"}], scorer=bundled)["traces"][0]
     assert row["think"] is True and row["correct"] is True  # the answer after </think> is the one checked
@@ -296,3 +299,84 @@ def test_overthinking_fields_per_trace_in_the_summary_and_the_csv(tmp_path, bund
     assert located_nowhere["summary"]["mean_tokens_after_first_correct"] is None
     assert "tokens after first correct    n/a (the task cannot locate the answer" in format_summary(
         located_nowhere["summary"], [])
+
+
+def test_an_integer_of_more_than_4300_digits_is_a_bad_line_not_a_crash():
+    reader = TraceReader(resolve_task("RePro-Math-v0"), TraceFields(), "t.jsonl")
+    line = '{"question": "q", "answer": ' + "1" * 5000 + ', "response": "So \\\\boxed{1}."}'
+    with pytest.raises(TraceInputError, match=r"t.jsonl:3: the line is not valid JSON \(Exceeds the limit \(4300"):
+        reader.parse(3, line)
+
+
+def test_a_rerun_replaces_its_own_output_directory_and_refuses_anything_else(tmp_path, bundled):
+    """issue 28: a rerun with --no-plots, or one that scores nothing, left the old report, curves and
+    skipped.jsonl beside the new scores."""
+    out = tmp_path / "out"
+    path = write_jsonl(tmp_path / "t.jsonl", [GOOD, BAD_CASES[0][0]])
+    score_traces(path, scorer=bundled, out=out, skip_bad=True, plots=True, report_limit=1)
+    assert {"report.html", "curves.png", "plots", "skipped.jsonl"} <= {p.name for p in out.iterdir()}
+    score_traces(write_jsonl(tmp_path / "good.jsonl", [GOOD]), scorer=bundled, out=out, plots=False)
+    assert sorted(p.name for p in out.iterdir()) == ["scores.csv", "scores.jsonl", "summary.json"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"--out .*out holds files that repro-env score did not write \(notes.txt\)"):
+        score_traces(path, scorer=bundled, out=out)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "scores.jsonl").is_file()
+    with pytest.raises(ConfigError, match=r"--out .*notes.txt is a file; give a directory"):
+        score_traces(path, scorer=bundled, out=out / "notes.txt")
+
+
+def test_hostile_ids_and_texts_stay_text_in_the_csv_the_plots_and_the_terminal(tmp_path, bundled):
+    """issue 28: an id with $...$ crashed the report (matplotlib math markup) after the scores were
+    written; cells starting with = + - @ went into scores.csv as formulas; ANSI escapes and newlines
+    in ids were printed raw."""
+    hostile = "=HYPERLINK(1) $x^2$ \x1b[31mred\nline"
+    record = {**GOOD, "id": hostile, "response": "- 6 * 5 = 30.\n\nThe answer is \\boxed{30}."}
+    result = score_traces([record], scorer=bundled, out=tmp_path / "out", plots=True, report_limit=1)
+    assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "curves.png").is_file()
+    with open(tmp_path / "out" / "scores.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["id"] for r in rows} == {"'" + hostile} and rows[0]["text"] == "'- 6 * 5 = 30.\n\n"
+    assert rows[0]["J"] == str(result["traces"][0]["segments"][0]["J"])  # numbers stay numbers
+    table = format_summary(result["summary"], result["worst"])
+    assert "\x1b" not in table and "\\x1b[31mred\\nline" in table
+
+
+def test_the_python_api_names_what_is_wrong_with_its_arguments(tmp_path, bundled):
+    """issue 28: these were raw TypeErrors or misleading messages."""
+    with pytest.raises(ConfigError, match=r"field 'traces' must be a JSONL path or an iterable of dicts, one per "
+                                          r"trace \(one trace: wrap its dict in a list\)"):
+        score_traces(GOOD, scorer=bundled)
+    with pytest.raises(ConfigError, match=r"traces file .* is a directory; give the JSONL file in it"):
+        score_traces(tmp_path, scorer=bundled)
+    with pytest.raises(ConfigError, match=r"field 'task' must be a task id, a task YAML path or a TaskSpec, got None"):
+        score_traces([GOOD], scorer=bundled, task=None)
+    result = score_traces([None, GOOD], scorer=bundled, skip_bad=True)
+    assert result["summary"]["traces"] == 1 and result["skipped"][0]["line"] == 1
+    assert "a trace must be a dict (one per trace) or a JSON line, got None" in result["skipped"][0]["error"]
+
+
+def test_lines_a_tokenizer_or_json_cannot_take_are_bad_lines(tmp_path, bundled):
+    """issue 28: a lone-surrogate escape gave a tokenizers TypeError and deep nesting a RecursionError,
+    neither skipped by --skip-bad; a CRLF file was one segment; an empty list item was scored as a
+    delimiter-only segment; a 10 MB line was refused only after tokenising it."""
+    limit = char_limit(bundled)
+    assert limit == bundled.max_length * max(len(t) for t in bundled.tokenizer.get_vocab())
+    lines = [json.dumps(GOOD),
+             json.dumps({**GOOD, "response": "\ud800 6 * 5 = 30. The answer is \\boxed{30}."}),
+             '{"question": "q", "answer": 1, "response": ' + "[" * 100_000 + "]" * 100_000 + "}",
+             json.dumps({**GOOD, "response": ["6 * 5 = 30.", "  ", "The answer is \\boxed{30}."]}),
+             json.dumps({**GOOD, "response": "a" * limit + " The answer is \\boxed{30}."}),
+             json.dumps({**GOOD, "response": "6 * 5 = 30.\r\n\r\nThe answer is \\boxed{30}."})]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = score_traces(path, scorer=bundled, skip_bad=True)
+    errors = {s["line"]: s["error"] for s in result["skipped"]}
+    assert sorted(errors) == [2, 3, 4, 5]
+    assert "field 'response' is not valid unicode text: a lone surrogate '\\ud800' at index 0" in errors[2]
+    assert "the line nests JSON arrays or objects too deeply to read" in errors[3]
+    assert "field 'response' item 1 is '  ': every segment needs some text" in errors[4]
+    assert "the trace is too long:" in errors[5]
+    assert f"more than the scorer's context can hold in any tokenisation (at most {limit})" in errors[5]
+    crlf = result["traces"][1]  # the CRLF response splits like the LF one
+    assert [s["text"] for s in crlf["segments"]] == [s["text"] for s in result["traces"][0]["segments"]]
+

@@ -26,6 +26,21 @@ def write_task(tmp_path, scorer_yaml: str, name: str = "Shifted-v0"):
     return path
 
 
+def test_a_subclass_of_a_builtin_scorer_registered_by_class_alone_builds(tiny_llama_dir):
+    """It inherits the built-in's options_class (it failed with 'NoOptions' has no attribute
+    'attn_implementation' when HFScorer carried none)."""
+    from repro_env.scoring.options import HFOptions
+
+    class MyScorer(HFScorer):
+        pass
+
+    register_scorer("mine", MyScorer)
+    scorer = make_scorer(ScorerConfig(backend="mine", model=str(tiny_llama_dir), options={"chunk_tokens": 512}))
+    assert type(scorer) is MyScorer and scorer.config.options == HFOptions(chunk_tokens=512)
+    plain = HFScorer(ScorerConfig(model=str(tiny_llama_dir))).score([REQUEST])[0].J
+    np.testing.assert_allclose(scorer.score([REQUEST])[0].J, plain, atol=1e-6)
+
+
 def test_a_registered_plugin_backend_runs_through_a_task_yaml(tmp_path, tiny_llama_dir):
     register_scorer("shifted", TOY)  # the one line a plugin needs
     path = write_task(tmp_path, f"  backend: shifted\n  model: {tiny_llama_dir}\n  shift: -1.5\n")
@@ -110,3 +125,31 @@ def test_a_scorer_config_built_directly_refuses_an_unknown_backend():
     with pytest.raises(ConfigError, match=r"field 'backend' must be one of 'hf', 'vllm', 'vllm-server' or "
                                           r"'package.module:Name', got 'server' \(str\). Did you mean 'vllm-server'\?"):
         ScorerConfig(backend="server")
+
+
+@pytest.mark.parametrize("target", [42, {"backend": "hf"}, "no_colon", "os:", print])
+def test_a_scorer_target_is_checked_when_it_is_registered(target):
+    """issue 28: 42, a dict or a bad path were accepted and failed later with a raw TypeError."""
+    with pytest.raises(ConfigError, match=r"scorer backend 'n': the target must be a Scorer class or its "
+                                          r"'package.module:Name' path, got "):
+        register_scorer("n", target)
+
+
+def test_a_path_to_something_else_than_a_class_is_named_before_it_is_called():
+    register_scorer("cwd", "os:getcwd")
+    with pytest.raises(ConfigError, match=r"scorer backend 'cwd' \(registered as 'os:getcwd'\) is .*getcwd.*, "
+                                          r"not a Scorer class"):
+        ScorerConfig(backend="cwd")
+
+
+def test_a_plugin_that_fails_on_import_is_named_with_its_entry_point(monkeypatch):
+    points = [EntryPoint(name="broken", value="tests.plugins.raising_plugin:Scorer", group="repro_env.scorers")]
+    monkeypatch.setattr(repro_env.registry, "entry_points",
+                        lambda group: points if group == "repro_env.scorers" else [])
+    monkeypatch.setattr(SCORERS, "_plugins_read", False)
+    with pytest.raises(ConfigError, match=r"scorer backend 'broken' \(entry point "
+                                          r"'tests.plugins.raising_plugin:Scorer' of an unknown distribution, group "
+                                          r"'repro_env.scorers'\): cannot import 'Scorer' from "
+                                          r"'tests.plugins.raising_plugin' \(RuntimeError: this plugin is broken\)"):
+        SCORERS.get("broken")
+

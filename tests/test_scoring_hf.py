@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from repro_env.errors import ConfigError, ContextLengthError, ScorerError
-from repro_env.scoring import hf
+from repro_env.scoring import hf_session
 from repro_env.scoring.base import Scorer, ScorerConfig, ScoreRequest, ScoringSession, make_scorer
 from repro_env.scoring.hf import (
     HFScorer,
     TokenizedRequest,
-    session_attention_mask,
     tree_attention_mask,
     tree_position_ids,
 )
+from repro_env.scoring.hf_session import session_attention_mask
 from repro_env.segments import tokenize_with_boundaries
 from tests.conftest import ForwardCounter
 
@@ -360,12 +360,12 @@ def test_a_failed_gather_or_growth_leaves_the_sessions_usable(wide_scorer, monke
         raise torch.OutOfMemoryError("out of memory (simulated)")
 
     with monkeypatch.context() as patch:  # the gather of three of the four fails
-        patch.setattr(hf.SlotLayer, "lazy_initialization", out_of_memory)
+        patch.setattr(hf_session.SlotLayer, "lazy_initialization", out_of_memory)
         with pytest.raises(torch.OutOfMemoryError):
             wide_scorer.sessions_append(pooled[:3], [SEGMENTS[1]] * 3)
     assert pool.members == pooled
     with monkeypatch.context() as patch:  # growing the buffers for a long step fails: a real allocation
-        patch.setattr(hf, "room", lambda tokens: 1 << 40)
+        patch.setattr(hf_session, "room", lambda tokens: 1 << 40)
         with pytest.raises(RuntimeError, match="allocat"):
             wide_scorer.sessions_append(pooled, ["".join(SEGMENTS) * 8] * 4)
     got = wide_scorer.sessions_append(pooled[:3], [SEGMENTS[1]] * 3)

@@ -6,7 +6,9 @@ types it (``repro-env vllm-serve``); the fault tests stop it and start it again.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,6 +56,34 @@ def test_J_and_entropies_equal_the_hf_scorer(scorer, hf):
     for t, segment in enumerate(SEGMENTS, start=1):
         step = session.append(segment)
         assert abs(step.J - batch.J[t]) <= 1e-4 and abs(step.entropy - batch.entropies[t - 1]) <= 1e-4
+
+
+def test_cached_J_probes_equal_the_hf_scorer_and_see_a_weight_push(vllm_server, tiny_llama_dir, hf):
+    """issue 29: ``j_probes: cached`` reads J through one-token reads that use the prefix cache. Equal
+    to the hf scorer in batch and in a session, for a one-token answer and for an answer longer than
+    a cache block (16 tokens); after a weight push (with /reset_prefix_cache) no stale block is read."""
+    cached = make_scorer(server_config(tiny_llama_dir, vllm_server.url, j_probes="cached"))
+    one = next(a for a in ("7", "x", "a", "=") if len(hf.answer_ids(a)) == 1)
+    long_answer = "\\boxed{" + "1234567890" * 3 + "}"
+    assert len(hf.answer_ids(long_answer)) > 16
+    requests = [*REQUESTS, ScoreRequest(QUESTION, SEGMENTS, one), ScoreRequest(QUESTION, SEGMENTS[:2], long_answer)]
+    for ours, reference in zip(cached.score(requests), hf.score(requests), strict=True):
+        np.testing.assert_allclose(ours.J, reference.J, atol=1e-4, rtol=0)
+    batch = hf.score(requests[-1:])[0]
+    session = cached.session(QUESTION, long_answer)
+    assert abs(session.J_baseline - batch.J[0]) <= 1e-4
+    for t, segment in enumerate(SEGMENTS[:2], start=1):
+        assert abs(session.append(segment).J - batch.J[t]) <= 1e-4
+    original = {k: v.clone() for k, v in hf.model.state_dict().items()}
+    generator = torch.Generator().manual_seed(2)
+    nudged = {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in original.items()}
+    try:
+        hf.reload_weights(nudged)
+        cached.reload_weights(nudged)  # the cache holds blocks of the old weights until the reset
+        np.testing.assert_allclose(cached.score(requests)[0].J, hf.score(requests)[0].J, atol=1e-4, rtol=0)
+    finally:
+        hf.reload_weights(original)
+        cached.reload_weights(original)
 
 
 def test_gymnasium_check_env_with_the_server_scorer(scorer):
@@ -154,3 +184,128 @@ def test_the_server_dies_mid_episode_and_comes_back(server, scorer, hf):
     server.start()
     step = session.append(SEGMENTS[1])  # the same step, retried: nothing was lost
     assert abs(step.J - hf.score(REQUESTS[:1])[0].J[2]) <= 1e-4
+
+
+def test_base_urls_in_the_openai_form_and_with_credentials(tiny_llama_dir):
+    """issue 28: a base URL ending in /v1 gave a 404 on /v1/v1/models; credentials in the URL were
+    echoed in error messages."""
+    from repro_env.errors import ConfigError
+    from repro_env.scoring.options import ServerOptions
+    from repro_env.scoring.server import ServerClient
+
+    port = free_port()  # nothing listens there
+    client = ServerClient(ServerOptions(base_url=f"http://user:s3cret@127.0.0.1:{port}/v1/", retries=0))
+    assert client.url == f"http://127.0.0.1:{port}"
+    with pytest.raises(ScorerError, match=rf"GET http://127.0.0.1:{port}/v1/models failed after 1 attempts") as info:
+        client.request("GET", "/v1/models")
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        ServerOptions(base_url="ftp://user:s3cret@example.org")
+    assert "ftp://***@example.org" in str(info.value) and "s3cret" not in str(info.value)
+
+
+def test_malformed_server_replies_are_scorer_errors(monkeypatch):
+    """issue 28: [] from /v1/models, choices that are strings, mixed index types and a non-UTF-8 body
+    raised AttributeError, TypeError or UnicodeDecodeError, which skip the trainer's checkpoint path."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from repro_env.scoring.options import ServerOptions
+    from repro_env.scoring.server import ServerClient
+
+    class NotUtf8(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'\xff\xfe{"data": []}')
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", free_port()), NotUtf8)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = ServerClient(ServerOptions(base_url=f"http://127.0.0.1:{httpd.server_port}", retries=0))
+        with pytest.raises(ScorerError, match=r"GET http://127.0.0.1:\d+/v1/models: the server's reply is not UTF-8"):
+            client.request("GET", "/v1/models")
+    finally:
+        httpd.shutdown()
+    replies = {}
+    monkeypatch.setattr(client, "request", lambda method, route, body=None, deadline=None: replies[route])
+    replies["/v1/models"] = []
+    with pytest.raises(ScorerError, match=r"GET /v1/models at http://127.0.0.1:\d+: the server's reply has no "
+                                          r"'data' that is a list of dict: \[\]"):
+        client.check_model(None, "m")
+    scorer = object.__new__(VLLMServerScorer)  # the reply parsing alone: no server, no model
+    scorer.client, scorer.served, scorer.url = client, "m", client.url
+    replies["/v1/completions"] = {"choices": ["a", "b"]}
+    with pytest.raises(ScorerError, match=r"no 'choices' that is a list of dict"):
+        scorer._complete([[1], [2]])
+    replies["/v1/completions"] = {"choices": [{"index": 0}, {"index": "1"}]}
+    with pytest.raises(ScorerError, match=r"expected choices with indices 0..1, got indices \[0, '1'\]"):
+        scorer._complete([[1], [2]])
+    replies["/v1/completions"] = {"choices": [{"index": 1, "text": "b"}, {"index": 0, "text": "a"}]}
+    assert [c["text"] for c in scorer._complete([[1], [2]])] == ["a", "b"]
+
+
+def serve(handler_body) -> tuple[Any, str]:
+    """A local HTTP server thread whose GET handler is ``handler_body(handler)``; (server, base URL)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            handler_body(self)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_port}"
+
+
+def drip(handler, pause: float = 0.25, size: int = 40) -> None:
+    """A reply that arrives one byte at a time: each read is quick, the whole takes size × pause."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(size))
+    handler.end_headers()
+    for _ in range(size):
+        handler.wfile.write(b" ")
+        handler.wfile.flush()
+        time.sleep(pause)
+
+
+def test_time_limits_are_wall_clock_and_replies_are_bounded(monkeypatch):
+    """issue 28: a server dripping a byte every 0.5 s took 44 s against a 3 s limit (the limit was per
+    socket read); timeout_s was ignored; a 300 MB reply was read whole."""
+    from repro_env.scoring import server as server_module
+    from repro_env.scoring.options import ServerOptions
+    from repro_env.scoring.server import ServerClient
+
+    httpd, url = serve(drip)  # 40 bytes over 10 s
+    try:
+        client = ServerClient(ServerOptions(base_url=url, request_timeout_s=1.0, retries=0))
+        with pytest.raises(ScorerError, match=r"GET .*/v1/models failed after 1 attempts \(timeout 1.0 s each\): "
+                                              r"_TimeLimit: no whole reply within 1.0 s"):
+            client.request("GET", "/v1/models")
+        patient = ServerClient(ServerOptions(base_url=url, request_timeout_s=60.0, retries=3))
+        with pytest.raises(ScorerError, match=r"within the call's timeout_s\): _TimeLimit"):
+            patient.request("GET", "/v1/models", deadline=time.monotonic() + 1.0)  # a call's limit cuts retries
+    finally:
+        httpd.shutdown()
+
+    def big(handler):
+        handler.send_response(200)
+        handler.end_headers()
+        handler.wfile.write(b"[" + b"0," * (1 << 20) + b"0]")
+
+    monkeypatch.setattr(server_module, "MAX_REPLY_BYTES", 1 << 20)
+    httpd, url = serve(big)
+    try:
+        with pytest.raises(ScorerError, match=r"GET .*/v1/models: the reply is larger than 1 MB; lower "
+                                              r"options.batch_prompts"):
+            ServerClient(ServerOptions(base_url=url, retries=0)).request("GET", "/v1/models")
+    finally:
+        httpd.shutdown()
+

@@ -13,6 +13,7 @@ from repro_env.segments import (
     char_to_token_boundaries,
     reasoning_length,
     segment_char_ends,
+    split_response,
     split_segments,
     tokenize_with_boundaries,
 )
@@ -55,6 +56,59 @@ def test_reasoning_ends_before_the_first_segment_that_states_the_final_answer():
     assert reasoning_length(["\\boxed{2}"], boxed) == 0  # the answer at once: no reasoning
     assert reasoning_length(["a\n\n", "b"], boxed) == 2  # no answer stated (truncated): all reasoning
     assert reasoning_length([], boxed) == 0
+
+
+BOXED = re.compile(r"\\boxed\{")
+
+
+def split(prompt, response, **kwargs):
+    return split_response(prompt, response, final_answer=BOXED, **kwargs)
+
+
+def test_split_response_without_a_think_block_ends_the_reasoning_before_the_final_answer():
+    response = "a\n\nb\n\nSo \\boxed{2}.\n\nDone."
+    s = split("Q: ", response)
+    assert (s.prefix, s.segments, s.after) == ("Q: ", ("a\n\n", "b\n\n"), ("So \\boxed{2}.\n\n", "Done.\n\n"))
+    assert s.spans == ((0, 3), (3, 6)) and s.tail == "So \\boxed{2}.\n\nDone."
+    assert not s.think and not s.truncated
+    assert "".join(response[i:j] for i, j in s.spans) + s.tail == response  # the spans tile the response
+    # no final answer (cut off): all of it is reasoning, the last segment ends like an env step ("b  " -> "b\n\n")
+    s = split("Q", "a\n\nb  ")
+    assert s.segments == ("a\n\n", "b\n\n") and s.spans == ((0, 3), (3, 6)) and s.tail == "" and s.after == ()
+    assert split("Q", "\\boxed{2}").segments == ()  # the answer at once: nothing to score
+    assert split("Q", "").segments == () and split("Q", "").tail == ""
+
+
+def test_split_response_of_a_list_of_segments():
+    s = split("Q", ["a", "b\n\n", "\\boxed{2}"])
+    assert s.segments == ("a\n\n", "b\n\n") and s.after == ("\\boxed{2}\n\n",) and s.spans == ((0, 3), (3, 6))
+    assert s.tail == "\\boxed{2}\n\n" and not s.think
+
+
+@pytest.mark.parametrize(("prompt", "response", "prefix", "segments", "tail", "truncated"), [
+    # R1 style: <think> in the completion; a \\boxed{} draft inside the block is reasoning, scored
+    ("Q\n", "<think>\nA \\boxed{1}?\n\nB.\n</think>\n\nSo \\boxed{2}", "Q\n<think>\n",
+     ("A \\boxed{1}?\n\n", "B.\n\n"), "</think>\n\nSo \\boxed{2}", False),
+    # the chat template opened the block in the prompt (DeepSeek-R1-Distill, Qwen3)
+    ("Q\n<think>\n", "A.\n\nB.</think>\\boxed{2}", "Q\n<think>\n", ("A.\n\n", "B.\n\n"), "</think>\\boxed{2}",
+     False),
+    # ... and no close tag: cut off inside the block, all of it is reasoning
+    ("Q\n<think>\n", "A.\n\nB \\boxed{2}", "Q\n<think>\n", ("A.\n\n", "B \\boxed{2}\n\n"), "", True),
+    # an empty block
+    ("Q", "<think>\n\n</think>\\boxed{2}", "Q<think>\n\n", (), "</think>\\boxed{2}", False),
+])
+def test_split_response_with_a_think_block(prompt, response, prefix, segments, tail, truncated):
+    s = split(prompt, response)
+    assert (s.prefix, s.segments, s.tail, s.after) == (prefix, segments, tail, ())
+    assert s.think and s.truncated == truncated
+    begin = len(s.prefix) - len(prompt)  # the spans tile the response from the reasoning on
+    assert response[begin:] == "".join(response[i:j] for i, j in s.spans) + tail
+
+
+def test_split_response_with_the_tasks_own_tags():
+    s = split("Q", "[r]a\n\nb[/r] \\boxed{2}", think_tags=("[r]", "[/r]"))
+    assert (s.prefix, s.segments, s.tail) == ("Q[r]", ("a\n\n", "b\n\n"), "[/r] \\boxed{2}")
+    assert not split("Q", "[r]a\n\nb[/r] \\boxed{2}").think  # the default tags are <think>, </think>
 
 
 def test_char_ends_and_spans():

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from repro_env.agents.checkpoint import latest_checkpoint
 from repro_env.agents.grpo import GRPO, GRPOConfig
 from repro_env.agents.policy import LMPolicy, PolicyConfig
-from repro_env.agents.train import parse_config, train
+from repro_env.agents.run_config import parse_config
+from repro_env.agents.train import train
 from repro_env.errors import ScorerError
 from repro_env.scoring.options import ServerOptions
 from repro_env.tasks import resolve_task
@@ -47,16 +48,16 @@ def restore_server(server, tiny_llama_dir, fixture_weights):
     """Push the fixture model's weights back into the server after the test."""
     yield server
     from repro_env.scoring.server import ServerClient
-    from repro_env.scoring.vllm import _checkpoint_keys
+    from repro_env.scoring.vllm import checkpoint_keys
 
     if server.running:
         ServerClient(ServerOptions(base_url=server.url)).push_weights(fixture_weights,
-                                                                       _checkpoint_keys(tiny_llama_dir))
+                                                                       checkpoint_keys(tiny_llama_dir))
 
 
 def policy_config(model, url: str, **fields) -> PolicyConfig:
     return PolicyConfig(model=str(model), backend="vllm-server", max_segment_tokens=8,
-                        server=ServerOptions(base_url=url, retries=1, request_timeout_s=30), **fields)
+                        options=ServerOptions(base_url=url, retries=1, request_timeout_s=30), **fields)
 
 
 def test_server_segments_equal_the_hf_backend(server, tiny_llama_dir):
@@ -88,7 +89,7 @@ def test_grpo_update_pushes_its_weights_to_the_generation_server(restore_server,
     task = resolve_task("RePro-Math-v0", {"scorer": {"model": str(tiny_llama_dir), "max_length": 192},
                                           "limits": {"max_steps": 3, "max_segment_tokens": 8}})
     config = GRPOConfig(model=str(tiny_llama_dir), backend="vllm-server",
-                        server=ServerOptions(base_url=restore_server.url, retries=1),
+                        generator_options=ServerOptions(base_url=restore_server.url, retries=1),
                         prompts_per_update=2, group_size=2, lr=1e-2, micro_batch_size=4, kl_coef=0.0)
     learner = GRPO(config, task, seed=0)
     hf_policy = LMPolicy(PolicyConfig(model=str(tiny_llama_dir), max_segment_tokens=8), seed=0)

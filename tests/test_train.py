@@ -26,17 +26,8 @@ from safetensors.torch import load_file, save_file
 
 from repro_env.agents.checkpoint import latest_checkpoint, list_checkpoints
 from repro_env.agents.metrics import MetricsLog, read_jsonl, summary_table
-from repro_env.agents.train import (
-    LEARNERS,
-    learner_spec,
-    load_config,
-    main,
-    main_eval,
-    main_plot,
-    main_train,
-    register_learner,
-    train,
-)
+from repro_env.agents.run_config import LEARNERS, learner_spec, load_config, register_learner
+from repro_env.agents.train import main, main_eval, main_plot, main_train, train
 from repro_env.config import check
 from repro_env.errors import CheckpointError, ConfigError, ScorerError, TrainingError
 from repro_env.tasks import builtin_task_ids
@@ -189,6 +180,9 @@ def test_every_shipped_config_loads():
     ({"eval_samples": 0}, r"field 'eval_samples' must be an int >= 1, got 0 \(int\)"),
     ({"learner": {"lr": -1}}, r"field 'learner.lr' must be a number > 0, got -1.0 \(float\)"),
     ({"algorithm": "bandt"}, r"field 'algorithm' must be one of .* Did you mean 'bandit'\?"),
+    # issue 28: passed the check, then a raw OverflowError once the model had loaded
+    ({"seed": 2**64}, r"field 'seed' must be an int in \[0, 2\*\*32 - 1\] \(a seed numpy and torch accept\), got "
+     r"18446744073709551616 \(int\)"),
 ])
 def test_config_errors_name_the_file_and_field(tmp_path, fields, message):
     path = write_config(tmp_path / "bad.yaml", **fields)
@@ -269,12 +263,12 @@ def test_register_learner_takes_a_class_or_its_path():
 
 def test_an_installed_plugin_adds_a_learner_through_its_entry_point(tmp_path, monkeypatch):
     """``pip install my-plugin`` is enough: its ``repro_env.learners`` entry point is read on first lookup."""
-    import repro_env.agents.train
+    import repro_env.agents.run_config
     from repro_env import registry
 
     point = EntryPoint(name="toy-plugin", value="tests.plugins.toy_learner:ToyGRPO", group=LEARNERS.group)
     monkeypatch.setattr(registry, "entry_points", lambda group: [point] if group == LEARNERS.group else [])
-    monkeypatch.setattr(repro_env.agents.train, "LEARNERS", registry.Registry("learner", LEARNERS.group))
+    monkeypatch.setattr(repro_env.agents.run_config, "LEARNERS", registry.Registry("learner", LEARNERS.group))
     config, learner = load_config(write_config(tmp_path / "c.yaml", algorithm="toy-plugin"))
     assert type(learner).__name__ == "GRPOConfig" and learner.lr == 0.1
     assert learner_spec("toy-plugin").label == "Toy"
@@ -360,6 +354,19 @@ def test_resume_rejects_changing_the_experiment(tmp_path):
         main_train(["--resume", str(run_dir), "--set", "learner.lr=0.5"])
     with pytest.raises(ConfigError, match="--resume '.*nowhere': no config.yaml there"):
         main_train(["--resume", str(tmp_path / "nowhere")])
+
+
+def test_resume_refuses_fewer_updates_than_done_and_another_out_dir(tmp_path):
+    """issue 28: updates=1 after 3 rewrote config.yaml to 1 beside 3 updates of metrics; out_dir was ignored."""
+    _, run_dir = run(tmp_path, "updates=3")
+    saved = (run_dir / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"field 'updates' is 1, but .*run has done 3 updates; resume with "
+                                          r"updates >= 3"):
+        main_train(["--resume", str(run_dir), "--set", "updates=1", "--no-progress"])
+    assert (run_dir / "config.yaml").read_text() == saved
+    assert [r["update"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
+    with pytest.raises(ConfigError, match=r"--set 'out_dir=elsewhere': a resumed run continues in its own directory"):
+        main_train(["--resume", str(run_dir), "--set", "out_dir=elsewhere"])
 
 
 # -- faults -----------------------------------------------------------------------------------

@@ -14,25 +14,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import GRPOConfig  # the trl extra, which `make test` installs: a failing import fails loudly
 
-pytest.importorskip("trl")  # the trl extra; `make test` installs it
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-from trl import GRPOConfig  # noqa: E402
-
-from repro_env import reward as rp  # noqa: E402
-from repro_env.assets import bundled_model_dir  # noqa: E402
-from repro_env.errors import ConfigError  # noqa: E402
-from repro_env.integrations.trl import (  # noqa: E402
+from repro_env import advantages as adv
+from repro_env import reward as rp
+from repro_env.assets import bundled_model_dir
+from repro_env.errors import ConfigError
+from repro_env.integrations.trl import (
     ReProGRPOTrainer,
     length_penalty_reward_func,
     outcome_reward_func,
     segment_token_counts,
     task_dataset,
 )
-from repro_env.scoring.base import ScoreRequest  # noqa: E402
-from repro_env.scoring.hf import HFScorer  # noqa: E402
-from repro_env.segments import split_segments  # noqa: E402
-from repro_env.tasks import resolve_task  # noqa: E402
+from repro_env.scoring.base import ScoreRequest
+from repro_env.scoring.hf import HFScorer
+from repro_env.segments import split_segments
+from repro_env.tasks import resolve_task
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "RePro-Math-v0"
@@ -91,7 +90,7 @@ def by_hand(tokenizer, prompts, answers, completion_ids, mask, R) -> list[np.nda
         masks.append(np.arange(T) < T - 1)
         counts.append(segment_token_counts(tokenizer, completion_ids[b, :n].tolist(), segments))
         tails.append(n - sum(counts[-1]))
-    return rp.grpo_token_advantages(R, rewards, masks, counts, tails, alpha=spec.reward.alpha)
+    return adv.grpo_token_advantages(R, rewards, masks, counts, tails, alpha=spec.reward.alpha)
 
 
 def test_a_short_run_completes_and_logs_the_repro_metrics():
@@ -128,7 +127,7 @@ def test_the_final_answer_segment_gets_the_outcome_advantage_only():
     scorer.score = lambda batch: requests.extend(batch) or score(batch)
     trainer._repro_scorer = scorer
     got, _ = trainer.repro_advantages(prompts, answers, ids, mask, R, group=4)
-    A = rp.grpo_outcome_advantages(R)  # (4,)
+    A = adv.grpo_outcome_advantages(R)  # (4,)
     for b in range(4):
         n = int(mask[b].sum())
         segments = split_segments(tokenizer.decode(ids[b, :n], skip_special_tokens=True), "\n\n")
@@ -137,6 +136,81 @@ def test_the_final_answer_segment_gets_the_outcome_advantage_only():
         # Ã = 0 on the final-answer segment and the EOS after it: Â = A exactly
         np.testing.assert_allclose(got[b, answer_start:n].numpy(), A[b], atol=1e-6, rtol=0)
         assert not np.allclose(got[b, :answer_start].numpy(), A[b], atol=1e-6)  # the reasoning is credited
+
+
+THINK_TEMPLATE = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                  "{% if add_generation_prompt %}<think>\n{% endif %}")
+"""A chat template that opens the think block in the generation prompt, as DeepSeek-R1-Distill's and Qwen3's do."""
+
+
+def think_batch(trainer):
+    """One group of 4 think-style completions of one problem under THINK_TEMPLATE: 2 right, 2 wrong;
+    a \\boxed{} draft inside a think block, and one completion cut off inside its block."""
+    tokenizer = trainer.processing_class
+    tokenizer.chat_template = THINK_TEMPLATE
+    problem = task_dataset(TASK, size=1)[0]
+    prompt = trainer._prompt_text([{"role": "user", "content": problem["prompt"]}])
+    right = f"\\boxed{{{problem['answer']}}}"
+    texts = [f"Let me think.\n\nSo it is {right}?\n\nYes.\n</think>\n\nThe answer is {right}.",
+             f"Hmm.\n\nWait, let me re-check.\n\nOK.\n</think>\n\nThe answer is {right}.",
+             "I guess.\n\n</think>\n\nThe answer is \\boxed{0}.",
+             "Maybe.\n\nStill thinking"]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    completion_ids = torch.full((4, max(len(i) for i in ids)), tokenizer.pad_token_id)
+    mask = torch.zeros(completion_ids.shape, dtype=torch.long)
+    for b, row in enumerate(ids):
+        completion_ids[b, :len(row)], mask[b, :len(row)] = torch.tensor(row), 1
+    return [prompt] * 4, [problem["answer"]] * 4, completion_ids, mask, np.array([1.0, 1.0, 0.0, 0.0])
+
+
+def test_think_completions_score_the_think_block_only_by_hand():
+    """R1 / Qwen3 completions: J is scored at the segment ends inside the open think block (the
+    prefix is the prompt, which ends with <think>); </think> and the final answer get the outcome
+    advantage only; a block that never closes is all reasoning. Against a hand computation."""
+    trainer = make_trainer()
+    tokenizer = trainer.processing_class
+    prompts, answers, ids, mask, R = think_batch(trainer)
+    assert prompts[0] == task_dataset(TASK, size=1)[0]["prompt"] + "<think>\n"
+    requests = []
+    scorer = trainer.repro_scorer()
+    score = scorer.score
+    scorer.score = lambda batch: requests.extend(batch) or score(batch)
+    trainer._repro_scorer = scorer
+    got, _ = trainer.repro_advantages(prompts, answers, ids, mask, R, group=4)
+    spec = resolve_task(TASK)
+    fresh = HFScorer.from_model(AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=torch.float32),
+                                tokenizer)
+    rewards, counts, tails, reasoning_ends = [], [], [], []
+    for b in range(4):
+        n = int(mask[b].sum())
+        text = decode(tokenizer, ids[b, :n])
+        think = text.split("</think>")[0]  # the block's inside: the prompt opened it
+        segments = split_segments(think, "\n\n")
+        segments[-1] = segments[-1].rstrip() + "\n\n"
+        assert requests[b].question == prompts[b] and requests[b].segments == tuple(segments)
+        result = fresh.score([ScoreRequest(prompts[b], tuple(segments), f"\\boxed{{{answers[b]}}}")])[0]
+        rewards.append(rp.process_rewards(result.J, spec.reward.stability_weight, spec.reward.ema, spec.reward.eps))
+        # a token belongs to the segment in which it starts: its start is the length of the text before it
+        starts = [len(decode(tokenizer, ids[b, :k])) for k in range(n)]
+        ends = np.cumsum([len(x) for x in split_segments(think, "\n\n")])
+        segment_of = [int(np.searchsorted(ends, c, side="right")) for c in starts]
+        counts.append([segment_of.count(t) for t in range(len(segments))])
+        tails.append(n - sum(counts[-1]))
+        reasoning_ends.append(sum(counts[-1]))
+    assert [len(c) for c in counts] == [3, 3, 1, 2] and tails[3] == 1  # the cut-off one: only EOS after it
+    expected = adv.grpo_token_advantages(R, rewards, None, counts, tails, alpha=spec.reward.alpha)
+    A = adv.grpo_outcome_advantages(R)
+    for b in range(4):
+        n = int(mask[b].sum())
+        np.testing.assert_allclose(got[b, :n].numpy(), expected[b], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got[b, reasoning_ends[b]:n].numpy(), A[b], atol=1e-6, rtol=0)
+        assert not np.allclose(got[b, :reasoning_ends[b]].numpy(), A[b], atol=1e-6)  # the reasoning is credited
+        text = decode(tokenizer, ids[b, :n])
+        assert decode(tokenizer, ids[b, reasoning_ends[b]:n]) == ("" if b == 3 else text[text.index("</think>"):])
+
+
+def decode(tokenizer, ids) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
 def test_two_processes_give_the_advantages_of_one(tmp_path):
@@ -248,6 +322,16 @@ def test_segment_token_counts_follow_characters():
     assert sum(counts) == len(ids) - 1  # EOS is after the reasoning
     first = tokenizer.decode(ids[:counts[0]])
     assert first.startswith("So 3 + 4 = 7.") and "answer" not in first
+
+
+def test_segment_token_counts_give_a_token_cut_by_a_boundary_to_the_segment_it_starts_in():
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    text = "So 3 + 4 = 7.\n\nThe answer is \\boxed{7}."
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+    k = next(i for i, (a, b) in enumerate(offsets) if b - a >= 3 and a > 0)  # a token of several characters
+    cut = offsets[k][0] + 1  # a segment boundary inside it
+    assert segment_token_counts(tokenizer, ids, [text[:cut], text[cut:]]) == [k + 1, len(ids) - k - 1]
 
 
 def held_out_accuracy(model, tokenizer, problems: int = 48, samples: int = 2) -> float:

@@ -5,9 +5,12 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from math_verify import parse, verify
 
 from repro_env.verify import (
+    boxed_contents,
     compare_numbers,
     exact_match,
     extract_answer,
@@ -290,3 +293,55 @@ def test_timeout_works_in_a_daemonic_worker_process():
     assert out.get(timeout=30) == (False, True)
     child.join(timeout=10)
     assert child.exitcode == 0
+
+
+def test_numbers_of_more_than_4300_digits_are_wrong_answers_not_crashes():
+    """Python refuses int("1" * 5000) (its int-string limit); a degenerate completion must not kill a run."""
+    huge = "1" * 5000
+    assert compare_numbers(huge, "42") is None
+    assert verify_answer(f"So \\boxed{{{huge}}}.", "42") is False
+    assert verify_answer(f"\\boxed{{{huge}}}", huge) is True  # the same string still verifies
+
+
+def _boxed_by_scanning(text: str) -> list[str]:
+    """The old reference: from each box, scan to the brace that balances it (quadratic)."""
+    import re
+
+    contents = []
+    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth = 1
+        for pos in range(match.end(), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[pos], 0)
+            if depth == 0:
+                contents.append(text[match.end():pos])
+                break
+    return contents
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["\\boxed{", "\\fbox {", "{", "}", "7", " "]), max_size=40).map("".join))
+def test_boxed_contents_in_one_pass_equal_the_scan_from_each_box(text):
+    assert boxed_contents(text) == _boxed_by_scanning(text)
+
+
+def test_many_unclosed_boxes_are_read_in_one_pass():
+    """issue 28: 20k open boxes took more than 150 s; one closed box at the end is still found."""
+    text = "\\boxed{" * 20_000 + " so \\boxed{42}"
+    assert boxed_contents(text) == ["42"] and extract_answer(text) == "42"
+
+
+@pytest.mark.parametrize(("response", "gold", "expected"), [
+    ("\\boxed{2 hundred}", "200", True), ("\\boxed{2 hundred}", "2", False),
+    ("The answer is 2 million.", "2000000", True), ("The answer is 2 million.", "2", False),
+    ("\\boxed{2.5 million}", "2500000", True), ("\\boxed{4 thousand}", "4000", True),
+    ("\\boxed{2 dozen}", "24", True), ("\\boxed{2 dozen}", "2", False),
+    ("\\boxed{2 and a half}", "2.5", True), ("\\boxed{2 and a half}", "2", False),
+    ("\\boxed{3 squared}", "3", False), ("\\boxed{3 squared}", "9", False),
+    ("\\boxed{5 below zero}", "5", False), ("\\boxed{5 or more}", "5", False), ("\\boxed{4 pi}", "4", False),
+    ("\\boxed{5 or more}", "5 or more", True),  # the gold verbatim
+    ("\\boxed{5 eggs}", "5", True), ("The answer is 12 apples in total.", "12", True),  # units still go
+])
+def test_words_that_change_a_number_are_never_dropped_as_units(response, gold, expected):
+    """issue 28: any word after a number was dropped as a unit, so \\boxed{2 hundred} verified as 2."""
+    assert verify_answer(response, gold) is expected
+

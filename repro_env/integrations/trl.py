@@ -5,12 +5,15 @@ number per completion, so RePro's per-segment credit cannot pass through them; T
 subclass hand ``_compute_loss`` a (B, T) advantage instead of (B,). After TRL has generated the
 completions and computed their rewards, :class:`ReProGRPOTrainer`
 
-1. splits each completion into segments by the task's delimiter (characters, REPRO_SPEC §1); without
-   a think block, the reasoning ends before the segment that states the final answer (§4): that
-   segment and any after it are not scored, and their tokens get the outcome advantage only;
+1. splits each completion as ``repro-env score`` and the env do (``TaskSpec.split_response``,
+   REPRO_SPEC §1, §4): with a think block (``<think>`` in the completion or at the end of the
+   prompt, as R1 and Qwen3 chat templates write it), the reasoning is the block's inside, J is
+   scored inside the open block, and ``</think>`` and the final answer after it are not scored;
+   without one, the reasoning ends before the segment that states the final answer. The tokens
+   after the reasoning get the outcome advantage only;
 2. computes J at every reasoning segment end with one batch-scoring call (the policy's current
-   weights by default, as in the paper; or any scorer: frozen, vLLM, remote), picks the points
-   (``selection: all`` or ``topk_entropy``) and turns them into segment rewards r̃ (§3–§4);
+   weights by default, as in the paper; or any scorer: frozen, vLLM, remote), and turns it into
+   segment rewards r̃ with ``reward.reward_points`` (``selection: all`` or ``topk_entropy``, §3–§4);
 3. gathers what the group statistics need from every process (a group may straddle ranks) and sets
    each token's advantage to Â = A + α·Ã (§5), A the group-normalised outcome advantage of TRL's
    summed reward (sample std, as TRL computes it, ε = 1e-6 as the spec), Ã the return-to-go of
@@ -37,6 +40,7 @@ import numpy as np
 import torch
 from trl import GRPOTrainer
 
+from repro_env import advantages as adv
 from repro_env import reward as rp
 from repro_env.config import describe
 from repro_env.errors import ConfigError
@@ -44,7 +48,7 @@ from repro_env.length_penalty import length_rewards
 from repro_env.problems import Problem
 from repro_env.reward import RewardConfig
 from repro_env.scoring.base import Scorer, ScorerConfig, ScoreRequest, make_scorer
-from repro_env.segments import THINK_CLOSE, reasoning_length, split_segments
+from repro_env.segments import SplitResponse
 from repro_env.tasks import TaskSpec, make_source, resolve_task
 
 SEQUENCE_LOSSES = ("luspo", "vespo")
@@ -146,9 +150,9 @@ class _Scored:
     """One completion's RePro quantities, gathered across processes for the group statistics."""
 
     segment_rewards: np.ndarray
-    """(T,) r̃ spread over the segments, 0 where unscored."""
+    """(R,) r̃ spread over the reasoning segments, 0 where unscored."""
     scored: np.ndarray
-    """(T,) bool: the scored segments."""
+    """(R,) bool: the scored segments."""
     process_return: float
     """S_T (the sum of r̃)."""
     J_gain: float
@@ -158,14 +162,17 @@ class _Scored:
     """Completion tokens."""
 
 
-def segment_token_counts(tokenizer: Any, completion_ids: Sequence[int], segments: Sequence[str]) -> list[int]:
-    """Tokens of each segment (a token belongs to the segment in which it starts, §1); the rest of
-    ``completion_ids`` (EOS, padding-free tail) is after the reasoning.
+def segment_token_counts(tokenizer: Any, completion_ids: Sequence[int], segments: Sequence[str], *,
+                         start: int = 0) -> list[int]:
+    """Tokens of each segment of the decoded completion, the segments being its consecutive pieces
+    from character ``start`` on (a token belongs to the segment in which it starts, §1; the tokens
+    before ``start``, such as ``<think>``, count with the first segment); the rest of
+    ``completion_ids`` (``</think>``, the final answer, EOS) is after the reasoning.
 
     Token k starts at character ``len(decode(ids[:k]))``; the boundaries are found by binary search
     on that (monotone) function, ``T·log n`` decodes per completion.
     """
-    ends = np.cumsum([len(s) for s in segments]).tolist()
+    ends = (start + np.cumsum([len(s) for s in segments])).tolist()
     ids = list(completion_ids)
 
     def start(k: int) -> int:
@@ -250,10 +257,11 @@ class ReProGRPOTrainer(GRPOTrainer):
 
         spec, tokenizer = self.repro_task, self.processing_class
         lengths = completion_mask.sum(dim=1).tolist()  # (B,)
-        texts = [tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(completion_ids.tolist(),
-                                                                                         lengths, strict=True)]
-        segments = [split_segments(text, spec.delimiter) for text in texts]
-        local = self._score(prompts, answers, segments, lengths)
+        # decoded as segment_token_counts decodes, so that character positions agree
+        texts = [tokenizer.decode(ids[:n], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                 for ids, n in zip(completion_ids.tolist(), lengths, strict=True)]
+        splits = [spec.split_response(prompt, text) for prompt, text in zip(prompts, texts, strict=True)]
+        local = self._score(answers, splits, lengths)
         scored: list[_Scored] = gather_object(local)  # every process's completions, global order
         rank, B = self.accelerator.process_index, len(prompts)
         A_all = np.zeros(len(scored))
@@ -262,8 +270,8 @@ class ReProGRPOTrainer(GRPOTrainer):
             rows = [i for i in range(start, start + group) if np.isfinite(R[i])]
             if not rows:
                 continue
-            A_all[rows] = rp.grpo_outcome_advantages(R[rows])
-            process = rp.grpo_process_advantages([scored[i].segment_rewards for i in rows],
+            A_all[rows] = adv.grpo_outcome_advantages(R[rows])
+            process = adv.grpo_process_advantages([scored[i].segment_rewards for i in rows],
                                                  [scored[i].scored for i in rows])
             for i, p in zip(rows, process, strict=True):
                 process_all[i] = p
@@ -271,8 +279,11 @@ class ReProGRPOTrainer(GRPOTrainer):
         advantages = torch.zeros(completion_ids.shape, dtype=torch.float32)  # (B, T)
         for b in range(B):
             i = rank * B + b
-            counts = segment_token_counts(tokenizer, completion_ids[b, :lengths[b]].tolist(), segments[b])
-            tokens = rp.token_advantages(A_all[i] + alpha * process_all[i], counts, lengths[b] - sum(counts),
+            split = splits[b]
+            counts = segment_token_counts(tokenizer, completion_ids[b, :lengths[b]].tolist(),
+                                          [texts[b][x:y] for x, y in split.spans],
+                                          start=split.spans[0][0] if split.spans else 0)
+            tokens = adv.token_advantages(A_all[i] + alpha * process_all[i], counts, lengths[b] - sum(counts),
                                          outcome_advantage=A_all[i])  # (L_b,)
             advantages[b, :lengths[b]] = torch.from_numpy(tokens)
         metrics = {
@@ -283,36 +294,24 @@ class ReProGRPOTrainer(GRPOTrainer):
         }
         return advantages, metrics
 
-    def num_reasoning_segments(self, segments: Sequence[str]) -> int:
-        """How many leading segments of a completion are reasoning, the ones that can be scored: without
-        a think block, those before the segment that states the final answer (REPRO_SPEC §4); with one,
-        all (this path does not split think blocks: the whole completion is segmented)."""
-        if any(THINK_CLOSE in segment for segment in segments):
-            return len(segments)
-        return reasoning_length(segments, self.repro_task.final_answer_regex)
-
-    def _score(self, prompts: Sequence[str], answers: Sequence[str], segments: Sequence[list[str]],
-               lengths: Sequence[int]) -> list[_Scored]:
-        """r̃ per segment of each local completion, from one batch-scoring call over the reasoning
-        segments (§2–§4); the final-answer segment and those after it get r̃ = 0, unscored."""
-        spec, config = self.repro_task, self.repro_reward
-        reasoning = [self.num_reasoning_segments(s) for s in segments]
-        requests = [ScoreRequest(q, tuple(s[:R]), spec.answer_template.format(answer=a))
-                    for q, a, s, R in zip(prompts, answers, segments, reasoning, strict=True) if R]
+    def _score(self, answers: Sequence[str], splits: Sequence[SplitResponse], lengths: Sequence[int]
+               ) -> list[_Scored]:
+        """r̃ per reasoning segment of each local completion, from one batch-scoring call over the
+        reasoning segments (§2–§4); the text after the reasoning is not scored."""
+        spec = self.repro_task
+        requests = [ScoreRequest(split.prefix, split.segments, spec.answer_template.format(answer=a))
+                    for a, split in zip(answers, splits, strict=True) if split.segments]
         results = iter(self.repro_scorer().score(requests))
         out = []
-        for s, R, tokens in zip(segments, reasoning, lengths, strict=True):
-            T = len(s)
-            if R == 0:  # an empty completion, or the answer at once: no reasoning to credit
-                out.append(_Scored(np.zeros(T), np.zeros(T, dtype=bool), 0.0, 0.0,
-                                   sum(spec.is_backtrack(seg) for seg in s), tokens))
+        for split, tokens in zip(splits, lengths, strict=True):
+            backtracks = sum(spec.is_backtrack(segment) for segment in split.segments + split.after)
+            if not split.segments:  # an empty completion, or the answer at once: no reasoning to credit
+                out.append(_Scored(np.zeros(0), np.zeros(0, dtype=bool), 0.0, 0.0, backtracks, tokens))
                 continue
-            result = next(results)  # over the R reasoning segments: entropies (R,)
-            points = rp.points_for(config, result.entropies)
-            J = result.J[[0, *points]]  # (1 + M,): J_0 and J at the chosen points
-            r = rp.rewards_for(config, J)  # (M,)
-            out.append(_Scored(rp.spread_rewards(points, r, T), rp.scored_mask(points, T), float(r.sum()),
-                               float(J[-1] - J[0]), sum(spec.is_backtrack(seg) for seg in s), tokens))
+            result = next(results)  # J (1 + R,) at every reasoning segment end, entropies (R,)
+            parts = rp.reward_points(self.repro_reward, result.J, result.entropies)
+            out.append(_Scored(parts.segment_rewards, parts.scored, parts.process_return,
+                               float(parts.J[-1] - parts.J[0]), backtracks, tokens))
         return out
 
 

@@ -32,7 +32,8 @@ from repro_env.errors import ConfigError, ContextLengthError, ScorerError
 from repro_env.registry import Registry
 from repro_env.scoring.options import HFOptions, ServerOptions, VLLMOptions
 
-SCORERS = Registry("scorer backend", "repro_env.scorers")
+SCORERS = Registry("scorer backend", "repro_env.scorers", accepts=lambda target: isinstance(target, type),
+                   expected="a Scorer class")
 """Backend name → scorer class (or its ``"package.module:Class"`` path); see :func:`register_scorer`."""
 _OPTIONS: dict[str, type] = {}
 

@@ -6,6 +6,7 @@ options dataclass lives apart from its scorer (see ``register_scorer(..., option
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,12 +38,22 @@ class VLLMOptions:
               self.gpu_memory_utilization, "a number in (0, 1]")
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its user and password, if any, written as ``***`` (for messages and logs)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     """``scorer.options`` of the vllm-server backend."""
 
     base_url: str = "http://127.0.0.1:8000"
-    """The server's address (``/v1/completions`` etc. are appended)."""
+    """The server's address (``/v1/completions`` etc. are appended); the OpenAI form ending in
+    ``/v1`` is the same server. A user and password in it are sent as HTTP basic auth and never
+    shown in messages."""
     served_model_name: str = ""
     """The model name the server serves; empty: the only one it lists."""
     api_key: str = ""
@@ -58,13 +69,22 @@ class ServerOptions:
     """Prompts per request."""
     max_logprobs: int = 20
     """Top log-probs per entropy probe; the server's ``--max-logprobs`` must allow it."""
+    j_probes: Literal["prompt_logprobs", "cached"] = "prompt_logprobs"
+    """How J is read on the server. ``prompt_logprobs``: one request per point, ``q + τ≤t + a`` with
+    prompt log-probs, which vLLM serves without its prefix cache (each probe prefills its whole
+    prefix). ``cached``: one-token reads, the log-prob of answer token ``a_i`` after
+    ``q + τ≤t + a[:i]`` through ``logprob_token_ids``, which read the prefix cache; the longest prefix
+    of each response is sent first, so that the reads prefill little more than their tails."""
     weights_dir: str = ""
     """Where weight pushes write the weights for the server to read (rewritten by each push); empty: a
     temporary directory, one per scorer or generator, removed when it is."""
 
     def __post_init__(self) -> None:
-        check(self.base_url.startswith(("http://", "https://")), "base_url", self.base_url, "an http(s) URL")
+        check(isinstance(self.base_url, str) and self.base_url.startswith(("http://", "https://")), "base_url",
+              redact_url(self.base_url) if isinstance(self.base_url, str) else self.base_url, "an http(s) URL")
         check(self.request_timeout_s > 0, "request_timeout_s", self.request_timeout_s, "a number > 0")
         for name in ("concurrency", "batch_prompts", "max_logprobs"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "an int >= 1")
         check(self.retries >= 0, "retries", self.retries, "an int >= 0")
+        check(self.j_probes in ("prompt_logprobs", "cached"), "j_probes", self.j_probes,
+              "'prompt_logprobs' or 'cached'")

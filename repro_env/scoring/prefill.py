@@ -20,76 +20,19 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache
 
+from repro_env.errors import ScorerError
+from repro_env.kv_cache import buffer_layers
 from repro_env.scoring.base import TokenizedRequest
 
 
-class BufferLayer(DynamicLayer):
-    """A cache layer over one preallocated buffer: appends write in place, ``truncate`` drops the tail.
-
-    ``DynamicLayer`` concatenates on every update, copying the whole cache once per forward: O(L)
-    per scored point here, and per step in an online session. The buffer grows by doubling.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        batch, heads, _, dim = key_states.shape
-        self.dtype, self.device = key_states.dtype, key_states.device
-        self._keys = key_states.new_empty(batch, heads, self.capacity, dim)  # (B, kv_heads, capacity, d)
-        self._values = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
-        self.is_initialized = True
-
-    def reserve(self, capacity: int) -> None:
-        """Make room for ``capacity`` tokens, keeping the first ``length``."""
-        if capacity <= self.capacity:
-            return
-        size = max(capacity, 2 * self.capacity)
-        if self.is_initialized:
-            self._keys, self._values = (grown(self._keys, size, self.length),
-                                        grown(self._values, size, self.length))
-            self.truncate(self.length)
-        self.capacity = size
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        self.write(self.length, key_states, value_states)
-        return self.keys, self.values
-
-    def write(self, start: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        """Store keys/values ``(B, kv_heads, n, d)`` at positions ``start..start+n−1``; length becomes the end."""
-        end = start + key_states.shape[-2]
-        self.reserve(end)
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        self._keys[:, :, start:end] = key_states
-        self._values[:, :, start:end] = value_states
-        self.truncate(end)
-
-    def truncate(self, length: int) -> None:
-        self.length = length
-        if self.is_initialized:
-            self.keys, self.values = self._keys[:, :, :length], self._values[:, :, :length]
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-
-def grown(buffer: torch.Tensor, capacity: int, keep: int, zeros: bool = False) -> torch.Tensor:
-    """A copy of a (B, heads, C, d) cache buffer with room for ``capacity`` positions, its first ``keep``
-    kept. The new buffer is allocated before anything changes: a failed allocation loses nothing."""
-    new = (buffer.new_zeros if zeros else buffer.new_empty)(*buffer.shape[:2], capacity, buffer.shape[3])
-    new[:, :, :keep] = buffer[:, :, :keep]
-    return new
-
-
-def buffer_layers(model, capacity: int) -> list[BufferLayer]:
-    """One empty :class:`BufferLayer` per decoder layer of ``model``, each with room for ``capacity`` tokens."""
-    num_layers = model.config.get_text_config(decoder=True).num_hidden_layers
-    return [BufferLayer(capacity) for _ in range(num_layers)]
+def finite_values(values: torch.Tensor, what: str) -> torch.Tensor:
+    """``values``, or a ``ScorerError`` when the model returned a NaN or an infinity among them."""
+    if not torch.isfinite(values).all():
+        raise ScorerError(f"the scorer model returned non-finite {what}: {values.tolist()[:8]}; "
+                          "check the weights (NaN after an update?) or use dtype float32")
+    return values
 
 
 def next_token_entropy(log_probs: torch.Tensor) -> torch.Tensor:
@@ -150,9 +93,9 @@ def score_prefill(scorer, request: TokenizedRequest, chunk_tokens: int) -> tuple
             continue
         log_probs = torch.log_softmax(scorer.head_logits(hidden[rows]).float(), dim=-1)  # (K, V)
         if here:
-            H = scorer._finite(next_token_entropy(log_probs[:len(here)]), "entropies")  # (k,)
+            H = finite_values(next_token_entropy(log_probs[:len(here)]), "entropies")  # (k,)
             entropies[here] = H.double().cpu().numpy()
         if probe:
             token_lp = log_probs[len(here):].gather(1, targets[:, None])[:, 0]  # (|a|,)
-            J[end] = float(scorer._finite(token_lp, "answer log-probs").mean())
+            J[end] = float(finite_values(token_lp, "answer log-probs").mean())
     return J, entropies

@@ -15,10 +15,16 @@ answer tokens); each entropy probe is ``q + τ<t`` with the top ``max_logprobs``
 next token (exact when the vocabulary fits ``--max-logprobs``, else the tail-bucket approximation
 of ``vllm.entropy_from_top_logprobs``). Prompts go ``batch_prompts`` per request, ``concurrency``
 requests at a time. vLLM does not read its prefix cache for requests with prompt log-probs, so
-every J probe prefills its whole prefix on the server.
+every J probe prefills its whole prefix on the server: about M·L/2 tokens for M points on a
+response of L. With ``options.j_probes: cached`` each answer token is instead a one-token read
+(``logprob_token_ids``, no prompt log-probs) after the longest prefix of its response has been
+sent once: the reads find that prefix in the cache, about L + M·|a|·(block size) tokens.
 
-Faults: connection errors and HTTP 5xx are retried ``retries`` times with exponential backoff; a
-4xx shows the server's message; a malformed or short response is a ``ScorerError``, never a NaN.
+HTTP goes through one ``httpx`` client per scorer (pooled keep-alive connections). Faults:
+connection errors, time-outs and HTTP 5xx are retried ``retries`` times with exponential backoff;
+a 4xx shows the server's message; a malformed or short response is a ``ScorerError``, never a NaN.
+Time limits are wall-clock: ``request_timeout_s`` per attempt, the whole reply included, and the
+scorer config's ``timeout_s`` per scoring call; a reply larger than ``MAX_REPLY_BYTES`` is refused.
 A failed call changes no session (``sessions_append`` commits only after every value is in).
 
 Weight sync (``reload_weights``) needs the server in dev mode (``VLLM_SERVER_DEV_MODE=1``): the
@@ -34,19 +40,29 @@ import os
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from repro_env.assets import resolve_model
 from repro_env.errors import ScorerError
 from repro_env.scoring.base import ScorerConfig, checked_log_probs
-from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, VLLMScorer, _checkpoint_keys, _Probe, entropy_from_top_logprobs
+from repro_env.scoring.options import ServerOptions
+from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, Probe, VLLMScorer, checkpoint_keys, entropy_from_top_logprobs
 
 PROBE_TEXT = "Question: what is 12 + 5 times 3?\n\nSo 12 + 15 = 27. \\boxed{27}"
+MAX_REPLY_BYTES = 256 << 20
+"""Largest reply read (a J request of 64 prompts of 16k tokens, one prompt log-prob per token, is
+about 60 MB of JSON); a larger one is refused as it arrives, not read whole."""
+
+
+class _TimeLimit(Exception):
+    """One attempt ran out of its wall-clock time (retried like a network time-out)."""
 
 
 class ServerClient:
@@ -57,46 +73,100 @@ class ServerClient:
 
     def __init__(self, options: Any) -> None:
         self.options = options
-        self.url = options.base_url.rstrip("/")
+        parts = urllib.parse.urlsplit(options.base_url.rstrip("/").removesuffix("/v1"))  # the OpenAI form too
+        host = parts.netloc.rpartition("@")[2]
+        self.url = urllib.parse.urlunsplit(parts._replace(netloc=host))
+        """The server's root, without credentials: shown in messages."""
         self.api_key = options.api_key or os.environ.get("VLLM_API_KEY", "")
-        self._weights_dir: tempfile.TemporaryDirectory | None = None
-
-    def request(self, method: str, route: str, body: Any = None) -> Any:
-        """One JSON request with bounded retries on connection errors and 5xx."""
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        data = None if body is None else json.dumps(body).encode()
-        last = ""
+        auth = None
+        if parts.username is not None and not self.api_key:  # user:password@ in the URL: basic auth
+            auth = httpx.BasicAuth(urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+        connections = options.concurrency + 4  # the scorer's or generator's requests in flight, plus checks
+        self._http = httpx.Client(base_url=self.url, headers=headers, auth=auth,
+                                  timeout=httpx.Timeout(options.request_timeout_s),
+                                  limits=httpx.Limits(max_connections=connections,
+                                                      max_keepalive_connections=connections))
+        weakref.finalize(self, self._http.close)
+        self._weights_dir: tempfile.TemporaryDirectory | None = None
+
+    def request(self, method: str, route: str, body: Any = None, *, deadline: float | None = None) -> Any:
+        """One JSON request on a pooled keep-alive connection.
+
+        Each attempt has ``request_timeout_s`` of wall-clock time, the whole reply included (a server
+        that drips bytes is cut off), and reads at most ``MAX_REPLY_BYTES``; ``deadline`` (a
+        ``time.monotonic()`` value) bounds all attempts together. Connection errors, time-outs and
+        HTTP 5xx are retried ``retries`` times with exponential backoff; a 4xx shows the server's message.
+        """
+        where, last = f"{method} {self.url}{route}", ""
         for attempt in range(self.options.retries + 1):
             if attempt:
-                time.sleep(0.5 * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.url + route, data=data, headers=headers, method=method)
+                pause = 0.5 * 2 ** (attempt - 1)
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)
+            limit = time.monotonic() + self.options.request_timeout_s
+            limit = limit if deadline is None else min(limit, deadline)
             try:
-                with urllib.request.urlopen(request, timeout=self.options.request_timeout_s) as response:
-                    text = response.read().decode()
+                status, raw = self._send(method, route, body, limit, where)
+            except (httpx.TransportError, _TimeLimit) as e:  # connect/read errors and timeouts: retried
+                last = f"{type(e).__name__}: {e}"
+                continue
+            if status >= 500:
+                last = f"HTTP {status}: {raw[:500].decode(errors='replace')}"
+                continue
+            if status >= 400:
+                raise ScorerError(f"{where}: HTTP {status}: {raw[:500].decode(errors='replace')}")
+            try:
+                text = raw.decode()
                 return json.loads(text) if text else {}
-            except urllib.error.HTTPError as e:
-                message = e.read().decode(errors="replace")[:500]
-                if e.code < 500:
-                    raise ScorerError(f"{method} {self.url}{route}: HTTP {e.code}: {message}") from e
-                last = f"HTTP {e.code}: {message}"
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-            except json.JSONDecodeError as e:
-                raise ScorerError(f"{method} {self.url}{route}: the server's reply is not JSON: {e}") from e
-        raise ScorerError(f"{method} {self.url}{route} failed after {self.options.retries + 1} attempts "
-                          f"(timeout {self.options.request_timeout_s} s each): {last}")
+            except UnicodeDecodeError as e:
+                raise ScorerError(f"{where}: the server's reply is not UTF-8 text ({e})") from e
+            except ValueError as e:
+                raise ScorerError(f"{where}: the server's reply is not JSON: {e}") from e
+        budget = f"timeout {self.options.request_timeout_s} s each"
+        budget += ", within the call's timeout_s" if deadline is not None else ""
+        raise ScorerError(f"{where} failed after {attempt + 1} attempts ({budget}): {last}")
+
+    def _send(self, method: str, route: str, body: Any, limit: float, where: str) -> tuple[int, bytes]:
+        """(status, body) of one attempt, read in chunks until ``limit`` (monotonic time)."""
+        timeout = httpx.Timeout(max(limit - time.monotonic(), 1e-3))
+        content = None if body is None else json.dumps(body).encode()
+        with self._http.stream(method, route, content=content, timeout=timeout) as response:
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_REPLY_BYTES:
+                    raise ScorerError(f"{where}: the reply is larger than {MAX_REPLY_BYTES >> 20} MB; lower "
+                                      "options.batch_prompts")
+                if time.monotonic() > limit:
+                    raise _TimeLimit(f"no whole reply within {self.options.request_timeout_s} s")
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)
+
+    def field(self, reply: Any, route: str, key: str, kind: type, items: type | None = None) -> Any:
+        """``reply[key]``, when ``reply`` is a JSON object with a ``kind`` there (a list of ``items``,
+        if given); else a ``ScorerError`` naming the route and showing the reply."""
+        value = reply.get(key) if isinstance(reply, dict) else None
+        if not isinstance(value, kind) or (items is not None and not all(isinstance(v, items) for v in value)):
+            expected = f"a list of {items.__name__}" if items is not None else f"a {kind.__name__}"
+            raise ScorerError(f"{route} at {self.url}: the server's reply has no {key!r} that is {expected}: "
+                              f"{json.dumps(reply)[:200]}")
+        return value
 
     def check_model(self, tokenizer: Any, model: str) -> str:
         """The served model name, after checking it and the tokenizer against the local ``model``."""
-        models = [m["id"] for m in self.request("GET", "/v1/models").get("data", [])]
+        data = self.field(self.request("GET", "/v1/models"), "GET /v1/models", "data", list, dict)
+        models = [m.get("id") for m in data]
         name = self.options.served_model_name or (models[0] if len(models) == 1 else "")
         if name not in models:
             wanted = self.options.served_model_name or "exactly one model"
             raise ScorerError(f"the server at {self.url} serves {models}, not {wanted!r}; "
                               "set options.served_model_name")
-        theirs = self.request("POST", "/tokenize", {"model": name, "prompt": PROBE_TEXT}).get("tokens")
+        theirs = self.field(self.request("POST", "/tokenize", {"model": name, "prompt": PROBE_TEXT}), "POST /tokenize",
+                            "tokens", list)
         ours = list(tokenizer(PROBE_TEXT)["input_ids"])
         if theirs != ours:
             raise ScorerError(f"the server at {self.url} ({name}) tokenises differently from the local model "
@@ -133,6 +203,8 @@ class VLLMServerScorer(VLLMScorer):
     Batch scoring, sessions and their checks are ``VLLMScorer``'s; only the engine calls differ.
     """
 
+    options_class = ServerOptions
+
     def __init__(self, config: ScorerConfig) -> None:  # no engine here: the server is one
         from transformers import AutoTokenizer
 
@@ -144,7 +216,7 @@ class VLLMServerScorer(VLLMScorer):
         self.max_length: int = config.max_length or model_config.max_position_embeddings
         self.vocab_size: int = model_config.vocab_size
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self._checkpoint_keys = _checkpoint_keys(Path(path))
+        self._checkpoint_keys = checkpoint_keys(Path(path))
         self.entropy_top_n = min(self.options.max_logprobs, self.vocab_size)
         self.exact_entropy = self.entropy_top_n == self.vocab_size
         self.weights_version = 0
@@ -152,37 +224,79 @@ class VLLMServerScorer(VLLMScorer):
 
     # -- engine calls ---------------------------------------------------------------------------
 
-    def _evaluate(self, probes: Sequence[_Probe]) -> dict[_Probe, float]:
+    def _evaluate(self, probes: Sequence[Probe]) -> dict[Probe, float]:
         """J for J probes, entropy for the others, ``batch_prompts`` per request, ``concurrency`` at once."""
         unique = list(dict.fromkeys(probes))
         size = self.options.batch_prompts
         chunks = [unique[i:i + size] for i in range(0, len(unique), size)]
+        deadline = None if self.config.timeout_s is None else time.monotonic() + self.config.timeout_s
         with ThreadPoolExecutor(max_workers=self.options.concurrency) as pool:
-            values = list(pool.map(self._evaluate_chunk, chunks))
+            values = list(pool.map(lambda chunk: self._evaluate_chunk(chunk, deadline), chunks))
         return {p: v for chunk, vals in zip(chunks, values, strict=True) for p, v in zip(chunk, vals, strict=True)}
 
-    def _evaluate_chunk(self, probes: list[_Probe]) -> list[float]:
+    def _evaluate_chunk(self, probes: list[Probe], deadline: float | None = None) -> list[float]:
         j_probes = [p for p in probes if p.answer is not None]
         h_probes = [p for p in probes if p.answer is None]
-        out: dict[_Probe, float] = {}
-        if j_probes:
-            choices = self._complete([[*p.prefix, *p.answer] for p in j_probes], prompt_logprobs=0)
+        out: dict[Probe, float] = {}
+        if j_probes and self.options.j_probes == "cached":
+            out.update(zip(j_probes, self._cached_J(j_probes, deadline), strict=True))
+        elif j_probes:
+            choices = self._complete([[*p.prefix, *p.answer] for p in j_probes], deadline, prompt_logprobs=0)
             out.update((p, self._read_J(p, c)) for p, c in zip(j_probes, choices, strict=True))
         if h_probes:
-            choices = self._complete([list(p.prefix) for p in h_probes], logprobs=self.entropy_top_n)
+            choices = self._complete([list(p.prefix) for p in h_probes], deadline, logprobs=self.entropy_top_n)
             out.update((p, self._read_entropy(c)) for p, c in zip(h_probes, choices, strict=True))
         return [out[p] for p in probes]
 
-    def _complete(self, prompts: list[list[int]], **params: Any) -> list[dict[str, Any]]:
+    def _complete(self, prompts: list[list[int]], deadline: float | None = None, **params: Any
+                  ) -> list[dict[str, Any]]:
         body = {"model": self.served, "prompt": prompts, "max_tokens": 1, "temperature": 0.0,
                 "return_tokens_as_token_ids": True, **params}
-        choices = self.client.request("POST", "/v1/completions", body).get("choices")
-        if not isinstance(choices, list) or len(choices) != len(prompts):
-            raise ScorerError(f"POST {self.url}/v1/completions: expected {len(prompts)} choices, got "
-                              f"{len(choices) if isinstance(choices, list) else repr(choices)[:100]}")
-        return sorted(choices, key=lambda c: c.get("index", 0))
+        reply = self.client.request("POST", "/v1/completions", body, deadline=deadline)
+        choices = self.client.field(reply, "POST /v1/completions", "choices", list, dict)
+        if len(choices) != len(prompts):
+            raise ScorerError(f"POST {self.url}/v1/completions: expected {len(prompts)} choices, got {len(choices)}")
+        indices = [c.get("index") for c in choices] if any("index" in c for c in choices) else list(range(len(choices)))
+        if not all(type(i) is int for i in indices) or sorted(indices) != list(range(len(prompts))):
+            raise ScorerError(f"POST {self.url}/v1/completions: expected choices with indices 0..{len(prompts) - 1}, "
+                              f"got indices {indices[:20]}")
+        return [choice for _, choice in sorted(zip(indices, choices, strict=True), key=lambda pair: pair[0])]
 
-    def _read_J(self, probe: _Probe, choice: dict[str, Any]) -> float:
+    def _cached_J(self, probes: list[Probe], deadline: float | None) -> list[float]:
+        """J of each probe from one-token reads that use the server's prefix cache (``j_probes: cached``).
+
+        The log-prob of answer token ``a_i`` after ``q + τ≤t`` is the next-token log-prob of ``a_i``
+        at the end of the prompt ``q + τ≤t + a[:i]``: a request with ``logprob_token_ids`` and no
+        prompt log-probs, so vLLM serves it from its prefix cache. The longest prefixes go first,
+        alone, so that their blocks are cached before the reads are scheduled; the reads of one
+        answer token share a request."""
+        longest: list[tuple[int, ...]] = []
+        for prefix in sorted({p.prefix for p in probes}, key=len, reverse=True):
+            if not any(other[:len(prefix)] == prefix for other in longest):
+                longest.append(prefix)
+        self._complete([list(prefix) for prefix in longest], deadline)
+        reads: dict[int, list[tuple[int, int]]] = {}  # answer token → (probe, position) of its reads
+        for k, probe in enumerate(probes):
+            for i, token in enumerate(probe.answer):
+                reads.setdefault(token, []).append((k, i))
+        log_probs: list[list[Any]] = [[None] * len(probe.answer) for probe in probes]
+        for token, where in reads.items():
+            prompts = [[*probes[k].prefix, *probes[k].answer[:i]] for k, i in where]
+            choices = self._complete(prompts, deadline, logprobs=1, logprob_token_ids=[token])
+            for (k, i), choice in zip(where, choices, strict=True):
+                try:
+                    log_probs[k][i] = choice["logprobs"]["top_logprobs"][0][f"token_id:{token}"]
+                except (TypeError, KeyError, IndexError) as e:
+                    raise ScorerError(f"the server's reply lacks the log-prob of answer token {token} "
+                                      f"({type(e).__name__}: {e}); j_probes 'cached' needs a vLLM that takes "
+                                      "logprob_token_ids (else use 'prompt_logprobs')") from e
+        out = []
+        for probe, row in zip(probes, log_probs, strict=True):
+            token_lp = checked_log_probs(row, f"the answer log-probs of a J probe ({len(probe.prefix)} prefix tokens)")
+            out.append(sum(token_lp) / len(token_lp))
+        return out
+
+    def _read_J(self, probe: Probe, choice: dict[str, Any]) -> float:
         rows = choice.get("prompt_logprobs")
         N, answer = len(probe.prefix), probe.answer
         try:
@@ -245,8 +359,8 @@ def wait_for_server(url: str, timeout_s: float, process: Any = None) -> None:
         if process is not None and process.poll() is not None:
             raise ScorerError(f"the vLLM server for {url} exited with code {process.returncode} while starting")
         try:
-            with urllib.request.urlopen(url.rstrip("/") + "/v1/models", timeout=2):
-                return
-        except (urllib.error.URLError, ConnectionError, OSError):
+            httpx.get(url.rstrip("/") + "/v1/models", timeout=2).raise_for_status()
+            return
+        except httpx.HTTPError:
             time.sleep(0.5)
     raise ScorerError(f"the vLLM server at {url} did not answer within {timeout_s} s")

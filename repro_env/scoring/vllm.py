@@ -54,6 +54,7 @@ from repro_env.scoring.base import (
     TokenScorerBase,
     checked_log_probs,
 )
+from repro_env.scoring.options import VLLMOptions
 
 EXACT_ENTROPY_MAX_VOCAB = 4096
 """Vocabularies up to this size get exact entropies (all log-probs returned at entropy probes)."""
@@ -95,7 +96,7 @@ def entropy_from_top_logprobs(log_probs: Sequence[float], vocab_size: int) -> fl
 
 
 @dataclass(frozen=True)
-class _Probe:
+class Probe:
     """One engine prompt: J of ``answer`` after ``prefix``, or (``answer`` None) the next-token entropy."""
 
     prefix: tuple[int, ...]
@@ -109,6 +110,8 @@ class VLLMScorer(TokenScorerBase):
     to score with instead of starting one; its ``max_model_len`` must be at least ``max_length``.
     """
 
+    options_class = VLLMOptions
+
     def __init__(self, config: ScorerConfig, engine: Any = None) -> None:
         self.config = config
         path = resolve_model(config.model)
@@ -121,12 +124,12 @@ class VLLMScorer(TokenScorerBase):
             )
         self.max_length: int = config.max_length or limit
         self.vocab_size: int = model_config.vocab_size
-        vllm = _import_vllm()
+        vllm = import_vllm()
         _check_head_size(model_config, path)
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self._checkpoint_keys = _checkpoint_keys(Path(path))
+        self._checkpoint_keys = checkpoint_keys(Path(path))
         self.llm = engine if engine is not None else self._start_engine(vllm, path)
         engine_config = self.llm.llm_engine.model_config
         if engine_config.max_model_len < self.max_length:
@@ -211,11 +214,11 @@ class VLLMScorer(TokenScorerBase):
         """
         prepared = [self.prepare(request) for request in requests]
 
-        def j_probes(p: TokenizedRequest) -> list[_Probe]:
-            return [_Probe(tuple(p.ids[:p.boundaries[t]]), tuple(p.answer_ids)) for t in (0, *p.points)]
+        def j_probes(p: TokenizedRequest) -> list[Probe]:
+            return [Probe(tuple(p.ids[:p.boundaries[t]]), tuple(p.answer_ids)) for t in (0, *p.points)]
 
-        def h_probes(p: TokenizedRequest) -> list[_Probe]:
-            return [_Probe(tuple(p.ids[:b])) for b in p.boundaries[:-1]]
+        def h_probes(p: TokenizedRequest) -> list[Probe]:
+            return [Probe(tuple(p.ids[:b])) for b in p.boundaries[:-1]]
 
         values = self._evaluate([probe for p in prepared for probe in j_probes(p) + h_probes(p)])
         return [ScoreResult(J=np.asarray([values[q] for q in j_probes(p)], dtype=np.float64), points=p.points,
@@ -225,7 +228,7 @@ class VLLMScorer(TokenScorerBase):
 
     # -- engine calls --------------------------------------------------------------------------
 
-    def _evaluate(self, probes: Sequence[_Probe]) -> dict[_Probe, float]:
+    def _evaluate(self, probes: Sequence[Probe]) -> dict[Probe, float]:
         """J for J probes, entropy for the others; each distinct probe runs once.
 
         J probes and entropy probes go to two ``generate`` calls: vLLM 0.32's sampler applies one
@@ -250,18 +253,18 @@ class VLLMScorer(TokenScorerBase):
         ordered = j_probes + h_probes
         return {p: self._read(p, out) for p, out in zip(ordered, outputs, strict=True)}
 
-    def _generate(self, probes: list[_Probe], read_cache: bool) -> list[Any]:
+    def _generate(self, probes: list[Probe], read_cache: bool) -> list[Any]:
         if not probes:
             return []
         prompts = [self._prompt(p) for p in probes]
         return self.llm.generate(prompts, [self._params(p, read_cache) for p in probes], use_tqdm=False)
 
     @staticmethod
-    def _prompt(probe: _Probe) -> dict[str, list[int]]:
+    def _prompt(probe: Probe) -> dict[str, list[int]]:
         tail = list(probe.answer[:-1]) if probe.answer is not None else []
         return {"prompt_token_ids": [*probe.prefix, *tail]}
 
-    def _params(self, probe: _Probe, read_cache: bool) -> Any:
+    def _params(self, probe: Probe, read_cache: bool) -> Any:
         from vllm import SamplingParams
 
         common = {"max_tokens": 1, "temperature": 0.0, "detokenize": False}
@@ -271,7 +274,7 @@ class VLLMScorer(TokenScorerBase):
         return SamplingParams(prompt_logprobs=prompt_logprobs, logprob_token_ids=[probe.answer[-1]],
                               skip_reading_prefix_cache=not read_cache, **common)
 
-    def _read(self, probe: _Probe, output: Any) -> float:
+    def _read(self, probe: Probe, output: Any) -> float:
         """J (mean answer log-prob) or entropy from one request's output; an impossible log-prob
         (:func:`checked_log_probs`: NaN, inf, positive, not a number) → ScorerError."""
         generated = output.outputs[0].logprobs[0]  # {token id: Logprob} at the generated position
@@ -377,7 +380,7 @@ class VLLMSession:
         self._closed = False
         ids, offsets = scorer.question_tokens(question, len(self._answer))
         self._ids, self._offsets = ids, offsets
-        self.opening = _Probe(tuple(ids), self._answer)
+        self.opening = Probe(tuple(ids), self._answer)
         """The J_0 probe; ``VLLMScorer.sessions`` evaluates it."""
         self.J_baseline = float("nan")
         self.total_tokens: int = len(ids)
@@ -389,8 +392,8 @@ class VLLMSession:
         """
         return self.scorer.sessions_append([self], [segment], [score])[0]
 
-    def _plan(self, segment: str, score: bool) -> tuple[str, tuple[list[int], list[tuple[int, int]]], _Probe,
-                                                        _Probe | None]:
+    def _plan(self, segment: str, score: bool) -> tuple[str, tuple[list[int], list[tuple[int, int]]], Probe,
+                                                        Probe | None]:
         """The new text, its ids and offsets, the entropy probe and the J probe of one step; checks, no mutation."""
         if self._closed:
             raise ScorerError("append on a closed session; start a new one with scorer.session(...)")
@@ -399,15 +402,15 @@ class VLLMSession:
                               "its J_0 is stale: start a new session")
         text, ids, offsets, segment_start = self.scorer.extended_tokens(
             self.question, self._text, self._ids, self._offsets, segment, len(self._answer) if score else 0)
-        j_probe = _Probe(tuple(ids), self._answer) if score else None
-        return text, (ids, offsets), _Probe(tuple(ids[:segment_start])), j_probe
+        j_probe = Probe(tuple(ids), self._answer) if score else None
+        return text, (ids, offsets), Probe(tuple(ids[:segment_start])), j_probe
 
     def close(self) -> None:
         """Forget the episode (the engine's cache is shared and evicts on its own)."""
         self._closed = True
 
 
-def _import_vllm() -> Any:
+def import_vllm() -> Any:
     try:
         import vllm
     except ImportError as e:
@@ -438,7 +441,7 @@ def _check_head_size(model_config: Any, path: str) -> None:
         )
 
 
-def _checkpoint_keys(model_dir: Path) -> set[str]:
+def checkpoint_keys(model_dir: Path) -> set[str]:
     """Weight names in the model's safetensors files (empty when there are none)."""
     from safetensors import safe_open
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from repro_env.config import check, describe, suggest
+from repro_env.config import SEED_RANGE, check, describe, is_seed, suggest
 from repro_env.errors import ActionError, TaskSpecError
 from repro_env.registration import register_task, registered_ids
 
@@ -117,6 +117,7 @@ def format_summary(records: list[EpisodeRecord]) -> str:
 
 def rollout_main(args: argparse.Namespace) -> int:
     check(args.episodes >= 1, "--episodes", args.episodes, "an int >= 1")
+    check(is_seed(args.seed) and is_seed(args.seed + args.episodes - 1), "--seed", args.seed, SEED_RANGE)
     env = gym.make(task_id(args.task), **({"scorer": {"model": args.scorer}} if args.scorer else {}))
     task = env.unwrapped.spec_task
     policy = reference_policy if args.policy == "reference" else model_policy(

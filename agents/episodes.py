@@ -24,7 +24,7 @@ from repro_env.agents.losses import TrainingError
 from repro_env.agents.policy import LMPolicy, Trace
 from repro_env.errors import ConfigError, ScorerError
 from repro_env.overthinking import FIGURE_KEYS, SegmentMarks, response_figures
-from repro_env.reward import RewardConfig, process_rewards, select_points
+from repro_env.reward import RewardConfig, reward_points
 
 
 @dataclass
@@ -154,25 +154,18 @@ def rescore_topk(episode: Episode, reward: RewardConfig) -> None:
 
     The paper's ``selection = "topk_entropy"`` needs the whole trajectory, so the env scores every
     boundary online and this re-selects afterwards: J_t depends only on ``q + τ≤t``, so the J the env
-    recorded at the chosen points are exactly what a batch re-score would return. Then, over the
-    chosen points only, r̃ = process_rewards([J_0, J_p1, ..]) (S_T differs from the all-points one
-    through the stability term). Steps without a J are never chosen: a context overflow, and the
+    recorded at the chosen points are exactly what a batch re-score would return. Then
+    :func:`repro_env.reward.reward_points` computes r̃ over the chosen points only (S_T differs from
+    the all-points one through the stability term). Steps without a J are never chosen: a context overflow, and the
     segment that states the final answer (the env scores no J there, REPRO_SPEC §4). So the last step
     with a J, the end of the reasoning, is always chosen, and the final-answer segment never is.
     """
-    J = np.asarray(episode.J, dtype=np.float64)  # (T,)
-    valid = np.flatnonzero(np.isfinite(J))  # (V,) steps the env scored
-    if valid.size == 0 or not np.isfinite(episode.J_baseline):
+    J = np.asarray([episode.J_baseline, *episode.J], dtype=np.float64)  # (T+1,)
+    if not np.isfinite(J[0]) or not np.isfinite(J[1:]).any():
         return
-    entropies = np.asarray(episode.entropies, dtype=np.float64)[valid]  # (V,)
-    entropies = np.where(np.isfinite(entropies), entropies, -1.0)  # no entropy: never among the top k
-    chosen = valid[np.asarray(select_points(entropies, reward.k, mode="topk_entropy")) - 1]  # (M,)
-    rewards = process_rewards(np.concatenate([[episode.J_baseline], J[chosen]]), reward.stability_weight,
-                              reward.ema, reward.eps)  # (M,)
-    process = np.zeros(J.size)
-    process[chosen] = rewards
-    episode.process_rewards = process.tolist()
-    episode.scored = np.isin(np.arange(J.size), chosen).tolist()
+    parts = reward_points(reward, J, episode.entropies, selection="topk_entropy")
+    episode.process_rewards = parts.segment_rewards.tolist()
+    episode.scored = parts.scored.tolist()
 
 
 @dataclass
