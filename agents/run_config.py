@@ -96,7 +96,7 @@ class LearnerSpec:
     """Row label in ``repro-env compare`` tables (``GRPO``; the process-reward run adds `` + RePro``)."""
 
 
-def _task_for(config: TrainConfig, *, validate: bool = False) -> Any:
+def task_for(config: TrainConfig, *, validate: bool = False) -> Any:
     """The task argument for a learner: the id/path, or a TaskSpec when overrides are given."""
     if not config.task_overrides and not validate:
         return config.task
@@ -107,7 +107,7 @@ def _task_for(config: TrainConfig, *, validate: bool = False) -> Any:
 
 
 def _construct(cls: type, learner_config: Any, run: TrainConfig) -> Any:
-    return cls(learner_config, _task_for(run), seed=run.seed)
+    return cls(learner_config, task_for(run), seed=run.seed)
 
 
 def register_learner(name: str, learner: type | str, factory: LearnerFactory | None = None, *,
@@ -205,7 +205,7 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> tuple[TrainConfig, 
         raise type(e)(f"{source}: {e}") from e
     learner_config = from_mapping(spec.config_class, config.learner, source=source, prefix="learner.")
     try:
-        _task_for(config, validate=True)
+        task_for(config, validate=True)
     except ConfigError as e:
         raise type(e)(f"{source}: field 'task' / 'task_overrides': {e}") from e
     return config, learner_config

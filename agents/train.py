@@ -60,6 +60,7 @@ from repro_env.agents.run_config import (
     parse_config,
     read_config_yaml,
     resume_config,
+    task_for,
 )
 from repro_env.config import check
 from repro_env.errors import ConfigError, ReproEnvError, ScorerError, TrainingError
@@ -329,7 +330,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, task: str | None = None, prob
     if task is not None:  # a new task keeps the overrides about the model and budget, not the problems
         kept = {k: v for k, v in config.task_overrides.items() if k in ("scorer", "limits", "reward")}
         config = dataclasses.replace(config, task=task, task_overrides=kept)
-        _task_for(config, validate=True)
+        task_for(config, validate=True)
     learner = build_learner(config, learner_config)
     load_checkpoint(learner, directory)
     problems = problems or config.eval_problems

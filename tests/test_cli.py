@@ -149,7 +149,8 @@ def test_bad_devices_are_config_errors(tmp_path, capsys, setting, message):
 def test_rollout_refuses_a_seed_numpy_and_gymnasium_would_reject():
     result = repro_env_cli("rollout", "RePro-Math-v0", "--seed", "-5")  # was a raw gymnasium error
     assert result.returncode == 2
-    assert "field '--seed' must be an int in [0, 2**32 - 1] (a seed numpy and torch accept), got -5 (int)" in result.stderr
+    assert ("field '--seed' must be an int in [0, 2**32 - 1] (a seed numpy and torch accept), got -5 (int)"
+            in result.stderr)
 
 
 def test_score_base_url_names_the_backend_that_takes_it(tmp_path):
@@ -165,7 +166,8 @@ def test_negative_seed_and_unwritable_out_dir(tmp_path):
     config = idle_config(tmp_path / "c.yaml", out_dir=str(tmp_path / "run"))
     result = repro_env_cli("train", str(config), "--set", "seed=-5")
     assert result.returncode == 2
-    assert "field 'seed' must be an int in [0, 2**32 - 1] (a seed numpy and torch accept), got -5 (int)" in result.stderr
+    assert ("field 'seed' must be an int in [0, 2**32 - 1] (a seed numpy and torch accept), got -5 (int)"
+            in result.stderr)
     assert not (tmp_path / "run").exists()  # nothing created for a rejected config
     (tmp_path / "file").write_text("")
     result = repro_env_cli("train", str(config), "--no-progress", "--set", f"out_dir={tmp_path / 'file' / 'run'}")

@@ -456,6 +456,12 @@ def test_compare_smoke_end_to_end(tmp_path, tiny_llama_dir, capsys):
     assert set(paired) == {"GRPO + RePro", "PPO + RePro", "GRPO + RePro, w=0", "GRPO + RePro, k=3",
                            "GRPO + RePro, α=0.2"}
     assert set(paired["GRPO + RePro"]["removed_overthinking_share"]) == {"greedy", "sampled"}
+    from repro_env.agents.judge import judge  # the targets table of the powered run, on this grid
+
+    judged = judge(out)
+    for row in ("| GRPO + RePro | GRPO | greedy | ", "| PPO + RePro | PPO | sampled | ",
+                "## Of the removed tokens, the share that were overthinking segments"):
+        assert row in judged, row
     assert "## Removed tokens that were overthinking" in text
     d = paired["GRPO + RePro"]["metrics"]["greedy_tokens_per_response"]
     assert d["difference"] == pytest.approx(results["runs"]["grpo-repro-seed0"]["metrics"]["greedy_tokens_per_response"]

@@ -10,8 +10,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from repro_env.config import from_mapping
-from repro_env.errors import ConfigError, RewardInputError
 from repro_env.advantages import (
     gae,
     grpo_advantages,
@@ -22,6 +20,8 @@ from repro_env.advantages import (
     token_advantages,
     whiten,
 )
+from repro_env.config import from_mapping
+from repro_env.errors import ConfigError, RewardInputError
 from repro_env.reward import (
     RewardConfig,
     ema_path,

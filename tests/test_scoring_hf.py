@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from repro_env.errors import ConfigError, ContextLengthError, ScorerError
-from repro_env.scoring import hf_session
+from repro_env.scoring import hf, hf_session
 from repro_env.scoring.base import Scorer, ScorerConfig, ScoreRequest, ScoringSession, make_scorer
 from repro_env.scoring.hf import (
     HFScorer,

@@ -1,6 +1,6 @@
-"""Judge the powered grid (configs/compare_overthinker.yaml) against the targets of its issue.
+"""Judge a ``repro-env compare`` grid against RePro's targets (configs/compare_overthinker.yaml's).
 
-    python benchmarks/judge_overthinker.py runs/compare-overthinker
+    python -m repro_env.agents.judge runs/compare-overthinker
 
 Reads a finished ``repro-env compare`` output directory and prints Markdown: RePro against
 outcome-only on each target, RePro against the length penalty (paired, the same bootstrap draws),
@@ -97,5 +97,5 @@ def judge(out: Path) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python benchmarks/judge_overthinker.py COMPARE_OUT_DIR")
+        sys.exit("usage: python -m repro_env.agents.judge COMPARE_OUT_DIR")
     print(judge(Path(sys.argv[1])))
