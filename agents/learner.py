@@ -43,7 +43,7 @@ class LearnerConfig:
     """Initial policy: a local model directory or ``bundled`` (the tiny math model)."""
     backend: str = "hf"
     """Generation backend: ``hf`` (transformers), ``vllm`` (in-process engine) or ``vllm-server`` (a vLLM
-    server at ``server.base_url``); vLLM backends get the weights pushed after each update."""
+    server at ``generator_options.base_url``); vLLM backends get the weights pushed after each update."""
     device: str = "cpu"
     """torch device of the policy (``cpu``, ``cuda``)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
