@@ -378,6 +378,22 @@ def load_compare_config(path: str | Path, sets: Sequence[str] = ()) -> CompareCo
     return config
 
 
+STALE_REPORTS = ("ablation.md",)
+"""Report files of older versions of this command; a rerun removes them, so that no old table sits
+beside the new results.md."""
+
+
+def own_grid_dir(out: Path, runs: set[str]) -> None:
+    """The grid's directory holds only this grid: a run directory that is not one of ``runs`` is an
+    error naming it (results of another grid would be mixed in); old report files are removed."""
+    stray = sorted(p.name for p in (out / "runs").glob("*") if p.is_dir() and p.name not in runs)
+    if stray:
+        raise ConfigError(f"{out / 'runs'} holds runs that are not in this grid ({', '.join(stray[:5])}"
+                          f"{', ...' if len(stray) > 5 else ''}); move them away, or choose another --out")
+    for name in STALE_REPORTS:
+        (out / name).unlink(missing_ok=True)
+
+
 def compare(config: CompareConfig, out: Path, *, ablation: bool = False, progress: bool = True,
             command: str = "repro-env compare") -> Path:
     """Check every run's config, run (or resume) the grid in ``out``, write the results there."""
@@ -387,6 +403,7 @@ def compare(config: CompareConfig, out: Path, *, ablation: bool = False, progres
     jobs, cells = plan(config, out)
     with locked_run_dir(out):
         check_saved_config(out, config)
+        own_grid_dir(out, {job.name for job in jobs})
         t0 = time.perf_counter()
         results = run_jobs(jobs, config, out, progress=progress)
         baselines = {row: baseline_of(config, row) for row in config.methods}

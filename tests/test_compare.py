@@ -472,6 +472,17 @@ def test_compare_smoke_end_to_end(tmp_path, tiny_llama_dir, capsys):
     assert main([str(SMOKE), "--ablation", "--no-progress", "--out", str(out), "--set", f"model={tiny_llama_dir}",
                  "--set", "ablation.stability_weight=[0.0]", "--set", "ablation.alpha=[0.2]"]) == 0
     assert untimed(json.loads(before)) == untimed(json.loads((out / "results.json").read_text()))
+    # the directory holds this grid only (issue 28 #5): an old report goes, a stray run is refused
+    (out / "ablation.md").write_text("an older version's table")
+    (out / "runs" / "stray-seed9").mkdir()
+    capsys.readouterr()
+    assert main([str(SMOKE), "--ablation", "--no-progress", "--out", str(out), "--set", f"model={tiny_llama_dir}",
+                 "--set", "ablation.stability_weight=[0.0]", "--set", "ablation.alpha=[0.2]"]) == 2
+    assert "runs holds runs that are not in this grid (stray-seed9); move them away" in capsys.readouterr().err
+    (out / "runs" / "stray-seed9").rmdir()
+    assert main([str(SMOKE), "--ablation", "--no-progress", "--out", str(out), "--set", f"model={tiny_llama_dir}",
+                 "--set", "ablation.stability_weight=[0.0]", "--set", "ablation.alpha=[0.2]"]) == 0
+    assert not (out / "ablation.md").exists()
     # without --ablation it is another grid
     assert main([str(SMOKE), "--no-progress", "--out", str(out), "--set", f"model={tiny_llama_dir}"]) == 2
     assert "field 'methods.GRPO + RePro, w=0' was {" in capsys.readouterr().err
