@@ -56,8 +56,12 @@ class Registry:
         """Register ``target`` (an object or a ``"package.module:Name"`` string) under ``name``."""
         if not isinstance(name, str) or not name or ":" in name:
             raise ConfigError(f"a {self.kind} name must be a non-empty string without ':', got {describe(name)}")
-        module, _, attr = target.partition(":") if isinstance(target, str) else ("", "", "")
-        if not (module and attr) and (isinstance(target, str) or not self.accepts(target)):
+        if isinstance(target, str):
+            module, _, attr = target.partition(":")
+            valid = bool(module and attr)
+        else:
+            valid = self.accepts(target)
+        if not valid:
             raise ConfigError(f"{self.kind} {name!r}: the target must be {self.expected} or its "
                               f"'package.module:Name' path, got {describe(target)}")
         if name in self._targets and not replace and self._targets[name] != target:

@@ -92,7 +92,7 @@ class SplitResponse:
 
 
 def split_response(prompt: str, response: str | Sequence[str], *, final_answer: re.Pattern[str],
-                   delimiter: str = DEFAULT_DELIMITER, think_tags: tuple[str, str] = (THINK_OPEN, THINK_CLOSE)
+                   delimiter: str = DEFAULT_DELIMITER, think_tags: tuple[str, ...] = (THINK_OPEN, THINK_CLOSE)
                    ) -> SplitResponse:
     """Split a finished response into what RePro scores (REPRO_SPEC §1, §4): the one definition
     that ``repro-env score``, the TRL trainer and the env's end-of-reasoning rule share.

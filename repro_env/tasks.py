@@ -214,7 +214,7 @@ class TaskSpec:
         """:func:`repro_env.segments.split_response` with this task's delimiter, final-answer pattern
         and think tags: what RePro scores of a finished response."""
         return split_response(prompt, response, final_answer=self.final_answer_regex, delimiter=self.delimiter,
-                              think_tags=(self.think_tags[0], self.think_tags[1]))
+                              think_tags=self.think_tags)
 
     def is_backtrack(self, segment: str) -> bool:
         """REPRO_SPEC §6 (choice): the segment matches one of the backtrack patterns."""

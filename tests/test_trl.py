@@ -60,14 +60,18 @@ def fixed_batch(tokenizer):
              f"Wait, hmm.\n\nActually, let me re-check.\n\nThe answer is {right}.",
              "I guess.\n\nThe answer is \\boxed{0}.",
              "Hmm.\n\nNo, wait.\n\nMaybe.\n\nThe answer is \\boxed{1}."]
+    return ([problem["prompt"]] * 4, [problem["answer"]] * 4, *padded(tokenizer, texts),
+            np.array([1.0, 1.0, 0.0, 0.0]))
+
+
+def padded(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(completion_ids, mask), (B, T) right-padded, each text's tokens followed by EOS."""
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
-    width = max(len(i) for i in ids)
-    completion_ids = torch.full((4, width), tokenizer.pad_token_id)
-    mask = torch.zeros(4, width, dtype=torch.long)
+    completion_ids = torch.full((len(ids), max(len(i) for i in ids)), tokenizer.pad_token_id)
+    mask = torch.zeros(completion_ids.shape, dtype=torch.long)
     for b, row in enumerate(ids):
         completion_ids[b, :len(row)], mask[b, :len(row)] = torch.tensor(row), 1
-    R = np.array([1.0, 1.0, 0.0, 0.0])
-    return [problem["prompt"]] * 4, [problem["answer"]] * 4, completion_ids, mask, R
+    return completion_ids, mask
 
 
 def by_hand(tokenizer, prompts, answers, completion_ids, mask, R) -> list[np.ndarray]:
@@ -155,12 +159,7 @@ def think_batch(trainer):
              f"Hmm.\n\nWait, let me re-check.\n\nOK.\n</think>\n\nThe answer is {right}.",
              "I guess.\n\n</think>\n\nThe answer is \\boxed{0}.",
              "Maybe.\n\nStill thinking"]
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
-    completion_ids = torch.full((4, max(len(i) for i in ids)), tokenizer.pad_token_id)
-    mask = torch.zeros(completion_ids.shape, dtype=torch.long)
-    for b, row in enumerate(ids):
-        completion_ids[b, :len(row)], mask[b, :len(row)] = torch.tensor(row), 1
-    return [prompt] * 4, [problem["answer"]] * 4, completion_ids, mask, np.array([1.0, 1.0, 0.0, 0.0])
+    return [prompt] * 4, [problem["answer"]] * 4, *padded(tokenizer, texts), np.array([1.0, 1.0, 0.0, 0.0])
 
 
 def test_think_completions_score_the_think_block_only_by_hand():

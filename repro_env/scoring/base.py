@@ -357,6 +357,24 @@ SCORER_MEMBERS = ("config", "max_length", "tokenizer", "eos_token", "reload_weig
 """What :class:`Scorer` requires; :func:`check_scorer` names the missing ones."""
 
 
+def append_flags(scorer: Any, sessions: Sequence[Any], segments: Sequence[str],
+                 score: Sequence[bool] | None) -> list[bool]:
+    """The score flags of a ``sessions_append`` call (all true by default), after the checks every
+    backend makes before it changes anything: one segment and one flag per session, no session
+    twice (the second append would overwrite the first), every session started by ``scorer``."""
+    flags = [True] * len(sessions) if score is None else list(score)
+    if not len(sessions) == len(segments) == len(flags):
+        raise ScorerError(f"sessions_append needs one segment and one score flag per session, got "
+                          f"{len(sessions)} sessions, {len(segments)} segments, {len(flags)} flags")
+    if len({id(s) for s in sessions}) != len(sessions):
+        raise ScorerError("sessions_append got the same session twice; append to each session at most "
+                          "once per call")
+    if any(s.scorer is not scorer for s in sessions):
+        raise ScorerError("sessions_append got a session started by another scorer; "
+                          "use that scorer's sessions_append")
+    return flags
+
+
 def check_scorer(scorer: Any, where: str) -> Any:
     """``scorer`` if it has every :class:`Scorer` member, else a ``ScorerError`` naming the missing ones."""
     missing = [name for name in SCORER_MEMBERS if not hasattr(scorer, name)]

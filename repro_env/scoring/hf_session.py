@@ -21,7 +21,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from repro_env.errors import ScorerError
 from repro_env.kv_cache import grown
-from repro_env.scoring.base import StepScore
+from repro_env.scoring.base import StepScore, append_flags
 from repro_env.scoring.prefill import finite_values, next_token_entropy
 
 if TYPE_CHECKING:
@@ -41,18 +41,9 @@ def open_pool_sessions(scorer: HFScorer, pairs: Sequence[tuple[str, str]]) -> li
 
 
 def step_pool_sessions(scorer: HFScorer, sessions: Sequence[HFSession], segments: Sequence[str],
-                    score: Sequence[bool] | None = None) -> list[StepScore]:
+                       score: Sequence[bool] | None = None) -> list[StepScore]:
     """:meth:`HFScorer.sessions_append`: one segment per session, all scored in one batched forward."""
-    score = [True] * len(sessions) if score is None else list(score)
-    if not len(sessions) == len(segments) == len(score):
-        raise ScorerError(f"sessions_append needs one segment and one score flag per session, got "
-                          f"{len(sessions)} sessions, {len(segments)} segments, {len(score)} flags")
-    if len({id(s) for s in sessions}) != len(sessions):
-        raise ScorerError("sessions_append got the same session twice; append to each session at most "
-                          "once per call")
-    if any(s.scorer is not scorer for s in sessions):
-        raise ScorerError("sessions_append got a session started by another scorer; "
-                          "use that scorer's sessions_append")
+    score = append_flags(scorer, sessions, segments, score)
     steps = [s._plan(seg, flag) for s, seg, flag in zip(sessions, segments, score, strict=True)]
     outputs = _run_steps(scorer, steps)
     results = []

@@ -52,6 +52,7 @@ from repro_env.scoring.base import (
     StepScore,
     TokenizedRequest,
     TokenScorerBase,
+    append_flags,
     checked_log_probs,
 )
 from repro_env.scoring.options import VLLMOptions
@@ -345,16 +346,7 @@ class VLLMScorer(TokenScorerBase):
 
         If any session would overflow the context, raise ``ContextLengthError`` before changing any.
         """
-        score = [True] * len(sessions) if score is None else list(score)
-        if not len(sessions) == len(segments) == len(score):
-            raise ScorerError(f"sessions_append needs one segment and one score flag per session, got "
-                              f"{len(sessions)} sessions, {len(segments)} segments, {len(score)} flags")
-        if len({id(s) for s in sessions}) != len(sessions):  # the second append would overwrite the first
-            raise ScorerError("sessions_append got the same session twice; append to each session at most "
-                              "once per call")
-        if any(s.scorer is not self for s in sessions):
-            raise ScorerError("sessions_append got a session started by another scorer; "
-                              "use that scorer's sessions_append")
+        score = append_flags(self, sessions, segments, score)
         steps = [s._plan(segment, flag) for s, segment, flag in zip(sessions, segments, score, strict=True)]
         probes = [probe for step in steps for probe in step[2:] if probe is not None]
         values = self._evaluate(probes)
