@@ -153,3 +153,12 @@ def test_a_plugin_that_fails_on_import_is_named_with_its_entry_point(monkeypatch
                                           r"'tests.plugins.raising_plugin' \(RuntimeError: this plugin is broken\)"):
         SCORERS.get("broken")
 
+
+
+def test_options_that_are_not_a_dataclass_are_named_once():
+    """issue 28 #15: the message said "got ..., got ..." (the check appended a second 'got')."""
+    register_scorer("odd", HFScorer, options=dict)
+    with pytest.raises(ConfigError) as info:
+        ScorerConfig(backend="odd")
+    assert str(info.value) == ("field 'backend': scorer 'odd' must declare its options as a dataclass "
+                               "(options_class), got <class 'dict'> (type)")

@@ -87,8 +87,9 @@ def backend_options_class(backend: str) -> type:
     """The options dataclass of a backend (``NoOptions`` if it declares none)."""
     SCORERS.check(backend, "backend")
     options_class = _OPTIONS.get(backend) or getattr(SCORERS.get(backend, "backend"), "options_class", NoOptions)
-    check(dataclasses.is_dataclass(options_class) and isinstance(options_class, type), "backend", backend,
-          f"a scorer class whose options_class is a dataclass, got {describe(options_class)}")
+    if not (dataclasses.is_dataclass(options_class) and isinstance(options_class, type)):
+        raise ConfigError(f"field 'backend': scorer {backend!r} must declare its options as a dataclass "
+                          f"(options_class), got {describe(options_class)}")
     return options_class
 
 
