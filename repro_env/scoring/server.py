@@ -225,28 +225,34 @@ class VLLMServerScorer(VLLMScorer):
     # -- engine calls ---------------------------------------------------------------------------
 
     def _evaluate(self, probes: Sequence[Probe]) -> dict[Probe, float]:
-        """J for J probes, entropy for the others, ``batch_prompts`` per request, ``concurrency`` at once."""
+        """J for J probes, entropy for the others: ``batch_prompts`` per request, ``concurrency`` at once.
+
+        J probes and entropy probes never share a moment on the server: vLLM 0.32's sampler gives
+        every request of a batch that holds a ``logprob_token_ids`` request the log-probs of those
+        ids only, which would blank the entropy probes' top-N."""
         unique = list(dict.fromkeys(probes))
-        size = self.options.batch_prompts
-        chunks = [unique[i:i + size] for i in range(0, len(unique), size)]
+        j_probes = [p for p in unique if p.answer is not None]
+        h_probes = [p for p in unique if p.answer is None]
         deadline = None if self.config.timeout_s is None else time.monotonic() + self.config.timeout_s
         with ThreadPoolExecutor(max_workers=self.options.concurrency) as pool:
-            values = list(pool.map(lambda chunk: self._evaluate_chunk(chunk, deadline), chunks))
-        return {p: v for chunk, vals in zip(chunks, values, strict=True) for p, v in zip(chunk, vals, strict=True)}
+            def run(items: list[Any], work: Any) -> list[Any]:
+                """``work(chunk, deadline)`` on ``batch_prompts`` items at a time, concatenated."""
+                size = self.options.batch_prompts
+                chunks = [items[i:i + size] for i in range(0, len(items), size)]
+                return [value for values in pool.map(lambda chunk: work(chunk, deadline), chunks) for value in values]
 
-    def _evaluate_chunk(self, probes: list[Probe], deadline: float | None = None) -> list[float]:
-        j_probes = [p for p in probes if p.answer is not None]
-        h_probes = [p for p in probes if p.answer is None]
-        out: dict[Probe, float] = {}
-        if j_probes and self.options.j_probes == "cached":
-            out.update(zip(j_probes, self._cached_J(j_probes, deadline), strict=True))
-        elif j_probes:
-            choices = self._complete([[*p.prefix, *p.answer] for p in j_probes], deadline, prompt_logprobs=0)
-            out.update((p, self._read_J(p, c)) for p, c in zip(j_probes, choices, strict=True))
-        if h_probes:
-            choices = self._complete([list(p.prefix) for p in h_probes], deadline, logprobs=self.entropy_top_n)
-            out.update((p, self._read_entropy(c)) for p, c in zip(h_probes, choices, strict=True))
-        return [out[p] for p in probes]
+            J = self._cached_J(j_probes, run) if self.options.j_probes == "cached" else run(j_probes, self._J)
+            H = run(h_probes, self._entropies)
+        return dict(zip(j_probes + h_probes, J + H, strict=True))
+
+    def _J(self, probes: list[Probe], deadline: float | None) -> list[float]:
+        """J of each probe from the prompt log-probs of ``q + τ≤t + a`` (``j_probes: prompt_logprobs``)."""
+        choices = self._complete([[*p.prefix, *p.answer] for p in probes], deadline, prompt_logprobs=0)
+        return [self._read_J(p, c) for p, c in zip(probes, choices, strict=True)]
+
+    def _entropies(self, probes: list[Probe], deadline: float | None) -> list[float]:
+        choices = self._complete([list(p.prefix) for p in probes], deadline, logprobs=self.entropy_top_n)
+        return [self._read_entropy(c) for c in choices]
 
     def _complete(self, prompts: list[list[int]], deadline: float | None = None, **params: Any
                   ) -> list[dict[str, Any]]:
@@ -262,39 +268,42 @@ class VLLMServerScorer(VLLMScorer):
                               f"got indices {indices[:20]}")
         return [choice for _, choice in sorted(zip(indices, choices, strict=True), key=lambda pair: pair[0])]
 
-    def _cached_J(self, probes: list[Probe], deadline: float | None) -> list[float]:
+    def _cached_J(self, probes: list[Probe], run: Any) -> list[float]:
         """J of each probe from one-token reads that use the server's prefix cache (``j_probes: cached``).
 
         The log-prob of answer token ``a_i`` after ``q + τ≤t`` is the next-token log-prob of ``a_i``
-        at the end of the prompt ``q + τ≤t + a[:i]``: a request with ``logprob_token_ids`` and no
-        prompt log-probs, so vLLM serves it from its prefix cache. The longest prefixes go first,
-        alone, so that their blocks are cached before the reads are scheduled; the reads of one
-        answer token share a request."""
+        at the end of the prompt ``q + τ≤t + a[:i]``: a read with ``logprob_token_ids`` and no
+        prompt log-probs, so vLLM serves it from its prefix cache. The longest prefixes are sent
+        first, on their own, so that their blocks are cached before any read is scheduled."""
         longest: list[tuple[int, ...]] = []
         for prefix in sorted({p.prefix for p in probes}, key=len, reverse=True):
-            if not any(other[:len(prefix)] == prefix for other in longest):
+            # the last-token test first: a full comparison costs O(L), and almost all pairs differ there
+            if not any(other[len(prefix) - 1] == prefix[-1] and other[:len(prefix)] == prefix for other in longest):
                 longest.append(prefix)
-        self._complete([list(prefix) for prefix in longest], deadline)
-        reads: dict[int, list[tuple[int, int]]] = {}  # answer token → (probe, position) of its reads
-        for k, probe in enumerate(probes):
-            for i, token in enumerate(probe.answer):
-                reads.setdefault(token, []).append((k, i))
-        log_probs: list[list[Any]] = [[None] * len(probe.answer) for probe in probes]
-        for token, where in reads.items():
-            prompts = [[*probes[k].prefix, *probes[k].answer[:i]] for k, i in where]
-            choices = self._complete(prompts, deadline, logprobs=1, logprob_token_ids=[token])
-            for (k, i), choice in zip(where, choices, strict=True):
-                try:
-                    log_probs[k][i] = choice["logprobs"]["top_logprobs"][0][f"token_id:{token}"]
-                except (TypeError, KeyError, IndexError) as e:
-                    raise ScorerError(f"the server's reply lacks the log-prob of answer token {token} "
-                                      f"({type(e).__name__}: {e}); j_probes 'cached' needs a vLLM that takes "
-                                      "logprob_token_ids (else use 'prompt_logprobs')") from e
+        run(longest, lambda chunk, deadline: self._complete([list(p) for p in chunk], deadline))
+        reads = [(probe, i) for probe in probes for i in range(len(probe.answer))]
+        log_probs = dict(zip(reads, run(reads, self._read_answer_tokens), strict=True))
         out = []
-        for probe, row in zip(probes, log_probs, strict=True):
-            token_lp = checked_log_probs(row, f"the answer log-probs of a J probe ({len(probe.prefix)} prefix tokens)")
+        for probe in probes:
+            token_lp = checked_log_probs([log_probs[probe, i] for i in range(len(probe.answer))],
+                                         f"the answer log-probs of a J probe ({len(probe.prefix)} prefix tokens)")
             out.append(sum(token_lp) / len(token_lp))
         return out
+
+    def _read_answer_tokens(self, reads: list[tuple[Probe, int]], deadline: float | None) -> list[Any]:
+        """One request: for each (probe, i), the log-prob of ``a_i`` after ``prefix + a[:i]``."""
+        tokens = sorted({probe.answer[i] for probe, i in reads})
+        choices = self._complete([[*probe.prefix, *probe.answer[:i]] for probe, i in reads], deadline,
+                                 logprobs=1, logprob_token_ids=tokens)
+        values = []
+        for (probe, i), choice in zip(reads, choices, strict=True):
+            try:
+                values.append(choice["logprobs"]["top_logprobs"][0][f"token_id:{probe.answer[i]}"])
+            except (TypeError, KeyError, IndexError) as e:
+                raise ScorerError(f"the server's reply lacks the log-prob of answer token {probe.answer[i]} "
+                                  f"({type(e).__name__}: {e}); j_probes 'cached' needs a vLLM that takes "
+                                  "logprob_token_ids (else use 'prompt_logprobs')") from e
+        return values
 
     def _read_J(self, probe: Probe, choice: dict[str, Any]) -> float:
         rows = choice.get("prompt_logprobs")

@@ -213,7 +213,10 @@ class VLLMScorer(TokenScorerBase):
         One ``generate`` call for all requests: per response, a J probe per distinct boundary and
         an entropy probe per segment, sharing the prefix through the prefix cache.
         """
-        prepared = [self.prepare(request) for request in requests]
+        return self.score_tokens([self.prepare(request) for request in requests])
+
+    def score_tokens(self, prepared: Sequence[TokenizedRequest]) -> list[ScoreResult]:
+        """:meth:`score` on already tokenised requests (no length or point checks)."""
 
         def j_probes(p: TokenizedRequest) -> list[Probe]:
             return [Probe(tuple(p.ids[:p.boundaries[t]]), tuple(p.answer_ids)) for t in (0, *p.points)]
