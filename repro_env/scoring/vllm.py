@@ -83,7 +83,9 @@ def entropy_from_top_logprobs(log_probs: Sequence[float], vocab_size: int) -> fl
 
     With N = ``vocab_size`` this is the exact entropy. With N < ``vocab_size`` the missing tail mass
     ``r = 1 − Σ_top p`` counts as one bucket, ``H ≈ −Σ_top p log p − r log r``, a lower bound on
-    the true entropy. Example: top log-probs ``log 0.5, log 0.25`` of 4 tokens: r = 0.25 and
+    the true entropy, below it by r times the entropy of the tail renormalised: at most
+    ``r·ln(V − N)``. On the bundled model at N = 20 the gap was 0.005 nats on average, 0.117 at most
+    (``tests/test_entropy_paths.py``). Example: top log-probs ``log 0.5, log 0.25`` of 4 tokens: r = 0.25 and
     H = 0.5·ln 2 + 0.25·ln 4 + 0.25·ln 4 = 1.5·ln 2.
     """
     p = np.exp(np.asarray(log_probs, dtype=np.float64))  # (N,)
