@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import GRPOConfig  # the trl extra, which `make test` installs: a failing import fails loudly
 
 from repro_env import advantages as adv
@@ -28,7 +28,8 @@ from repro_env.integrations.trl import (
     segment_token_counts,
     task_dataset,
 )
-from repro_env.scoring.base import ScoreRequest
+from repro_env.reward import RewardConfig
+from repro_env.scoring.base import ScorerConfig, ScoreRequest
 from repro_env.scoring.hf import HFScorer
 from repro_env.segments import split_segments
 from repro_env.tasks import resolve_task
@@ -37,7 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TASK = "RePro-Math-v0"
 
 
-def make_trainer(per_device: int = 8, steps: int = 2, reward_funcs=None, **overrides) -> ReProGRPOTrainer:
+def make_trainer(per_device: int = 8, steps: int = 2, reward_funcs=None, *, texts: list[str] | None = None,
+                 scorer=None, reward: RewardConfig | None = None, **overrides) -> ReProGRPOTrainer:
+    """A trainer on the bundled model. ``texts``: instead of sampling, every step "generates" these
+    completions of problem 0 (the dataset holds that problem only) through TRL's ``rollout_func``."""
     tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir(), padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=torch.float32)
     settings = dict(output_dir=str(ROOT / ".tmp" / "trl-test"), max_steps=steps, learning_rate=5e-5, seed=0,
@@ -46,21 +50,44 @@ def make_trainer(per_device: int = 8, steps: int = 2, reward_funcs=None, **overr
                     gradient_checkpointing=False, use_vllm=False, dataloader_num_workers=0)
     settings.update(overrides)
     args = GRPOConfig(**settings)
-    prompts = max(16, steps * per_device // args.num_generations)
-    return ReProGRPOTrainer(model=model, args=args, processing_class=tokenizer,
-                            reward_funcs=reward_funcs or outcome_reward_func(TASK),
-                            train_dataset=task_dataset(TASK, size=prompts), task=TASK)
+    prompts = 1 if texts else max(16, steps * per_device // args.num_generations)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "You are using 'rollout_func'")
+        return ReProGRPOTrainer(model=model, args=args, processing_class=tokenizer,
+                                reward_funcs=reward_funcs or outcome_reward_func(TASK),
+                                train_dataset=task_dataset(TASK, size=prompts), task=TASK, scorer=scorer,
+                                reward=reward, rollout_func=fixed_rollout(texts) if texts else None)
 
 
-def fixed_batch(tokenizer):
-    """One group of 4 completions of the same problem: 2 correct, 2 wrong, different lengths."""
+def fixed_rollout(texts: list[str]):
+    """TRL ``rollout_func``: the completions are ``texts`` in TRL's global order, so process p
+    "generates" rows p·B .. p·B + B − 1; each is its text's tokens followed by EOS."""
+
+    def rollout(prompts: list[str], trainer: ReProGRPOTrainer) -> dict[str, list]:
+        tokenizer, rank = trainer.processing_class, trainer.accelerator.process_index
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+        return {"prompt_ids": tokenizer(text=prompts)["input_ids"],
+                "completion_ids": ids[rank * len(prompts):(rank + 1) * len(prompts)], "logprobs": None}
+
+    return rollout
+
+
+def fixed_texts() -> list[str]:
+    """One group of 4 completions of problem 0: 2 correct, 2 wrong, different lengths; the segments
+    that match the task's backtrack patterns: 0, 2 ("Wait, hmm.", "Actually, let me re-check."), 0,
+    2 ("Hmm.", "No, wait.")."""
+    right = f"\\boxed{{{task_dataset(TASK, size=1)[0]['answer']}}}"
+    return [f"Let me think.\n\nSo the answer is {right}.",
+            f"Wait, hmm.\n\nActually, let me re-check.\n\nThe answer is {right}.",
+            "I guess.\n\nThe answer is \\boxed{0}.",
+            "Hmm.\n\nNo, wait.\n\nMaybe.\n\nThe answer is \\boxed{1}."]
+
+
+def fixed_batch(tokenizer, texts: list[str] | None = None):
+    """:func:`fixed_texts` (or 4 other ``texts``, right, right, wrong, wrong) as TRL hands them over:
+    prompts, answers, completion ids and mask, and R = (1, 1, 0, 0)."""
     problem = task_dataset(TASK, size=1)[0]
-    right = f"\\boxed{{{problem['answer']}}}"
-    texts = [f"Let me think.\n\nSo the answer is {right}.",
-             f"Wait, hmm.\n\nActually, let me re-check.\n\nThe answer is {right}.",
-             "I guess.\n\nThe answer is \\boxed{0}.",
-             "Hmm.\n\nNo, wait.\n\nMaybe.\n\nThe answer is \\boxed{1}."]
-    return ([problem["prompt"]] * 4, [problem["answer"]] * 4, *padded(tokenizer, texts),
+    return ([problem["prompt"]] * 4, [problem["answer"]] * 4, *padded(tokenizer, texts or fixed_texts()),
             np.array([1.0, 1.0, 0.0, 0.0]))
 
 
@@ -74,27 +101,40 @@ def padded(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return completion_ids, mask
 
 
-def by_hand(tokenizer, prompts, answers, completion_ids, mask, R) -> list[np.ndarray]:
-    """Token advantages straight from repro_env.reward, with J from a fresh scorer on the same model.
+def by_hand(tokenizer, prompts, answers, completion_ids, mask, R, *, reward: RewardConfig | None = None,
+            rows: list[int] | None = None) -> list[np.ndarray]:
+    """Token advantages of ``rows`` (default: all; one group, R (len(rows),) their outcomes) straight
+    from repro_env.reward, with J from a fresh scorer on the same model.
 
     Each completion's last segment states the answer: it is not scored (REPRO_SPEC §4), so J is asked
-    at the T − 1 reasoning segments only and the last segment's r̃ is 0 and out of the pool."""
+    at the T − 1 reasoning segments only and the last segment's r̃ is 0 and out of the pool. The
+    scored points among them (§4): all, or the k of highest first-token entropy plus the last. An
+    empty completion has no segments: its tokens (EOS) get A only."""
     spec = resolve_task(TASK)
+    config = reward or spec.reward
     scorer = HFScorer.from_model(AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=torch.float32),
                                  tokenizer)
     rewards, masks, counts, tails = [], [], [], []
-    for b in range(4):
+    for b in range(len(prompts)) if rows is None else rows:
         n = int(mask[b].sum())
-        text = tokenizer.decode(completion_ids[b, :n], skip_special_tokens=True)
-        segments = split_segments(text, spec.delimiter)
+        segments = split_segments(decode(tokenizer, completion_ids[b, :n]), spec.delimiter)
         T = len(segments)
-        assert "boxed" in segments[-1] and not any("boxed" in s for s in segments[:-1])
-        result = scorer.score([ScoreRequest(prompts[b], tuple(segments[:-1]), f"\\boxed{{{answers[b]}}}")])[0]
-        rewards.append(rp.spread_rewards(range(1, T), rp.rewards_for(spec.reward, result.J), T))
-        masks.append(np.arange(T) < T - 1)
         counts.append(segment_token_counts(tokenizer, completion_ids[b, :n].tolist(), segments))
         tails.append(n - sum(counts[-1]))
-    return adv.grpo_token_advantages(R, rewards, masks, counts, tails, alpha=spec.reward.alpha)
+        if T == 0:
+            rewards.append(np.zeros(0))
+            masks.append(np.zeros(0, dtype=bool))
+            continue
+        assert "boxed" in segments[-1] and not any("boxed" in s for s in segments[:-1])
+        result = scorer.score([ScoreRequest(prompts[b], tuple(segments[:-1]), f"\\boxed{{{answers[b]}}}")])[0]
+        if config.selection == "all":
+            points = list(range(1, T))
+        else:  # topk_entropy: the k highest entropies among segments 1..T−2 (earlier first on ties), and T − 1
+            top = np.argsort(-result.entropies[:-1], kind="stable")[:config.k] + 1
+            points = sorted(int(p) for p in top) + [T - 1]
+        rewards.append(rp.spread_rewards(points, rp.rewards_for(config, result.J[[0, *points]]), T))
+        masks.append(rp.scored_mask(points, T))
+    return adv.grpo_token_advantages(R, rewards, masks, counts, tails, alpha=config.alpha)
 
 
 def test_a_short_run_completes_and_logs_the_repro_metrics():
@@ -212,10 +252,131 @@ def decode(tokenizer, ids) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-def test_two_processes_give_the_advantages_of_one(tmp_path):
-    single = make_trainer()
-    prompts, answers, ids, mask, R = fixed_batch(single.processing_class)
-    alone, metrics = single.repro_advantages(prompts, answers, ids, mask, R, group=4)
+class GradientRecorder(TrainerCallback):
+    """Keeps the step's loss gradient (after DDP's all-reduce, before the optimizer), flattened."""
+
+    grad: torch.Tensor | None = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **_):
+        self.grad = torch.cat([p.grad.flatten() for p in model.parameters()]).clone()  # (P,)
+
+
+@dataclasses.dataclass
+class Step:
+    """What one real training step on :func:`fixed_texts` handed to TRL's loss, and what it logged."""
+
+    grad: torch.Tensor
+    """(P,) gradient of the step's loss (no clipping)."""
+    advantages: torch.Tensor
+    """(B, T) this process's rows, as ``_generate_and_score_completions`` returned them."""
+    logged: dict
+    """The step's record in ``trainer.state.log_history``."""
+    rewards: dict
+    """TRL's rewards per reward function, of every process's completions (global order)."""
+
+
+def step_trainer(per_device: int = 4, **kwargs) -> ReProGRPOTrainer:
+    """A one-step trainer on :func:`fixed_texts`, R = outcome + 0.5 · length reward (whose group
+    statistics need every process's rows), no gradient clipping (the gradient stays linear in Â)."""
+    funcs = [outcome_reward_func(TASK), length_penalty_reward_func(TASK, weight=0.5, num_generations=4)]
+    return make_trainer(per_device=per_device, steps=1, texts=fixed_texts(), reward_funcs=funcs, max_grad_norm=0.0,
+                        **kwargs)
+
+
+def train_one_step(trainer: ReProGRPOTrainer) -> Step:
+    recorder, outputs = GradientRecorder(), []
+    trainer.add_callback(recorder)
+    generate = trainer._generate_and_score_completions
+    trainer._generate_and_score_completions = lambda inputs: outputs.append(generate(inputs)) or outputs[-1]
+    trainer.train()
+    (logged,) = [record for record in trainer.state.log_history if "repro/process_return" in record]
+    rewards = {name: list(values) for name, values in trainer._logs["rewards"].items()}
+    return Step(recorder.grad, outputs[0]["advantages"].cpu(), logged, rewards)
+
+
+@pytest.fixture(scope="module")
+def one_process_step() -> Step:
+    return train_one_step(step_trainer())
+
+
+def completion_logps(model, tokenizer, prompt: str, completion_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) log π(y_t | q, y_<t) of each completion token under ``model``, one plain forward pass."""
+    prompt_ids = torch.tensor(tokenizer(prompt)["input_ids"]).expand(len(completion_ids), -1)  # (B, P)
+    P = prompt_ids.shape[1]
+    logits = model(input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
+                   attention_mask=torch.cat([torch.ones_like(prompt_ids), mask], dim=1)).logits  # (B, P + T, V)
+    logps = torch.log_softmax(logits[:, P - 1:-1].float(), dim=-1)  # (B, T, V): the logits that predict y_t
+    return logps.gather(-1, completion_ids[..., None]).squeeze(-1)  # (B, T)
+
+
+def test_the_loss_gradient_moves_by_the_hand_computed_per_token_process_advantages(one_process_step):
+    """TRL's loss really reads the (B, T) advantages, token by token (STACK_NOTES: an undocumented
+    path of TRL 1.16). One real training step on the fixed batch with α = 0.1 and one with α = 0:
+    with one step per generation the ratio π/π_old is 1, so the dapo loss is −Σ_{b,t} Â_bt·log π(y_bt)/N
+    (N the batch's completion tokens) and the gradients differ by −∇ Σ α·Ã_bt·log π(y_bt)/N, with α·Ã
+    per token from the hand computation (:func:`by_hand` at α minus at 0; A cancels).
+
+    Null, tried once: ``repro_advantages`` patched to give every token of a completion that
+    completion's mean Â (per-sequence advantages broadcast over the tokens, as TRL's (B,) path does)
+    failed the comparison below: the gradient difference was off by 44% of its norm, against 5e-6
+    (float32) for the real path.
+    """
+    reward = resolve_task(TASK).reward
+    plain = train_one_step(step_trainer(reward=dataclasses.replace(reward, alpha=0.0)))
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    prompts, answers, ids, mask, R = fixed_batch(tokenizer)
+    with_process = by_hand(tokenizer, prompts, answers, ids, mask, R)
+    outcome_only = by_hand(tokenizer, prompts, answers, ids, mask, R, reward=dataclasses.replace(reward, alpha=0.0))
+    process = torch.zeros(ids.shape)  # (B, T) α·Ã
+    for b in range(4):
+        n = int(mask[b].sum())
+        process[b, :n] = torch.from_numpy(with_process[b] - outcome_only[b])
+        assert len(set(np.round(process[b, :n].numpy(), 6))) >= 2  # Ã varies along every completion
+    model = AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=torch.float32)
+    logps = completion_logps(model, tokenizer, prompts[0], ids, mask)  # (B, T)
+    (-(process * logps * mask).sum() / mask.sum()).backward()
+    expected = torch.cat([p.grad.flatten() for p in model.parameters()])  # (P,)
+    got = one_process_step.grad - plain.grad
+    assert expected.norm() > 0.05 * plain.grad.norm()  # the process term is no rounding error
+    assert (got - expected).norm() <= 1e-4 * expected.norm()
+
+
+def hand_metrics(tokenizer, texts: list[str]) -> dict[str, float]:
+    """The batch means TRL logs as ``repro/…``, from a fresh scorer: S_T = Σ r̃ and J_T − J_0 over
+    the reasoning (every segment but the final answer; an empty completion has none: 0 and 0), the
+    completion's tokens with EOS, and the backtracks the caller counts in :func:`fixed_texts`."""
+    spec = resolve_task(TASK)
+    problem = task_dataset(TASK, size=1)[0]
+    scorer = HFScorer.from_model(AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=torch.float32),
+                                 tokenizer)
+    process_return, gain = [], []
+    for text in texts:
+        reasoning = split_segments(text, spec.delimiter)[:-1]
+        J = np.zeros(1)  # without reasoning: S_T = 0 and J_T − J_0 = 0
+        if reasoning:
+            answer = f"\\boxed{{{problem['answer']}}}"
+            J = scorer.score([ScoreRequest(problem["prompt"], tuple(reasoning), answer)])[0].J  # (1 + T,)
+        process_return.append(rp.rewards_for(spec.reward, J).sum() if reasoning else 0.0)
+        gain.append(J[-1] - J[0])
+    tokens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]
+    return {"repro/process_return": np.mean(process_return), "repro/J_gain": np.mean(gain),
+            "repro/tokens_per_response": np.mean(tokens)}
+
+
+def test_the_logged_metrics_equal_a_hand_computation(one_process_step):
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    expected = hand_metrics(tokenizer, fixed_texts())
+    expected["repro/backtracks_per_response"] = (0 + 2 + 0 + 2) / 4  # fixed_texts' docstring
+    got = {name: one_process_step.logged[name] for name in expected}
+    assert got == pytest.approx(expected, abs=1e-6, rel=0)
+
+
+def test_a_training_step_on_two_processes_equals_one_on_one(one_process_step, tmp_path):
+    """One real training step on 2 processes (gloo, tests/trl_worker.py; the group of 4 straddles
+    both) against one process: the same advantages per row, the same metrics, the same gradient after
+    DDP's all-reduce, and the length reward's group statistics over all 4 rows (the one-process
+    function's values). About 30 s, nearly all of it two Python start-ups on 2 cores. Tried once
+    against a null (each process's group statistics over its own 2 rows, nothing gathered): failed."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -230,17 +391,129 @@ def test_two_processes_give_the_advantages_of_one(tmp_path):
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
-    ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(2)]
+    ranks = [torch.load(f"{out}.{r}") for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
-    both = [row for r in ranks for row in r["advantages"]]
-    width = max(len(row) for row in both)
+    _, _, ids, mask, _ = fixed_batch(AutoTokenizer.from_pretrained(bundled_model_dir()))
+    alone = one_process_step
+    rows = [row for r in ranks for row in r["advantages"]]
     for b in range(4):
         n = int(mask[b].sum())
-        np.testing.assert_allclose(both[b][:n], alone[b, :n].numpy(), atol=1e-6, rtol=0)
-    assert ranks[0]["metrics"] == pytest.approx(metrics) and ranks[1]["metrics"] == pytest.approx(metrics)
-    # the length reward's group straddles both ranks too: each rank gets its rows of the one-process values
-    assert [x for r in ranks for x in r["length_rewards"]] == pytest.approx(fixed_length_rewards(ids, mask))
-    assert width == ids.shape[1]
+        torch.testing.assert_close(rows[b][:n], alone.advantages[b, :n], atol=1e-6, rtol=0)
+    repro = {k: v for k, v in alone.logged.items() if k.startswith("repro/")}
+    for r in ranks:
+        assert {k: r["logged"][k] for k in repro} == pytest.approx(repro, abs=1e-6, rel=0)
+        torch.testing.assert_close(r["grad"], alone.grad, atol=1e-6 * alone.grad.abs().max().item(), rtol=1e-4)
+        assert r["rewards"].keys() == alone.rewards.keys()
+        for name, values in alone.rewards.items():
+            assert r["rewards"][name] == pytest.approx(values, abs=1e-6)
+    assert alone.rewards["repro_length_penalty"] == pytest.approx(fixed_length_rewards(ids, mask, weight=0.5))
+
+
+def perturb(model) -> None:
+    """Move every weight by a fixed random 10%, as updates move the policy."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + 0.1 * torch.randn(p.shape, generator=generator))
+
+
+def test_a_frozen_scorer_keeps_scoring_with_its_own_weights():
+    """``scorer=ScorerConfig()`` (README): J from the bundled model loaded on its own, whatever
+    the policy becomes; the default (``scorer=None``) scores with the policy as it is now."""
+    frozen, policy = make_trainer(scorer=ScorerConfig()), make_trainer()
+    for trainer in (frozen, policy):
+        perturb(trainer.model)
+    tokenizer = frozen.processing_class
+    batch = fixed_batch(tokenizer)
+    expected = by_hand(tokenizer, *batch)  # J of the unmoved bundled model
+    got_frozen, _ = frozen.repro_advantages(*batch, group=4)
+    got_policy, _ = policy.repro_advantages(*batch, group=4)
+    mask = batch[3]
+    for b in range(4):
+        n = int(mask[b].sum())
+        np.testing.assert_allclose(got_frozen[b, :n].numpy(), expected[b], atol=1e-6, rtol=0)
+    # the policy's J moved with its weights, so the same comparison fails for the default scorer
+    assert max(np.abs(got_policy[b, :int(mask[b].sum())].numpy() - expected[b]).max() for b in range(4)) > 1e-3
+
+
+def test_topk_entropy_selection_by_hand():
+    """``reward=RewardConfig(selection="topk_entropy", k=1)`` (README, REPRO_SPEC §4): J counts at the
+    reasoning segment of highest first-token entropy and at the last one only. Completion 3 has 3
+    reasoning segments, so it loses a point; the others have at most 2 and keep theirs."""
+    config = RewardConfig(selection="topk_entropy", k=1)
+    trainer = make_trainer(reward=config)
+    tokenizer = trainer.processing_class
+    batch = fixed_batch(tokenizer)
+    got, _ = trainer.repro_advantages(*batch, group=4)
+    expected = by_hand(tokenizer, *batch, reward=config)
+    every_point = by_hand(tokenizer, *batch)
+    mask = batch[3]
+    for b in range(4):
+        np.testing.assert_allclose(got[b, :int(mask[b].sum())].numpy(), expected[b], atol=1e-6, rtol=0)
+    assert np.abs(expected[3] - every_point[3]).max() > 1e-3  # the selection changed completion 3's credit
+
+
+def generate_and_score(trainer: ReProGRPOTrainer) -> dict:
+    """TRL's ``_generate_and_score_completions`` on one generation batch of problem 0, in train mode."""
+    trainer.model.train()
+    return trainer._generate_and_score_completions([dict(trainer.train_dataset[0]) for _ in range(4)])
+
+
+def test_a_completion_no_reward_function_scores_gets_no_advantage():
+    """A completion for which every reward function returns None is unscorable (TRL 1.16: NaN R,
+    advantage 0). RePro follows: the completion is out of the group's statistics (A and
+    the r̃ pool are over the other 3) and every token of it gets Â = 0. Tried once against a null
+    (the line that sets R to NaN for such rows removed: R = 0 for it): failed."""
+    outcome = outcome_reward_func(TASK)
+
+    def third_unscorable(completions, answer, **_):
+        return [None if i == 2 else r for i, r in enumerate(outcome(completions, answer))]
+
+    trainer = make_trainer(per_device=4, steps=1, texts=fixed_texts(), reward_funcs=third_unscorable)
+    output = generate_and_score(trainer)
+    tokenizer = trainer.processing_class
+    prompts, answers, ids, mask, _ = fixed_batch(tokenizer)
+    expected = by_hand(tokenizer, prompts, answers, ids, mask, np.array([1.0, 1.0, 0.0]), rows=[0, 1, 3])
+    got = output["advantages"]
+    assert torch.all(got[2] == 0)
+    for b, row in zip([0, 1, 3], expected, strict=True):
+        n = int(mask[b].sum())
+        np.testing.assert_allclose(got[b, :n].numpy(), row, atol=1e-6, rtol=0)
+
+
+def test_an_empty_completion_gets_the_outcome_advantage_only():
+    """A completion that is only EOS has no reasoning: no J is asked for it, its token gets A, it
+    adds nothing to the group's r̃ pool, and its S_T and J_T − J_0 count as 0 in the logged means.
+    In a batch of empty completions, each EOS gets its A and every metric but the tokens is 0."""
+    texts = fixed_texts()
+    texts[2] = ""
+    trainer = make_trainer(per_device=4, steps=1, texts=texts)
+    requests = []
+    scorer = trainer.repro_scorer()
+    score = scorer.score
+    scorer.score = lambda batch: requests.extend(batch) or score(batch)
+    trainer._repro_scorer = scorer
+    output = generate_and_score(trainer)
+    tokenizer = trainer.processing_class
+    prompts, answers, ids, mask, R = fixed_batch(tokenizer, texts)
+    assert len(requests) == 3  # none for the empty completion
+    assert int(mask[2].sum()) == 1  # EOS
+    A = adv.grpo_outcome_advantages(R)  # (4,)
+    expected = by_hand(tokenizer, prompts, answers, ids, mask, R)
+    got = output["advantages"]
+    assert got[2, 0].item() == pytest.approx(A[2], abs=1e-6)
+    for b in range(4):
+        n = int(mask[b].sum())
+        np.testing.assert_allclose(got[b, :n].numpy(), expected[b], atol=1e-6, rtol=0)
+    logged = {name: values[-1] for name, values in trainer._metrics["train"].items() if name.startswith("repro/")}
+    metrics = hand_metrics(tokenizer, texts)
+    metrics["repro/backtracks_per_response"] = (0 + 2 + 0 + 2) / 4
+    assert logged == pytest.approx(metrics, abs=1e-6, rel=0)
+
+    empty = [""] * 4
+    advantages, metrics = trainer.repro_advantages(prompts, answers, *padded(tokenizer, empty), R, group=4)
+    assert torch.all(advantages[:, 0] == torch.from_numpy(A).float()) and metrics == {
+        "process_return": 0.0, "J_gain": 0.0, "tokens_per_response": 1.0, "backtracks_per_response": 0.0}
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -263,12 +536,12 @@ def test_dataset_and_outcome_reward_func():
     assert reward([f"So \\boxed{{{answer}}}.", "So \\boxed{-12345}."], [answer, answer]) == [1.0, 0.0]
 
 
-def fixed_length_rewards(ids: torch.Tensor, mask: torch.Tensor, rows: slice = slice(None)) -> list[float]:
-    """:func:`length_penalty_reward_func` (weight 1, groups of 4) on rows of :func:`fixed_batch`."""
+def fixed_length_rewards(ids: torch.Tensor, mask: torch.Tensor, weight: float) -> list[float]:
+    """:func:`length_penalty_reward_func` (groups of 4) on :func:`fixed_batch`, in one process."""
     tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
     problem = task_dataset(TASK, size=1)[0]
-    completion_ids = [row[:n].tolist() for row, n in zip(ids[rows], mask[rows].sum(dim=1), strict=True)]
-    reward = length_penalty_reward_func(TASK, weight=1.0, num_generations=4)
+    completion_ids = [row[:n].tolist() for row, n in zip(ids, mask.sum(dim=1), strict=True)]
+    reward = length_penalty_reward_func(TASK, weight=weight, num_generations=4)
     return reward(prompts=[problem["prompt"]] * len(completion_ids), completion_ids=completion_ids,
                   completions=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
                   answer=[problem["answer"]] * len(completion_ids))

@@ -250,8 +250,16 @@ class ReProGRPOTrainer(GRPOTrainer):
                          ) -> tuple[torch.Tensor, dict[str, float]]:
         """(B, T) token advantages Â of this process's completions, and the batch's RePro metrics.
 
-        ``R``: (N_all,) summed rewards of every process's completions in TRL's global order (NaN:
-        unscorable, advantage 0); this process holds rows ``rank·B .. rank·B + B − 1``.
+        ``R``: (N_all,) summed rewards of every process's completions in TRL's global order; this
+        process holds rows ``rank·B .. rank·B + B − 1``. Two cases have defined values:
+
+        - NaN R (every reward function returned None: TRL's unscorable completion): Â = 0 on every
+          token, and the completion is out of its group's statistics (A and the r̃ pool);
+        - a completion with no reasoning segment (empty: only EOS; or the final answer at once): no
+          J is asked, every token gets A, and it adds nothing to the r̃ pool.
+
+        The metrics are means over every completion of the batch, these included (S_T = 0 and
+        J_T − J_0 = 0 without reasoning).
         """
         from accelerate.utils import gather_object
 
