@@ -2,8 +2,8 @@
 ``--smoke`` budget, and their printed figures are read back and checked against each other.
 
 ``custom_agent.py`` and ``tabular_agent.py`` are tested by ``test_custom_agent.py`` and
-``test_tabular_agent.py``. Wall times on the 2-core machine: trl_grpo 18 s, sb3_ppo 19 s,
-score_overthinking 8 s.
+``test_tabular_agent.py``. Wall times on the 2-core machine: trl_grpo 15-18 s, sb3_ppo
+19-23 s, score_overthinking 6-8 s.
 """
 
 from __future__ import annotations

@@ -496,11 +496,11 @@ def test_batch_size_is_the_scorer_config_field(tmp_path):
 
 
 @pytest.mark.vllm
-def test_the_vllm_server_backend_scores_as_the_hf_one(own_fields_scored, vllm_server, tiny_llama_dir, tmp_path):
-    """``--backend vllm-server --base-url`` against the suite's real server (``conftest.vllm_server``):
+def test_the_vllm_server_backend_scores_as_the_hf_one(own_fields_scored, server, tiny_llama_dir, tmp_path):
+    """``--backend vllm-server --base-url`` against the suite's real server (``conftest.server``):
     the same rows as the hf backend, J within the server tests' 1e-4."""
     traces = write_jsonl(tmp_path / "t.jsonl", OWN_FIELDS)
-    done = score_cli(str(traces), "--backend", "vllm-server", "--base-url", vllm_server.url,
+    done = score_cli(str(traces), "--backend", "vllm-server", "--base-url", server.url,
                      "--model", str(tiny_llama_dir), *FIELD_OPTIONS, "--out", str(tmp_path / "out"), "--no-plots")
     assert done.returncode == 0, done.stderr
     served, local = read_rows(tmp_path / "out"), read_rows(own_fields_scored[0])
