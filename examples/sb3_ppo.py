@@ -11,6 +11,7 @@ policy, so the table prints standard errors; compare policies on the same seeds 
 
     python examples/sb3_ppo.py                      # defaults: ~5 minutes on 2 CPU cores
     python examples/sb3_ppo.py --timesteps 4000 --eval-episodes 200
+    python examples/sb3_ppo.py --smoke              # one PPO rollout of 128 steps, 8 test problems
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ def main() -> None:
     parser.add_argument("--eval-untrained", action="store_true", help="also evaluate the untrained policy")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; one is fastest for the tiny model's small matmuls")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget: 128 training steps, 8 test problems (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.timesteps, args.eval_episodes = 128, 8
     torch.set_num_threads(args.threads)
 
     env = make_env(args)

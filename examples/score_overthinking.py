@@ -9,6 +9,7 @@ J curves side by side (``OUT/overthinking.png``). ``OUT/report/`` holds the full
 
     python examples/score_overthinking.py                       # 60 problems, figure of the first 4
     python examples/score_overthinking.py --problems 200 --out runs/overthinking
+    python examples/score_overthinking.py --smoke               # 6 problems, figure of the first 2
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=4, help="problems drawn in the figure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/score_overthinking")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget: 6 problems, 2 in the figure (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.problems, args.pairs = 6, 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_traces(out / "traces.jsonl", args.problems, args.seed)

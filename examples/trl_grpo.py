@@ -2,6 +2,7 @@
 
     python examples/trl_grpo.py                 # 10 steps of 4 prompts x 4 completions, about a minute
     python examples/trl_grpo.py --steps 30 --out runs/trl
+    python examples/trl_grpo.py --smoke         # 2 steps of 2 prompts x 2 completions (the test suite's run)
 
 Scaling out is TRL's: ``accelerate launch --num_processes 8 examples/trl_grpo.py --model Qwen/Qwen3-1.7B``
 (DeepSpeed/FSDP through an accelerate config), generation on a vLLM server with TRL's
@@ -29,7 +30,10 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=4, help="completions per prompt")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--out", default="runs/trl_grpo")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget: 2 steps of 2 prompts x 2 completions (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.prompts, args.group = 2, 2, 2
     path = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -45,7 +49,8 @@ def main() -> None:
                                train_dataset=task_dataset(args.task, size=args.steps * args.prompts),
                                task=args.task)
     trainer.train()
-    for record in trainer.state.log_history[-3:]:
+    steps = [record for record in trainer.state.log_history if "reward" in record]  # not the run's summary
+    for record in steps[-3:]:
         print({k: round(v, 4) for k, v in record.items() if k.startswith(("repro/", "reward")) or k == "step"})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -210,3 +211,22 @@ def test_rollout_arguments(args, message):
     result = repro_env_cli(*args)
     assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
     assert "Hopper" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_resume_through_the_console_script_continues_the_run(tmp_path):
+    """2 updates, then ``--resume RUN_DIR --set updates=3``: the learner continues from its saved
+    state (IdleLearner counts its updates in state.json: a fresh learner would save 1, not 3), and
+    the first two metrics lines and checkpoints are kept as they were (a restart rewrites them)."""
+    run_dir = tmp_path / "run"
+    first = repro_env_cli("train", str(idle_config(tmp_path / "c.yaml", out_dir=str(run_dir))), "--no-progress")
+    assert first.returncode == 0, first.stderr
+    metrics = (run_dir / "metrics.jsonl").read_text()
+    kept = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (run_dir / "checkpoints").glob("update-*/*")}
+    resumed = repro_env_cli("train", "--resume", str(run_dir), "--set", "updates=3", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert "\n".join(lines[:2]) + "\n" == metrics and [json.loads(line)["update"] for line in lines] == [1, 2, 3]
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in kept} == kept
+    assert json.loads((run_dir / "checkpoints" / "update-000003" / "state.json").read_text()) == {"updates": 3}
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "update-000003"
+    assert "mean of updates 1 → mean of updates 3" in resumed.stdout

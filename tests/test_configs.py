@@ -2,7 +2,8 @@
 
 Only the model, the device and the dtype are swapped (the fixture model is float32 on CPU); every
 other field, the vLLM backends of the GPU configs included, is built as shipped. The GPU configs
-build on the real CUDA device in the ``gpu`` test, which runs where CUDA exists.
+build on the real CUDA device in the ``gpu`` test: ``make test`` deselects it, ``make test-gpu`` runs it
+on a machine with CUDA (and stops at once on one without).
 """
 
 from __future__ import annotations

@@ -380,3 +380,135 @@ def test_lines_a_tokenizer_or_json_cannot_take_are_bad_lines(tmp_path, bundled):
     crlf = result["traces"][1]  # the CRLF response splits like the LF one
     assert [s["text"] for s in crlf["segments"]] == [s["text"] for s in result["traces"][0]["segments"]]
 
+
+
+# -- the command's options through the console script (issue 27) -----------------------------
+
+HOSTILE_ID = "<script>alert('id')</script> & \"quoted\""
+HOSTILE_SEGMENT = "Then, 3 + 20 = 23. <img src=x onerror=alert(1)></div>&amp;\n\n"
+OWN_FIELDS = [{"name": HOSTILE_ID, "q": "Question: <marquee>what</marquee> is 3 + 4 times 5?\n\n", "a": "23",
+               "r": "First, 4 * 5 = 20.\n\n" + HOSTILE_SEGMENT + "The answer is \\boxed{23}."},
+              {"name": "plain", "q": "Question: what is 1 + 2?\n\n", "a": 3,
+               "r": "So, 1 + 2 = 3.\n\nWait, 3.\n\nThe answer is \\boxed{4}."}]
+FIELD_OPTIONS = ("--question-field", "q", "--response-field", "r", "--answer-field", "a", "--id-field", "name",
+                 "--no-template")
+
+
+def score_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([str(SCRIPT), "score", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def read_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+
+
+class _Page(HTMLParser):
+    """The tags of a page and the text between them, entities decoded."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags, self.text = set(), []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def own_fields_scored(tmp_path_factory, tiny_llama_dir):
+    """``repro-env score`` of OWN_FIELDS with the fixture model, every field option and --batch-size 2."""
+    root = tmp_path_factory.mktemp("own_fields")
+    traces = write_jsonl(root / "t.jsonl", OWN_FIELDS)
+    done = score_cli(str(traces), "--model", str(tiny_llama_dir), *FIELD_OPTIONS, "--batch-size", "2",
+                     "--out", str(root / "out"))
+    assert done.returncode == 0, done.stderr
+    return root / "out", done.stdout
+
+
+def test_model_field_options_and_no_template_reach_the_scorer(own_fields_scored, tiny_llama_dir, bundled):
+    """J of every point equals the fixture model's on the question field taken as the whole prompt
+    (the bundled model or the task's template around it would give other numbers)."""
+    from repro_env.scoring import ScorerConfig
+    from repro_env.scoring.hf import HFScorer
+
+    out, stdout = own_fields_scored
+    rows = read_rows(out)
+    assert [r["id"] for r in rows] == [HOSTILE_ID, "plain"] and [r["correct"] for r in rows] == [True, False]
+    assert [r["answer"] for r in rows] == ["23", "3"] and "scored 2 traces (0 skipped)" in stdout
+    fixture = HFScorer(ScorerConfig(model=str(tiny_llama_dir)))
+    for record, row in zip(OWN_FIELDS, rows, strict=True):
+        scored = [s["text"] for s in row["segments"] if s["scored"]]
+        direct = fixture.score([ScoreRequest(record["q"], tuple(scored), f"\\boxed{{{record['a']}}}")])[0]
+        J = [row["J_0"], *(s["J"] for s in row["segments"] if s["scored"])]
+        np.testing.assert_allclose(J, direct.J, rtol=0, atol=TOL)
+    other = bundled.score([ScoreRequest(OWN_FIELDS[1]["q"], ("So, 1 + 2 = 3.\n\n", "Wait, 3.\n\n"), "\\boxed{3}")])[0]
+    assert abs(other.J[0] - rows[1]["J_0"]) > 0.1  # so the check above tells the two models apart
+
+
+def test_summary_json_is_the_aggregate_of_the_rows(own_fields_scored):
+    out, _ = own_fields_scored
+    rows, summary = read_rows(out), json.loads((out / "summary.json").read_text())
+    n = len(rows)
+    assert set(summary) == {"traces", "skipped", "seconds", "traces_per_s", "mean_J_gain", "mean_process_return",
+                            "backtracks_per_trace", "accuracy", "segments_per_trace", "negative_reward_share",
+                            "overthinking_share", "overthinking_tokens_per_trace", "mean_tokens_after_first_correct",
+                            "traces_with_answer_located", "answer_location"}
+    assert (summary["traces"], summary["skipped"], summary["answer_location"]) == (2, 0, "step_result")
+    rate = summary["traces_per_s"]
+    assert abs(rate * summary["seconds"] - n) <= rate * 5e-4  # seconds is rounded to 3 decimals
+    expected = {"mean_J_gain": np.mean([r["J_gain"] for r in rows]),
+                "mean_process_return": np.mean([r["process_return"] for r in rows]),
+                "backtracks_per_trace": np.mean([r["backtracks"] for r in rows]),
+                "accuracy": 0.5, "segments_per_trace": 3.0,
+                "negative_reward_share": sum(r["negative_rewards"] for r in rows) / sum(r["scored_segments"]
+                                                                                       for r in rows),
+                "overthinking_share": np.mean([r["overthinking"] for r in rows]),
+                "overthinking_tokens_per_trace": np.mean([r["overthinking_tokens"] for r in rows])}
+    for key, value in expected.items():
+        assert summary[key] == pytest.approx(value, abs=1e-12), key
+    located = [r["tokens_after_first_correct"] for r in rows if r["tokens_after_first_correct"] is not None]
+    assert summary["traces_with_answer_located"] == len(located) >= 1  # "3 + 20 = 23." states 23
+    assert summary["mean_tokens_after_first_correct"] == pytest.approx(np.mean(located))
+    assert rows[1]["backtracks"] == 1  # "Wait, ..."
+
+
+def test_untrusted_trace_text_is_escaped_in_the_report(own_fields_scored):
+    """The id, question and segment text of a trace are data: the page gets no tag from them, and
+    its text shows them as written."""
+    page = (own_fields_scored[0] / "report.html").read_text()
+    parsed = _Page()
+    parsed.feed(page)
+    assert "script" not in parsed.tags and "marquee" not in parsed.tags
+    assert page.count("<img") == 2  # the two embedded curves, not the segment's <img src=x ...>
+    assert "<script>" not in page and "onerror=alert(1)>" not in page and "<marquee>" not in page
+    text = "".join(parsed.text)
+    assert HOSTILE_ID in text and HOSTILE_SEGMENT.strip() in text and "<marquee>what</marquee>" in text
+
+
+def test_batch_size_is_the_scorer_config_field(tmp_path):
+    done = score_cli(str(EXAMPLE), "--batch-size", "0", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "field 'batch_size' must be an int >= 1, got 0" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.vllm
+def test_the_vllm_server_backend_scores_as_the_hf_one(own_fields_scored, server, tiny_llama_dir, tmp_path):
+    """``--backend vllm-server --base-url`` against the suite's real server (``conftest.server``):
+    the same rows as the hf backend, J within the server tests' 1e-4."""
+    traces = write_jsonl(tmp_path / "t.jsonl", OWN_FIELDS)
+    done = score_cli(str(traces), "--backend", "vllm-server", "--base-url", server.url,
+                     "--model", str(tiny_llama_dir), *FIELD_OPTIONS, "--out", str(tmp_path / "out"), "--no-plots")
+    assert done.returncode == 0, done.stderr
+    served, local = read_rows(tmp_path / "out"), read_rows(own_fields_scored[0])
+    assert [r["id"] for r in served] == [r["id"] for r in local]
+    for ours, theirs in zip(served, local, strict=True):
+        assert [s["text"] for s in ours["segments"]] == [s["text"] for s in theirs["segments"]]
+        for key in ("J_0", "J_T", "process_return"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-4), key
+        for a, b in zip(ours["segments"], theirs["segments"], strict=True):
+            assert (a["J"] is None) == (b["J"] is None) and (a["J"] is None or abs(a["J"] - b["J"]) <= 1e-4)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scores.csv", "scores.jsonl", "summary.json"]
