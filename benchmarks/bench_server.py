@@ -7,7 +7,7 @@ at every segment end, plus first-token entropies) and prints, per backend, respo
 per second and J values per second (median of ``--repeats`` calls, after one warm-up call). The
 server is started on loopback with ``repro-env vllm-serve`` and scored with 1 and with 8
 concurrent requests (``options.concurrency``, 8 prompts per request), with each way of reading J
-(``options.j_probes``).
+(``options.j_probes``; the server runs with ``repro-env vllm-serve``'s 32-token cache blocks).
 
 Table 2 prices one response of L tokens scored at M points (M = 20, and M = all: one point per
 ~100 tokens) on a second server, serving a random-init Llama (2 layers, d=512, positions up to
@@ -46,7 +46,7 @@ from transformers import AutoTokenizer
 
 from repro_env.assets import bundled_model_dir
 from repro_env.scoring import ScorerConfig, ScoreRequest, make_scorer
-from repro_env.scoring.server import wait_for_server
+from repro_env.scoring.server import BLOCK_SIZE, wait_for_server
 
 ANSWER_TOKENS = 8
 MAX_PREFILL_A = 400_000
@@ -99,7 +99,7 @@ def bundled_table(args: argparse.Namespace) -> list[tuple[str, float, float]]:
             ("vllm in-process", *measure(make_scorer(ScorerConfig(backend="vllm")), batch, args.repeats))]
     with served(str(bundled_model_dir()), 512) as url:
         for concurrency in (1, 8):
-            for j_probes in ("prompt_logprobs", "cached"):
+            for j_probes in ("prompt_logprobs", "cached", "auto"):
                 options = {"base_url": url, "max_logprobs": 600, "concurrency": concurrency, "batch_prompts": 8,
                            "j_probes": j_probes}
                 scorer = make_scorer(ScorerConfig(backend="vllm-server", options=options))
@@ -128,7 +128,8 @@ def long_table(args: argparse.Namespace) -> list[tuple]:
         tokenizer.save_pretrained(model_dir)
         with served(model_dir, max(args.lengths) + ANSWER_TOKENS + 16, "--block-size", str(args.block_size)) as url:
             options = {"base_url": url, "request_timeout_s": 1800.0}
-            a = make_scorer(ScorerConfig(backend="vllm-server", model=model_dir, options=options))
+            a = make_scorer(ScorerConfig(backend="vllm-server", model=model_dir,
+                                         options={**options, "j_probes": "prompt_logprobs"}))
             b = make_scorer(ScorerConfig(backend="vllm-server", model=model_dir,
                                          options={**options, "j_probes": "cached"}))
             b.score_tokens([make_request(512, 4, ANSWER_TOKENS, vocab, seed=99)])  # warm-up
@@ -157,7 +158,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 8192, 16384])
     parser.add_argument("--points", nargs="+", default=["20", "all"])
-    parser.add_argument("--block-size", type=int, default=128, help="table 2's server: tokens per cache block")
+    parser.add_argument("--block-size", type=int, default=BLOCK_SIZE, help="table 2's server: tokens per cache block")
     parser.add_argument("--skip-bundled", action="store_true", help="table 2 only")
     parser.add_argument("--smoke", action="store_true", help="tiny budget: 2 requests, L = 512, 1 repeat (CI)")
     args = parser.parse_args()

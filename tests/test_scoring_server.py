@@ -18,7 +18,7 @@ from repro_env.env import ReasoningEnv
 from repro_env.errors import ScorerError
 from repro_env.scoring import ScorerConfig, ScoreRequest, make_scorer
 from repro_env.scoring.hf import HFScorer
-from repro_env.scoring.server import VLLMServerScorer
+from repro_env.scoring.server import BLOCK_SIZE, VLLMServerScorer
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.vllm
@@ -61,7 +61,7 @@ def test_J_and_entropies_equal_the_hf_scorer(scorer, hf):
 def test_cached_J_probes_equal_the_hf_scorer_and_see_a_weight_push(vllm_server, tiny_llama_dir, hf):
     """issue 29: ``j_probes: cached`` reads J through one-token reads that use the prefix cache. Equal
     to the hf scorer in batch and in a session, for a one-token answer and for an answer whose reads
-    cross the end of a cache block (128 tokens on vLLM's CPU backend); after a weight push (with
+    cross the ends of cache blocks (``BLOCK_SIZE`` tokens on the suite's server); after a weight push (with
     /reset_prefix_cache) no stale block is read.
     Small requests, 4 at once: the entropies stay exact although one-token reads (``logprob_token_ids``)
     run beside them (vLLM's sampler blanks the top-N of entropy probes batched with such reads: before
@@ -73,7 +73,8 @@ def test_cached_J_probes_equal_the_hf_scorer_and_see_a_weight_push(vllm_server, 
     long_answer = "\\boxed{" + "1234567890" * 17 + "}"
     requests = [*REQUESTS, ScoreRequest(QUESTION, SEGMENTS, one), ScoreRequest(QUESTION, SEGMENTS[:2], long_answer)]
     crossing = hf.prepare(requests[-1])
-    assert crossing.boundaries[-1] < 128 < crossing.boundaries[-1] + len(crossing.answer_ids) <= 192
+    end = crossing.boundaries[-1]
+    assert end // BLOCK_SIZE < (end + len(crossing.answer_ids)) // BLOCK_SIZE and end + len(crossing.answer_ids) <= 192
     for ours, reference in zip(cached.score(requests), hf.score(requests), strict=True):
         np.testing.assert_allclose(ours.J, reference.J, atol=1e-4, rtol=0)
         np.testing.assert_allclose(ours.entropies, reference.entropies, atol=1e-4, rtol=0)
@@ -92,6 +93,25 @@ def test_cached_J_probes_equal_the_hf_scorer_and_see_a_weight_push(vllm_server, 
     finally:
         hf.reload_weights(original)
         cached.reload_weights(original)
+
+
+def test_auto_J_probes_read_long_prefixes_through_the_cache_and_short_ones_with_prompt_logprobs(
+        vllm_server, tiny_llama_dir, hf, monkeypatch):
+    """``j_probes: auto`` (the default) splits one call's probes by prefix length (the threshold is
+    lowered here to fall inside these short requests); J equals the hf scorer's either way."""
+    import repro_env.scoring.server as server
+
+    monkeypatch.setattr(server, "AUTO_CACHED_MIN_PREFIX", 24)
+    scorer = make_scorer(server_config(tiny_llama_dir, vllm_server.url))
+    assert scorer.options.j_probes == "auto"
+    used = {"cached": [], "prompt_logprobs": []}
+    cached_J, plain_J = scorer._cached_J, scorer._J
+    monkeypatch.setattr(scorer, "_cached_J", lambda probes, run: used["cached"].extend(probes) or cached_J(probes, run))
+    monkeypatch.setattr(scorer, "_J", lambda probes, d: used["prompt_logprobs"].extend(probes) or plain_J(probes, d))
+    for ours, reference in zip(scorer.score(REQUESTS), hf.score(REQUESTS), strict=True):
+        np.testing.assert_allclose(ours.J, reference.J, atol=1e-4, rtol=0)
+    assert all(len(p.prefix) >= 24 for p in used["cached"]) and len(used["cached"]) >= 3
+    assert all(len(p.prefix) < 24 for p in used["prompt_logprobs"]) and len(used["prompt_logprobs"]) >= 1
 
 
 def test_gymnasium_check_env_with_the_server_scorer(scorer):

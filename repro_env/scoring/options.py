@@ -69,12 +69,14 @@ class ServerOptions:
     """Prompts per request."""
     max_logprobs: int = 20
     """Top log-probs per entropy probe; the server's ``--max-logprobs`` must allow it."""
-    j_probes: Literal["prompt_logprobs", "cached"] = "prompt_logprobs"
-    """How J is read on the server. ``prompt_logprobs``: one request per point, ``q + τ≤t + a`` with
+    j_probes: Literal["auto", "cached", "prompt_logprobs"] = "auto"
+    """How J is read on the server. ``prompt_logprobs``: one prompt per point, ``q + τ≤t + a`` with
     prompt log-probs, which vLLM serves without its prefix cache (each probe prefills its whole
-    prefix). ``cached``: one-token reads, the log-prob of answer token ``a_i`` after
-    ``q + τ≤t + a[:i]`` through ``logprob_token_ids``, which read the prefix cache; the longest prefix
-    of each response is sent first, so that the reads prefill little more than their tails."""
+    prefix: about M·L/2 tokens for M points on a response of L). ``cached``: one-token reads, the
+    log-prob of answer token ``a_i`` after ``q + τ≤t + a[:i]`` through ``logprob_token_ids``, which
+    read the prefix cache once the longest prefix of each response has been sent (about
+    L + M·|a|·(block/2 + |a|/2) tokens). ``auto``: ``cached`` for probes of at least
+    ``server.AUTO_CACHED_MIN_PREFIX`` tokens, where it is the faster, else ``prompt_logprobs``."""
     weights_dir: str = ""
     """Where weight pushes write the weights for the server to read (rewritten by each push); empty: a
     temporary directory, one per scorer or generator, removed when it is."""
@@ -86,5 +88,5 @@ class ServerOptions:
         for name in ("concurrency", "batch_prompts", "max_logprobs"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "an int >= 1")
         check(self.retries >= 0, "retries", self.retries, "an int >= 0")
-        check(self.j_probes in ("prompt_logprobs", "cached"), "j_probes", self.j_probes,
-              "'prompt_logprobs' or 'cached'")
+        check(self.j_probes in ("auto", "cached", "prompt_logprobs"), "j_probes", self.j_probes,
+              "'auto', 'cached' or 'prompt_logprobs'")

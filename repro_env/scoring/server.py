@@ -10,15 +10,17 @@ to the server as ids and both sides agree on every token. At start-up the scorer
 server serves that model (``/v1/models``) with the same tokenizer (``/tokenize`` of a probe
 string); a mismatch is a ``ScorerError`` naming both.
 
-Each J probe is one prompt ``q + τ≤t + a`` with ``prompt_logprobs`` (J = the mean log-prob of the
-answer tokens); each entropy probe is ``q + τ<t`` with the top ``max_logprobs`` log-probs of the
-next token (exact when the vocabulary fits ``--max-logprobs``, else the tail-bucket approximation
-of ``vllm.entropy_from_top_logprobs``). Prompts go ``batch_prompts`` per request, ``concurrency``
-requests at a time. vLLM does not read its prefix cache for requests with prompt log-probs, so
-every J probe prefills its whole prefix on the server: about M·L/2 tokens for M points on a
-response of L. With ``options.j_probes: cached`` each answer token is instead a one-token read
-(``logprob_token_ids``, no prompt log-probs) after the longest prefix of its response has been
-sent once: the reads find that prefix in the cache, about L + M·|a|·(block size) tokens.
+J probes are read one of two ways (``options.j_probes``). ``prompt_logprobs``: one prompt
+``q + τ≤t + a`` with prompt log-probs per point; vLLM does not read its prefix cache for such
+requests, so each probe prefills its whole prefix, about M·L/2 tokens for M points on a response
+of L. ``cached``: the longest prefix of each response is sent once, then each answer token is a
+one-token read (``logprob_token_ids``, no prompt log-probs) that finds that prefix in the cache and
+recomputes only what lies past its last full cache block: about L + M·|a|·(block/2 + |a|/2) tokens.
+``auto`` (the default) takes ``cached`` for probes of at least ``AUTO_CACHED_MIN_PREFIX`` tokens.
+Each entropy probe is ``q + τ<t`` with the top ``max_logprobs`` log-probs of the next token (exact
+when the vocabulary fits ``--max-logprobs``, else the tail-bucket approximation of
+``vllm.entropy_from_top_logprobs``). Prompts go ``batch_prompts`` per request, ``concurrency``
+requests at a time.
 
 HTTP goes through one ``httpx`` client per scorer (pooled keep-alive connections). Faults:
 connection errors, time-outs and HTTP 5xx are retried ``retries`` times with exponential backoff;
@@ -56,6 +58,14 @@ from repro_env.scoring.options import ServerOptions
 from repro_env.scoring.vllm import ENGINE_ENVIRONMENT, Probe, VLLMScorer, checkpoint_keys, entropy_from_top_logprobs
 
 PROBE_TEXT = "Question: what is 12 + 5 times 3?\n\nSo 12 + 15 = 27. \\boxed{27}"
+AUTO_CACHED_MIN_PREFIX = 384
+"""``j_probes: auto`` reads J through the cache for probes with at least this many prefix tokens:
+on the CPU server, prompt log-probs were faster up to ~256 tokens and one-token reads from ~512 on
+(``benchmarks/bench_server.py``, docs/results/bench_server.txt)."""
+BLOCK_SIZE = 32
+"""KV-cache block of ``repro-env vllm-serve`` (vLLM's CPU default is 128): a one-token read
+recomputes the part of its prefix past the last full block, so smaller blocks make cached J
+probes cheaper (2-3x at 1k-16k tokens; plain prefill unchanged). The CPU backend wants multiples of 32."""
 MAX_REPLY_BYTES = 256 << 20
 """Largest reply read (a J request of 64 prompts of 16k tokens, one prompt log-prob per token, is
 about 60 MB of JSON); a larger one is refused as it arrives, not read whole."""
@@ -241,9 +251,15 @@ class VLLMServerScorer(VLLMScorer):
                 chunks = [items[i:i + size] for i in range(0, len(items), size)]
                 return [value for values in pool.map(lambda chunk: work(chunk, deadline), chunks) for value in values]
 
-            J = self._cached_J(j_probes, run) if self.options.j_probes == "cached" else run(j_probes, self._J)
+            mode = self.options.j_probes
+            cached: list[Probe] = []
+            plain: list[Probe] = []
+            for p in j_probes:
+                long = mode == "cached" or (mode == "auto" and len(p.prefix) >= AUTO_CACHED_MIN_PREFIX)
+                (cached if long else plain).append(p)
+            J = self._cached_J(cached, run) + run(plain, self._J)
             H = run(h_probes, self._entropies)
-        return dict(zip(j_probes + h_probes, J + H, strict=True))
+        return dict(zip(cached + plain + h_probes, J + H, strict=True))
 
     def _J(self, probes: list[Probe], deadline: float | None) -> list[float]:
         """J of each probe from the prompt log-probs of ``q + τ≤t + a`` (``j_probes: prompt_logprobs``)."""
@@ -351,7 +367,7 @@ def server_command(model: str, port: int, host: str = "127.0.0.1", max_model_len
     further arguments of vLLM's server (``--block-size 32``, ``--tensor-parallel-size 4`` ...)."""
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model),
                "--host", host, "--port", str(port), "--dtype", "float32", "--enforce-eager",
-               "--max-logprobs", str(max_logprobs)]
+               "--max-logprobs", str(max_logprobs), "--block-size", str(BLOCK_SIZE)]
     if max_model_len:
         command += ["--max-model-len", str(max_model_len)]
     return command + list(extra)
