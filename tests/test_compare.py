@@ -565,8 +565,11 @@ def killed_mid_run(out: Path) -> bool:
 @pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: ~60 s
 def test_a_grid_killed_mid_run_resumes_to_the_results_of_an_uninterrupted_one(tmp_path, tiny_llama_dir, workers):
     """SIGKILL the CLI after one run finished and another checkpointed, rerun the same command: the
-    finished run is skipped, the halfway run continues from its checkpoint, and results.json equals an
-    uninterrupted grid's, number for number; with 2 workers, the killed grid's workers die with it."""
+    finished run is skipped, the halfway run continues from its checkpoint (its checkpointed updates'
+    metrics rows, wall times included, are kept byte for byte), and results.json equals an
+    uninterrupted grid's, number for number; with 2 workers, the killed grid's workers die with it.
+    Tried once against a restart (the halfway runs' checkpoints deleted before the rerun): failed with
+    "was restarted, not resumed"."""
     config = tmp_path / "grid.yaml"
     config.write_text(KILL_CONFIG.replace("MODEL", str(tiny_llama_dir)).replace("WORKERS", f"workers: {workers}"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -585,13 +588,17 @@ def test_a_grid_killed_mid_run_resumes_to_the_results_of_an_uninterrupted_one(tm
                and (p / "checkpoints" / "latest").is_file()}
     done = {p.name: (p / "result.json").stat().st_mtime_ns for p in (resumed / "runs").glob("*")
             if (p / "result.json").is_file()}
+    # the rows of the checkpointed updates, each with its own wall time: a restart would write new ones
+    early_rows = {name: (resumed / "runs" / name / "metrics.jsonl").read_text().splitlines()[:update]
+                  for name, update in halfway.items()}
     rerun = subprocess.run(cli(config, resumed), env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     for name, mtime in done.items():  # finished runs were skipped, not redone
         assert (resumed / "runs" / name / "result.json").stat().st_mtime_ns == mtime, name
     for name, update in halfway.items():  # halfway runs continued: their early rows were not rewritten
-        rows = [json.loads(line) for line in (resumed / "runs" / name / "metrics.jsonl").open()]
-        assert [r["update"] for r in rows] == [1, 2, 3, 4, 5] and update >= 1, name
+        lines = (resumed / "runs" / name / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["update"] for line in lines] == [1, 2, 3, 4, 5] and update >= 1, name
+        assert lines[:update] == early_rows[name], f"{name} was restarted, not resumed"
     a, b = (json.loads((d / "results.json").read_text()) for d in (straight, resumed))
     assert len(a["runs"]) == 1 + 2 + 2 + 1 and len(a["paired"]) == 2
     assert untimed(a) == untimed(b)
