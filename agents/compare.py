@@ -419,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ablation", action="store_true", help="also run the ablation section's one-seed rows")
     parser.add_argument("--out", help="output directory (default runs/compare-<timestamp>); rerun into it to resume")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, dotted for nesting: --set learners.grpo.lr=3e-4")
+                        help="override a config field, dotted for nesting: --set learners.grpo.lr=3e-4 "
+                             "(a name holding '.' or '=' in double quotes: --set 'methods.\"A, α=0.1\".seeds=[0]')")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:

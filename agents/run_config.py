@@ -159,13 +159,11 @@ def read_config_yaml(path: Path) -> dict[str, Any]:
 
 
 def apply_sets(data: Mapping[str, Any], sets: Sequence[str]) -> dict[str, Any]:
-    """``data`` with each ``a.b=value`` applied (value parsed as YAML: ``3``, ``true``, ``[1, 2]``)."""
+    """``data`` with each ``a.b=value`` applied (value parsed as YAML: ``3``, ``true``, ``[1, 2]``).
+    A key holding ``.`` or ``=`` is written in double quotes: ``methods."RePro, α=0.1".lr=1e-4``."""
     merged = _deep_copy(data)
     for item in sets:
-        key, eq, raw = item.partition("=")
-        parts = key.strip().split(".")
-        if not eq or not all(parts):
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. learner.lr=1e-5")
+        parts, raw = _split_set(item)
         try:
             value = load_yaml(raw)
         except yaml.YAMLError as e:
@@ -179,6 +177,25 @@ def apply_sets(data: Mapping[str, Any], sets: Sequence[str]) -> dict[str, Any]:
             node = child
         node[parts[-1]] = value
     return merged
+
+
+def _split_set(item: str) -> tuple[list[str], str]:
+    """``KEY=VALUE`` → (the dotted key's parts, VALUE); ``.`` and ``=`` inside double quotes are the key's own."""
+    parts, current, quoted = [], "", False
+    for i, char in enumerate(item):
+        if char == '"':
+            quoted = not quoted
+        elif quoted or char not in ".=":
+            current += char
+        else:
+            parts.append(current.strip())
+            if char == "=":
+                if all(parts):
+                    return parts, item[i + 1:]
+                break
+            current = ""
+    raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. learner.lr=1e-5 "
+                      '(a key holding "." or "=" goes in double quotes: methods."RePro, α=0.1".lr=1e-4)')
 
 
 def _deep_copy(data: Any) -> Any:

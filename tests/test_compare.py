@@ -605,3 +605,15 @@ def test_a_grid_killed_mid_run_resumes_to_the_results_of_an_uninterrupted_one(tm
     assert a["methods"]["GRPO + RePro"]["metrics"]["sampled_accuracy"]["ci"] is not None
 
 
+
+
+def test_set_reaches_a_method_whose_name_holds_a_dot_or_an_equals_sign(tmp_path):
+    """A quoted key part keeps its "." and "=" (unquoted, ``methods.RePro, α=0.1.seeds`` split at them)."""
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump({"seeds": [0, 1], "learners": {"grpo": {"prompts_per_update": 2, "group_size": 2}},
+                                    "methods": {"RePro, α=0.1": {"algorithm": "grpo", "process_reward": True}}},
+                                   allow_unicode=True))
+    config = load_compare_config(path, ['methods."RePro, α=0.1".seeds=[1]'])
+    assert config.methods["RePro, α=0.1"].seeds == (1,)
+    with pytest.raises(ConfigError, match=r"expected KEY=VALUE with a dotted key.*goes in double quotes"):
+        load_compare_config(path, ['methods."RePro, α=0.1.seeds=[1]'])
