@@ -161,15 +161,21 @@ def test_advantages_equal_the_reward_module_by_hand():
     assert len(set(np.round(got[1, :int(mask[1].sum())].numpy(), 6))) > 2
 
 
-def test_the_final_answer_segment_gets_the_outcome_advantage_only():
-    trainer = make_trainer()
-    tokenizer = trainer.processing_class
-    prompts, answers, ids, mask, R = fixed_batch(tokenizer)
+def recorded_requests(trainer) -> list[ScoreRequest]:
+    """The list into which the trainer's scorer will record every ScoreRequest it scores."""
     requests = []
     scorer = trainer.repro_scorer()
     score = scorer.score
     scorer.score = lambda batch: requests.extend(batch) or score(batch)
     trainer._repro_scorer = scorer
+    return requests
+
+
+def test_the_final_answer_segment_gets_the_outcome_advantage_only():
+    trainer = make_trainer()
+    tokenizer = trainer.processing_class
+    prompts, answers, ids, mask, R = fixed_batch(tokenizer)
+    requests = recorded_requests(trainer)
     got, _ = trainer.repro_advantages(prompts, answers, ids, mask, R, group=4)
     A = adv.grpo_outcome_advantages(R)  # (4,)
     for b in range(4):
@@ -210,11 +216,7 @@ def test_think_completions_score_the_think_block_only_by_hand():
     tokenizer = trainer.processing_class
     prompts, answers, ids, mask, R = think_batch(trainer)
     assert prompts[0] == task_dataset(TASK, size=1)[0]["prompt"] + "<think>\n"
-    requests = []
-    scorer = trainer.repro_scorer()
-    score = scorer.score
-    scorer.score = lambda batch: requests.extend(batch) or score(batch)
-    trainer._repro_scorer = scorer
+    requests = recorded_requests(trainer)
     got, _ = trainer.repro_advantages(prompts, answers, ids, mask, R, group=4)
     spec = resolve_task(TASK)
     fresh = HFScorer.from_model(AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=torch.float32),
@@ -488,11 +490,7 @@ def test_an_empty_completion_gets_the_outcome_advantage_only():
     texts = fixed_texts()
     texts[2] = ""
     trainer = make_trainer(per_device=4, steps=1, texts=texts)
-    requests = []
-    scorer = trainer.repro_scorer()
-    score = scorer.score
-    scorer.score = lambda batch: requests.extend(batch) or score(batch)
-    trainer._repro_scorer = scorer
+    requests = recorded_requests(trainer)
     output = generate_and_score(trainer)
     tokenizer = trainer.processing_class
     prompts, answers, ids, mask, R = fixed_batch(tokenizer, texts)

@@ -111,6 +111,7 @@ class ServerClient:
         HTTP 5xx are retried ``retries`` times with exponential backoff; a 4xx shows the server's message.
         """
         where, last = f"{method} {self.url}{route}", ""
+        content = None if body is None else json.dumps(body).encode()  # once, whatever the retries
         for attempt in range(self.options.retries + 1):
             if attempt:
                 pause = 0.5 * 2 ** (attempt - 1)
@@ -120,7 +121,7 @@ class ServerClient:
             limit = time.monotonic() + self.options.request_timeout_s
             limit = limit if deadline is None else min(limit, deadline)
             try:
-                status, raw = self._send(method, route, body, limit, where)
+                status, raw = self._send(method, route, content, limit, where)
             except (httpx.TransportError, _TimeLimit) as e:  # connect/read errors and timeouts: retried
                 last = f"{type(e).__name__}: {e}"
                 continue
@@ -140,10 +141,9 @@ class ServerClient:
         budget += ", within the call's timeout_s" if deadline is not None else ""
         raise ScorerError(f"{where} failed after {attempt + 1} attempts ({budget}): {last}")
 
-    def _send(self, method: str, route: str, body: Any, limit: float, where: str) -> tuple[int, bytes]:
+    def _send(self, method: str, route: str, content: bytes | None, limit: float, where: str) -> tuple[int, bytes]:
         """(status, body) of one attempt, read in chunks until ``limit`` (monotonic time)."""
         timeout = httpx.Timeout(max(limit - time.monotonic(), 1e-3))
-        content = None if body is None else json.dumps(body).encode()
         with self._http.stream(method, route, content=content, timeout=timeout) as response:
             chunks, size = [], 0
             for chunk in response.iter_bytes():
@@ -297,11 +297,11 @@ class VLLMServerScorer(VLLMScorer):
             if not any(other[len(prefix) - 1] == prefix[-1] and other[:len(prefix)] == prefix for other in longest):
                 longest.append(prefix)
         run(longest, lambda chunk, deadline: self._complete([list(p) for p in chunk], deadline))
-        reads = [(probe, i) for probe in probes for i in range(len(probe.answer))]
-        log_probs = dict(zip(reads, run(reads, self._read_answer_tokens), strict=True))
+        reads = [(probe, i) for probe in probes for i in range(len(probe.answer))]  # probe by probe
+        values = iter(run(reads, self._read_answer_tokens))
         out = []
         for probe in probes:
-            token_lp = checked_log_probs([log_probs[probe, i] for i in range(len(probe.answer))],
+            token_lp = checked_log_probs([next(values) for _ in probe.answer],
                                          f"the answer log-probs of a J probe ({len(probe.prefix)} prefix tokens)")
             out.append(sum(token_lp) / len(token_lp))
         return out

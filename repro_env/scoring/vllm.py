@@ -226,11 +226,11 @@ class VLLMScorer(TokenScorerBase):
         def h_probes(p: TokenizedRequest) -> list[Probe]:
             return [Probe(tuple(p.ids[:b])) for b in p.boundaries[:-1]]
 
-        values = self._evaluate([probe for p in prepared for probe in j_probes(p) + h_probes(p)])
-        return [ScoreResult(J=np.asarray([values[q] for q in j_probes(p)], dtype=np.float64), points=p.points,
-                            entropies=np.asarray([values[q] for q in h_probes(p)], dtype=np.float64),
-                            num_tokens=len(p.ids))
-                for p in prepared]
+        probes = [(j_probes(p), h_probes(p)) for p in prepared]
+        values = self._evaluate([probe for js, hs in probes for probe in js + hs])
+        return [ScoreResult(J=np.asarray([values[q] for q in js], dtype=np.float64), points=p.points,
+                            entropies=np.asarray([values[q] for q in hs], dtype=np.float64), num_tokens=len(p.ids))
+                for p, (js, hs) in zip(prepared, probes, strict=True)]
 
     # -- engine calls --------------------------------------------------------------------------
 
