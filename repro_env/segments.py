@@ -123,8 +123,9 @@ def split_response(prompt: str, response: str | Sequence[str], *, final_answer: 
     if think:
         begin = 0 if opened < 0 else opened + len(open_tag)
         end = close if close >= 0 else len(response)
-        begin = min(begin + len(response[begin:end]) - len(response[begin:end].lstrip()), end)
-        raw = split_segments(response[begin:end], delimiter)
+        block = response[begin:end]
+        begin += len(block) - len(block.lstrip())  # the whitespace after the open tag belongs to the prefix
+        raw = split_segments(block.lstrip(), delimiter)
     elif isinstance(response, str):
         raw = split_segments(response, delimiter)
     else:
